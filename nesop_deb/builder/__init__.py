@@ -1,0 +1,1 @@
+"""The build side: turn an app repository's changes into an update package."""

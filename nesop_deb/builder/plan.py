@@ -1,0 +1,384 @@
+"""The build plan: from an app repository and the build options to what the package will hold.
+
+Reading git happens in :func:`make_plan`; deciding what ships is the pure :func:`select_files` and
+:func:`select_migrations`, tested on plain data. The plan is data: ``--dry-run`` prints it and
+:mod:`nesop_deb.builder.package` writes it into a ``.deb``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nesop_deb import __version__, config, versions
+from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
+from nesop_deb.errors import BuildError, UsageError
+from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
+from nesop_deb.paths import UnsafePath, excluded, link_stays_inside, safe_relative
+
+MIGRATION_NAME = re.compile(r"^(?P<id>[0-9]{4}_[A-Za-z0-9_.-]+?)(?P<rollback>\.rollback)?\.(?P<ext>sql|py)$")
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    version: str | None = None
+    since: str | None = None
+    files: tuple[str, ...] = ()
+    no_migrations: bool = False
+    full: bool = False
+    allow_dirty: bool = False
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    config: config.Config
+    manifest: Manifest
+    payload: Mapping[str, bytes]  # app-relative path -> content (symlinks: the target)
+    migrations: Mapping[str, bytes]  # file name -> content
+    commits: Sequence[Commit]
+    epoch: int
+    notes: Sequence[str] = field(default_factory=tuple)
+
+    @property
+    def package(self) -> str:
+        return self.config.package.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _mode(entry: TreeEntry) -> int:
+    return 0o755 if entry.mode == "100755" else 0o644
+
+
+def _check_entry(entry: TreeEntry, blobs: Mapping[str, bytes]) -> None:
+    if entry.mode == "160000":
+        raise BuildError(f"{entry.path} is a git submodule", hint="exclude it in [files].exclude")
+    if entry.mode == "120000":
+        target = blobs[entry.blob].decode("utf-8", "surrogateescape")
+        if not link_stays_inside(entry.path, target):
+            raise BuildError(
+                f"symlink {entry.path} -> {target} points outside the repository",
+                hint="make it relative and inside the app, or exclude it in [files].exclude",
+            )
+
+
+def normalise_files_option(raw: Sequence[str], app_dir: Path) -> tuple[str, ...]:
+    """``--files`` arguments as app-relative paths; absolute ones must lie inside the app."""
+    out = []
+    for item in raw:
+        path = Path(item)
+        if path.is_absolute():
+            try:
+                item = str(path.resolve().relative_to(app_dir))
+            except ValueError:
+                raise UsageError(
+                    f"--files {item}: the path leaves the repository {app_dir}",
+                    hint="name files inside the app",
+                ) from None
+        try:
+            out.append(safe_relative(item.rstrip("/")) if item not in (".", "./") else ".")
+        except UnsafePath:
+            raise UsageError(
+                f"--files {item}: the path leaves the repository", hint="name files inside the app"
+            ) from None
+    return tuple(out)
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(p == "." or path == p or path.startswith(p + "/") for p in prefixes)
+
+
+def select_files(
+    changes: Sequence[Change],
+    head: Mapping[str, TreeEntry],
+    base: Mapping[str, TreeEntry],
+    blobs: Mapping[str, bytes],
+    exclude: tuple[str, ...],
+    only: tuple[str, ...] = (),
+) -> list[FileEntry]:
+    """The file entries of an update from git's changes between base and head (pure)."""
+    if only:
+        for p in only:
+            if not any(_under(k, (p,)) for k in (*head, *base)):
+                raise UsageError(
+                    f"--files {p}: no such file in the repository",
+                    hint="name files as git tracks them, relative to the app directory",
+                )
+    entries: list[FileEntry] = []
+    for ch in changes:
+        paths = [ch.path] + ([ch.old_path] if ch.old_path else [])
+        if only and not any(_under(p, only) for p in paths):
+            continue
+        if ch.status == "D":
+            if excluded(ch.path, exclude):
+                continue
+            old = base[ch.path]
+            entries.append(FileEntry(ch.path, Action.DELETE, None, 0, None, _sha256(blobs[old.blob])))
+            continue
+        new = head[ch.path]
+        new_excluded = excluded(ch.path, exclude)
+        old_excluded = ch.old_path is None or excluded(ch.old_path, exclude)
+        if ch.status == "R" and ch.old_path is not None and new_excluded and not old_excluded:
+            # moved out of what ships: on the server it is a deletion
+            old = base[ch.old_path]
+            entries.append(FileEntry(ch.old_path, Action.DELETE, None, 0, None, _sha256(blobs[old.blob])))
+            continue
+        if new_excluded:  # checked before the entry: excluding a bad symlink or a submodule must work
+            continue
+        _check_entry(new, blobs)
+        data = blobs[new.blob]
+        link = data.decode("utf-8", "surrogateescape") if new.mode == "120000" else None
+        if ch.status == "R" and ch.old_path is not None:
+            old = base[ch.old_path]
+            if old_excluded:  # moved into what ships: an addition
+                entries.append(
+                    FileEntry(ch.path, Action.ADD, _sha256(data), len(data), _mode(new), None, None, link)
+                )
+                continue
+            entries.append(
+                FileEntry(
+                    ch.path,
+                    Action.RENAME,
+                    _sha256(data),
+                    len(data),
+                    _mode(new),
+                    _sha256(blobs[old.blob]),
+                    ch.old_path,
+                    link,
+                )
+            )
+            continue
+        old_entry = base.get(ch.path)
+        pre = _sha256(blobs[old_entry.blob]) if old_entry is not None else None
+        action = Action.ADD if old_entry is None else Action.MODIFY
+        entries.append(FileEntry(ch.path, action, _sha256(data), len(data), _mode(new), pre, None, link))
+    return sorted(entries, key=lambda e: e.path)
+
+
+def full_files(
+    head: Mapping[str, TreeEntry], blobs: Mapping[str, bytes], exclude: tuple[str, ...], only: tuple[str, ...]
+) -> list[FileEntry]:
+    """Every included file at head, as additions: a first install."""
+    changes = [Change("A", p) for p in head]
+    return select_files(changes, head, {}, blobs, exclude, only)
+
+
+def select_migrations(
+    changes: Sequence[Change],
+    head: Mapping[str, TreeEntry],
+    base: Mapping[str, TreeEntry],
+    blobs: Mapping[str, bytes],
+    migrations_dir: str,
+    full: bool,
+) -> tuple[list[MigrationEntry], dict[str, bytes]]:
+    """The migrations added in the range (every one, for a full install) with their contents."""
+    prefix = migrations_dir.rstrip("/") + "/"
+    in_dir = {
+        p[len(prefix) :]: e for p, e in head.items() if p.startswith(prefix) and "/" not in p[len(prefix) :]
+    }
+    new_names: set[str] = set()
+    if full:
+        new_names = set(in_dir)
+    else:
+        for ch in changes:
+            if not ch.path.startswith(prefix) and not (ch.old_path or "").startswith(prefix):
+                continue
+            name = ch.path[len(prefix) :] if ch.path.startswith(prefix) else ""
+            m = MIGRATION_NAME.match(name) or MIGRATION_NAME.match((ch.old_path or "")[len(prefix) :])
+            if m is None:
+                continue
+            released = ch.path in base or (ch.old_path is not None and ch.old_path in base)
+            if m.group("rollback") is None and (released or ch.status != "A"):
+                raise BuildError(
+                    f"{ch.old_path or ch.path} was changed after it was released",
+                    hint="never edit a released migration: add a new one (or build with --no-migrations)",
+                )
+            if ch.status in ("A", "R"):
+                new_names.add(name)
+    entries: list[MigrationEntry] = []
+    contents: dict[str, bytes] = {}
+    for name in sorted(new_names):
+        m = MIGRATION_NAME.match(name)
+        if m is None or m.group("rollback"):
+            continue
+        if m.group("ext") == "py":
+            raise BuildError(
+                f"{prefix}{name}: Python migrations are not supported",
+                hint=f"write it as SQL: {prefix}{m.group('id')}.sql (and .rollback.sql)",
+            )
+        data = blobs[in_dir[name].blob]
+        rollback_name = f"{m.group('id')}.rollback.sql"
+        rollback = in_dir.get(rollback_name)
+        contents[name] = data
+        rsha = None
+        if rollback is not None:
+            rdata = blobs[rollback.blob]
+            contents[rollback_name] = rdata
+            rsha = _sha256(rdata)
+        entries.append(
+            MigrationEntry(
+                m.group("id"),
+                name,
+                _sha256(data),
+                rollback is not None,
+                rollback_name if rollback else None,
+                rsha,
+            )
+        )
+    return entries, contents
+
+
+def _resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
+    if requested is not None:
+        versions.parse(requested, what="--version")
+        return requested
+    tagged = sorted(
+        (v for v in (versions.from_tag(t) for t in repo.tags_at(head)) if v is not None), reverse=True
+    )
+    if not tagged:
+        raise UsageError(
+            "no version: HEAD has no vX.Y.Z tag and no --version was given",
+            hint="tag the release (git tag v1.0.5) or pass --version 1.0.5",
+        )
+    return str(tagged[0])
+
+
+def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
+    """Read the repository and decide everything the package will hold."""
+    repo = GitRepo(app_dir)
+    if not repo.has_commits():
+        raise UsageError(f"{repo.dir}: the repository has no commits", hint="commit the app first")
+    cfg = config.load(repo.dir / config.CONFIG_NAME)
+    notes: list[str] = []
+    dirty = repo.dirty_paths()
+    if dirty:
+        if not options.allow_dirty:
+            shown = ", ".join(dirty[:3]) + (" ..." if len(dirty) > 3 else "")
+            raise UsageError(
+                f"uncommitted changes in {repo.dir}: {shown}",
+                hint="commit them (packages are built from commits), or build HEAD anyway with --allow-dirty",
+            )
+        notes.append(f"building HEAD; {len(dirty)} uncommitted change(s) are not included")
+    head = repo.resolve("HEAD")
+    version = _resolve_version(repo, head, options.version)
+    only = normalise_files_option(options.files, repo.dir)
+
+    since_ref: str | None = None
+    since_commit: str | None = None
+    bases: tuple[str, ...] = ()
+    if options.since is not None:
+        since_ref = options.since
+    elif not options.full:
+        below = versions.highest_below(versions.parse(version), repo.tags())
+        if below is None:
+            raise UsageError(
+                f"no release tag below {version} to compare with",
+                hint="pass --since REF, or --full for a first install",
+            )
+        since_ref = below[0]
+    if since_ref is not None and not options.full:
+        since_commit = repo.resolve(since_ref)
+        base_version = (
+            versions.from_tag(since_ref) if options.since is None or since_ref in repo.tags() else None
+        )
+        if base_version is None:
+            tagged = [v for v in (versions.from_tag(t) for t in repo.tags_at(since_commit)) if v is not None]
+            base_version = max(tagged) if tagged else None
+        if base_version is None:
+            raise UsageError(
+                f"--since {since_ref}: the commit has no vX.Y.Z release tag, so no base version is known",
+                hint="pass a release tag such as v1.0.4",
+            )
+        if versions.compare(version, str(base_version)) <= 0:
+            raise UsageError(
+                f"version {version} is not above its base {base_version}",
+                hint="an update must have a higher version than the release it updates",
+            )
+        bases = (str(base_version),)
+
+    head_tree = repo.tree(head)
+    base_tree = repo.tree(since_commit) if since_commit else {}
+    changes = repo.diff(since_commit, head) if since_commit else [Change("A", p) for p in head_tree]
+    for ch in changes:
+        for p in (ch.path, ch.old_path):
+            if p is not None:
+                try:
+                    safe_relative(p)
+                except UnsafePath as exc:
+                    raise BuildError(f"git path {p!r}: {exc}") from None
+
+    # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded
+    wanted = {head_tree[c.path].blob for c in changes if c.path in head_tree}
+    wanted |= {base_tree[p].blob for c in changes for p in (c.path, c.old_path) if p and p in base_tree}
+    wanted -= {e.blob for e in (*head_tree.values(), *base_tree.values()) if e.mode == "160000"}
+    blobs = repo.blobs(sorted(wanted))
+
+    files = select_files(changes, head_tree, base_tree, blobs, cfg.files.exclude, only)
+    migrations: list[MigrationEntry] = []
+    migration_data: dict[str, bytes] = {}
+    if not options.no_migrations:
+        migrations, migration_data = select_migrations(
+            changes, head_tree, base_tree, blobs, cfg.migrations.dir, options.full or since_commit is None
+        )
+    elif any(c.path.startswith(cfg.migrations.dir.rstrip("/") + "/") for c in changes):
+        notes.append("--no-migrations: migrations in the range are not applied by this update")
+    if migrations and cfg.migrations.database is None:
+        raise BuildError(
+            f"the range adds migrations ({migrations[0].id}...) but [migrations].database is not set",
+            hint="set it in nesop-deb.toml, or build with --no-migrations",
+        )
+    if not files and not migrations:
+        rng = f"{since_ref}..HEAD" if since_ref else "HEAD"
+        raise UsageError(
+            f"nothing to ship: no included file or migration changed in {rng}",
+            hint="commit the changes first, or check [files].exclude and --files",
+        )
+
+    payload = {f.path: blobs[head_tree[f.path].blob] for f in files if f.ships_payload}
+    epoch = repo.commit_time(head)
+    manifest = Manifest(
+        package=cfg.package.name,
+        version=version,
+        bases=bases,
+        full=options.full or since_commit is None,
+        source_commit=head,
+        since_commit=since_commit,
+        since_ref=since_ref,
+        builder_version=__version__,
+        created=epoch,
+        config=cfg.to_dict(),
+        files=tuple(files),
+        migrations=tuple(migrations),
+        config_files=tuple(p for p in cfg.files.config if p in head_tree or p in base_tree),
+    )
+    commits = repo.log(since_commit, head)
+    return BuildPlan(cfg, manifest, payload, migration_data, commits, epoch, tuple(notes))
+
+
+def describe(manifest: Manifest) -> list[str]:
+    """Human lines summarising what an update changes (control Description, inspect, dry-run)."""
+    c = manifest.counts()
+    base = f"from {', '.join(manifest.bases)}" if manifest.bases else "full install"
+    lines = [
+        f"{manifest.package} {manifest.version} ({base}): {c['add']} added, {c['modify']} modified, "
+        f"{c['rename']} renamed, {c['delete']} deleted, {len(manifest.migrations)} migration(s)"
+    ]
+    symbol = {Action.ADD: "+", Action.MODIFY: "~", Action.RENAME: ">", Action.DELETE: "-"}
+    for f in manifest.files:
+        extra = f" (from {f.renamed_from})" if f.renamed_from else ""
+        lines.append(f"{symbol[f.action]} {f.path}{extra}")
+    for m in manifest.migrations:
+        lines.append(f"migration {m.id}{'' if m.reversible else ' (not reversible)'}")
+    return lines
+
+
+__all__ = ["BuildOptions", "BuildPlan", "describe", "make_plan"]

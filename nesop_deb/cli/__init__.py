@@ -1,0 +1,1 @@
+"""Command-line entry points: ``nesop-deb`` (build side) and ``nesop-update`` (server side)."""

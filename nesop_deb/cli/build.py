@@ -1,0 +1,196 @@
+"""``nesop-deb``: build, inspect and verify update packages; set an app repository up."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from nesop_deb import __version__, debfile
+from nesop_deb.builder.package import build_deb
+from nesop_deb.builder.plan import BuildOptions, describe, make_plan
+from nesop_deb.cli.common import guarded, setup_logging
+from nesop_deb.config import CONFIG_NAME
+from nesop_deb.errors import NesopError, UsageError
+from nesop_deb.render import render
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nesop-deb")
+@click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """Turn an app's changes into versioned update packages (.deb)."""
+    setup_logging(verbose)
+    ctx.obj = debug
+
+
+@cli.command()
+@click.option("-C", "directory", type=click.Path(path_type=Path), default=".", help="The app repository.")
+@click.option("--version", "version", help="Package version (default: the vX.Y.Z tag on HEAD).")
+@click.option("--since", help="Compare with this ref (default: the highest release tag below the version).")
+@click.option("--files", "files", multiple=True, help="Ship only changes to these paths (repeatable).")
+@click.option("--no-migrations", is_flag=True, help="Do not ship the migrations added in the range.")
+@click.option("--full", is_flag=True, help="Ship every included file: a first install.")
+@click.option("--output", type=click.Path(path_type=Path), default="dist", help="Where the .deb goes.")
+@click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.argument("extra_files", nargs=-1)
+@click.pass_obj
+def build(
+    debug: bool,
+    directory: Path,
+    version: str | None,
+    since: str | None,
+    files: tuple[str, ...],
+    no_migrations: bool,
+    full: bool,
+    output: Path,
+    allow_dirty: bool,
+    dry_run: bool,
+    extra_files: tuple[str, ...],
+) -> None:
+    """Build the update package of the app in DIR; print its path last.
+
+    `--files a b c` takes several paths, as the original tool did."""
+
+    def run() -> None:
+        options = BuildOptions(version, since, files + extra_files, no_migrations, full, allow_dirty)
+        plan = make_plan(directory, options)
+        for note in plan.notes:
+            click.echo(f"note: {note}", err=True)
+        for line in describe(plan.manifest):
+            click.echo(line, err=True)
+        if dry_run:
+            click.echo(plan.manifest.to_json(), nl=False)
+            return
+        out = output if output.is_absolute() else Path.cwd() / output
+        click.echo(str(build_deb(plan, out)))
+
+    guarded("nesop-deb", debug, run)
+
+
+@cli.command()
+@click.argument("deb", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.pass_obj
+def inspect(debug: bool, deb: Path, as_json: bool) -> None:
+    """Show what an update package will do: version, base, files, migrations, scripts."""
+
+    def run() -> None:
+        update = debfile.open_update(deb)
+        m = update.manifest
+        if as_json:
+            click.echo(m.to_json(), nl=False)
+            return
+        click.echo(f"package:    {m.package} {m.version}")
+        click.echo(f"applies to: {', '.join(m.bases) if m.bases else 'any (full install)'}")
+        app = m.config["app"]
+        click.echo(f"app:        {app['name']} at {app['root']} ({app['service']})")
+        click.echo(f"source:     {m.source_commit}" + (f" since {m.since_ref}" if m.since_ref else ""))
+        click.echo(f"requires:   {update.control.get('Pre-Depends', '')}")
+        click.echo("files:")
+        for f in m.files:
+            size = "" if f.sha256 is None else f" {f.size} B, mode {f.mode:o}" if f.mode is not None else ""
+            extra = f" (from {f.renamed_from})" if f.renamed_from else ""
+            click.echo(f"  {f.action.value:<7} {f.path}{extra}{size}")
+        if not m.files:
+            click.echo("  (none)")
+        click.echo("migrations:")
+        for mig in m.migrations:
+            undo = "reversible" if mig.reversible else "NOT reversible (undo restores the snapshot)"
+            click.echo(f"  {mig.id}  {undo}")
+        if not m.migrations:
+            click.echo("  (none)")
+        if m.config_files:
+            click.echo(f"config files (local edits kept): {', '.join(m.config_files)}")
+        click.echo(f"scripts:    {', '.join(sorted(update.scripts))}")
+
+    guarded("nesop-deb", debug, run)
+
+
+@cli.command()
+@click.argument("deb", type=click.Path(path_type=Path))
+@click.pass_obj
+def verify(debug: bool, deb: Path) -> None:
+    """Check every payload file and migration of DEB against its manifest's sha256."""
+
+    def run() -> None:
+        update = debfile.open_update(deb)
+        problems = debfile.verify_payload(update)
+        if problems:
+            for p in problems:
+                click.echo(f"{deb}: {p}", err=True)
+            raise NesopError(f"{deb}: {len(problems)} problem(s) found; do not install this package")
+        n = sum(1 for f in update.manifest.files if f.ships_payload)
+        click.echo(
+            f"{deb}: ok ({n} payload files, {len(update.manifest.migrations)} migrations match the manifest)"
+        )
+
+    guarded("nesop-deb", debug, run)
+
+
+@cli.command()
+@click.option("-C", "directory", type=click.Path(path_type=Path), default=".", help="The app repository.")
+@click.option("--name", help="App name (default: the directory's name).")
+@click.option("--root", help="App root on the server (default: /opt/NAME).")
+@click.option("--user", default="root", show_default=True, help="Owner of the app's files.")
+@click.option("--maintainer", default=None, help="'Name <email>' (default: from git config).")
+@click.option("--force", is_flag=True, help="Overwrite an existing nesop-deb.toml.")
+@click.pass_obj
+def init(
+    debug: bool,
+    directory: Path,
+    name: str | None,
+    root: str | None,
+    user: str,
+    maintainer: str | None,
+    force: bool,
+) -> None:
+    """Write a commented nesop-deb.toml and a Makefile snippet so `make deb` works."""
+
+    def run() -> None:
+        target = directory / CONFIG_NAME
+        if target.exists() and not force:
+            raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
+        app = name or directory.resolve().name.lower().replace("_", "-")
+        who = maintainer or _git_maintainer(directory)
+        values = {"builder_version": __version__, "name": app, "root": root or f"/opt/{app}", "user": user}
+        text = render("nesop-deb.toml.j2", maintainer=who, **values)
+        from nesop_deb.config import loads
+
+        loads(text, str(target))  # what init writes must itself be valid
+        target.write_text(text, encoding="utf-8")
+        (directory / "nesop-deb.mk").write_text(render("nesop-deb.mk.j2", **values), encoding="utf-8")
+        makefile = directory / "Makefile"
+        if not makefile.exists():
+            makefile.write_text("include nesop-deb.mk\n", encoding="utf-8")
+            click.echo(f"wrote {target}, {directory / 'nesop-deb.mk'} and {makefile}")
+        elif "nesop-deb.mk" not in makefile.read_text(encoding="utf-8", errors="replace"):
+            click.echo(
+                f"wrote {target} and {directory / 'nesop-deb.mk'}; add `include nesop-deb.mk` to {makefile}"
+            )
+        else:
+            click.echo(f"wrote {target} and {directory / 'nesop-deb.mk'}")
+
+    guarded("nesop-deb", debug, run)
+
+
+def _git_maintainer(directory: Path) -> str:
+    from nesop_deb import proc
+
+    # the app repository's identity (its own config counts), not that of the current directory
+    git = ["git", "-C", str(directory), "config"]
+    name = proc.run([*git, "user.name"], check=False).out.strip() or os.environ.get("DEBFULLNAME", "")
+    email = proc.run([*git, "user.email"], check=False).out.strip() or os.environ.get("DEBEMAIL", "")
+    return f"{name or 'Maintainer'} <{email or 'root@localhost'}>"
+
+
+def main() -> None:
+    cli(prog_name="nesop-deb")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,322 @@
+"""``nesop-update``: the server-side tool (status, backups, rollback, history, validation)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from nesop_deb import __version__, debfile, proc
+from nesop_deb.builder.plan import describe
+from nesop_deb.cli.common import guarded, setup_logging
+from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
+from nesop_deb.runtime import apps, backup, health, history, manual, service, state, validate
+from nesop_deb.runtime.context import Context
+
+PROG = "nesop-update"
+app_option = click.option("--app", "app_name", metavar="NAME", help="The app, where several are managed.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name=PROG)
+@click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+    """Operate the apps updated by nesop-deb packages on this server."""
+    setup_logging(verbose)
+    ctx.obj = debug
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _package_state(package: str) -> tuple[str, str]:
+    out = proc.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Version}", package], check=False).out
+    abbrev, _, version = out.partition("\t")
+    return abbrev.strip() or "not installed", version.strip()
+
+
+@cli.command()
+@app_option
+@json_option
+@click.pass_obj
+def status(debug: bool, app_name: str | None, as_json: bool) -> None:
+    """App version, package state, service, health, last update, pending journal."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        st = state.load(ctx)
+        abbrev, pkg_version = _package_state(ctx.package)
+        svc = service.status(ctx.app.service)
+        probe = health.probe(ctx.app.health_url) if ctx.app.health_url else None
+        entries = history.read(ctx.history_file)
+        journal = state.read_journal(ctx)
+        data = {
+            "app": ctx.app.name,
+            "root": str(ctx.app_root),
+            "version": st.current,
+            "package": {"name": ctx.package, "state": abbrev, "version": pkg_version},
+            "service": {
+                "unit": ctx.app.service,
+                "state": f"{svc.active_state}/{svc.sub_state}",
+                "pid": svc.main_pid,
+            },
+            "health": None
+            if probe is None
+            else {"url": ctx.app.health_url, "ok": probe.ok, "detail": probe.detail},
+            "last_update": entries[-1] if entries else None,
+            "pending_journal": journal,
+            "held": st.held,
+            "applied": [a.version for a in st.applied],
+        }
+        if as_json:
+            _emit(data)
+            return
+        click.echo(f"app:          {ctx.app.name} at {ctx.app_root}")
+        click.echo(f"version:      {st.current or 'unmanaged (no update applied yet)'}")
+        click.echo(f"package:      {ctx.package} {pkg_version} [{abbrev}]")
+        if abbrev.startswith("iF") or abbrev.startswith("iU"):
+            click.echo("              (half-configured: the last update failed and the old app was restored;")
+            click.echo(
+                "               see `nesop-update history`, then fix and `apt-get install -f` or roll back)"
+            )
+        click.echo(f"service:      {ctx.app.service} {svc.active_state}/{svc.sub_state} (pid {svc.main_pid})")
+        if probe is not None:
+            click.echo(
+                f"health:       {'ok' if probe.ok else 'FAILING'} ({ctx.app.health_url}: {probe.detail})"
+            )
+        if entries:
+            e = entries[-1]
+            click.echo(
+                f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}"
+            )
+        click.echo(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
+        if st.held:
+            click.echo(f"held back:    {', '.join(st.held)}")
+        if journal:
+            click.echo(
+                f"PENDING:      interrupted {journal.get('kind')} of {journal.get('version')}: "
+                f"run `{PROG} recover`"
+            )
+
+    guarded(PROG, debug, run)
+
+
+@cli.command(name="backup")
+@click.argument("name", required=False)
+@app_option
+@click.pass_obj
+def backup_cmd(debug: bool, name: str | None, app_name: str | None) -> None:
+    """Back up the app's files and a database snapshot now (optionally named NAME)."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        if name is not None and ("/" in name or name.startswith(".")):
+            raise UsageError(
+                f"backup name {name!r} must be a plain name", hint="use letters, digits, _ and -"
+            )
+        click.echo(str(manual.manual_backup(ctx, name)))
+
+    guarded(PROG, debug, run)
+
+
+def _backup_rows(ctx: Context) -> list[dict[str, Any]]:
+    from nesop_deb.runtime.fsutil import tree_size
+
+    st = state.load(ctx)
+    needed = {a.backup for a in st.applied}
+    rows = []
+    for b in backup.list_backups(ctx):
+        rows.append(
+            {
+                "name": b.name,
+                "created": b.created,
+                "kind": b.data.get("kind"),
+                "version": b.version,
+                "for_version": b.data.get("for_version"),
+                "files": len(b.data.get("files", [])),
+                "absent": len(b.data.get("absent", [])),
+                "database": b.data.get("database") is not None,
+                "size": tree_size(b.path),
+                "needed_for_rollback": b.name in needed,
+            }
+        )
+    return rows
+
+
+@cli.command(name="list-backups")
+@app_option
+@json_option
+@click.pass_obj
+def list_backups(debug: bool, app_name: str | None, as_json: bool) -> None:
+    """Backups with time, version, size and what they cover."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        rows = _backup_rows(ctx)
+        if as_json:
+            _emit(rows)
+            return
+        if not rows:
+            click.echo(f"no backups in {ctx.backups_dir}")
+            return
+        click.echo(f"{'NAME':<44} {'CREATED':<17} {'VERSION':<9} {'SIZE':>9}  COVERS")
+        for r in rows:
+            covers = f"{r['files']} files" + (" + database" if r["database"] else "")
+            mark = "  (needed to roll back)" if r["needed_for_rollback"] else ""
+            click.echo(
+                f"{r['name']:<44} {r['created']:<17} {r['version'] or '-':<9} {r['size']:>9}  {covers}{mark}"
+            )
+
+    guarded(PROG, debug, run)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--to", "to_version", metavar="VERSION", help="Roll back to this version with apt.")
+@app_option
+@click.pass_obj
+def rollback(debug: bool, name: str | None, to_version: str | None, app_name: str | None) -> None:
+    """Restore backup NAME (files and database), or go back to a version with --to."""
+
+    def run() -> None:
+        if (name is None) == (to_version is None):
+            raise UsageError(
+                "give a backup NAME or --to VERSION (one of them)", hint="see nesop-update list-backups"
+            )
+        ctx = apps.select(app_name)
+        if name is not None:
+            manual.restore_backup(ctx, name)
+            click.echo(f"{ctx.app.name}: restored backup {name}")
+            return
+        assert to_version is not None
+        from nesop_deb.runtime import repo
+
+        repo.downgrade(ctx, to_version)
+        click.echo(f"{ctx.app.name}: rolled back to {to_version}")
+
+    guarded(PROG, debug, run)
+
+
+@cli.command(name="history")
+@app_option
+@json_option
+@click.pass_obj
+def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
+    """Every apply and rollback, with what dpkg's log says about the package."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        entries = history.read(ctx.history_file)
+        dpkg_lines = _dpkg_log(ctx)
+        if as_json:
+            _emit({"history": entries, "dpkg": dpkg_lines})
+            return
+        if not entries:
+            click.echo("no update recorded yet")
+        for e in entries:
+            line = f"{e.get('time')}  {e.get('action'):<9} {e.get('from') or '-'} -> {e.get('version')}"
+            line += f"  {e.get('status')}"
+            if e.get("status") != "success" and e.get("failed_step"):
+                line += f" at {e.get('failed_step')}: {e.get('reason')}"
+            click.echo(line)
+        if dpkg_lines:
+            click.echo("\ndpkg.log:")
+            for d in dpkg_lines[-20:]:
+                click.echo(f"  {d}")
+
+    guarded(PROG, debug, run)
+
+
+def _dpkg_log(ctx: Context) -> list[str]:
+    path = ctx.host("/var/log/dpkg.log")
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    wanted = (" install ", " upgrade ", " remove ", " purge ", " status ")
+    return [ln for ln in lines if f" {ctx.package}:" in ln and any(w in ln for w in wanted)]
+
+
+@cli.command(name="validate")
+@click.option("--check", "checks", multiple=True, metavar="NAME", help="Run only this check (repeatable).")
+@app_option
+@json_option
+@click.pass_obj
+def validate_cmd(debug: bool, checks: tuple[str, ...], app_name: str | None, as_json: bool) -> None:
+    """Check files, service, database, web, permissions, config and history (and custom checks)."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        results = validate.run(ctx, list(checks) or None)
+        if as_json:
+            _emit([r.to_dict() for r in results])
+        else:
+            for r in results:
+                click.echo(f"{'PASS' if r.ok else 'FAIL'}  {r.name:<12} {r.summary}")
+                for p in r.problems:
+                    click.echo(f"      - {p}")
+        if not all(r.ok for r in results):
+            sys.exit(int(ExitCode.FAILED))
+
+    guarded(PROG, debug, run)
+
+
+@cli.command(name="apply")
+@click.argument("deb", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Verify and show what would change; install nothing.")
+@click.pass_obj
+def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
+    """Verify DEB, show what it changes, then install it with apt."""
+
+    def run() -> None:
+        update = debfile.open_update(deb)
+        problems = debfile.verify_payload(update)
+        if problems:
+            raise RefusedError(
+                f"{deb}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+            )
+        for line in describe(update.manifest):
+            click.echo(line)
+        if dry_run:
+            return
+        result = proc.run(
+            ["apt-get", "install", "-y", "--allow-downgrades", str(deb.resolve())],
+            check=False,
+            extra_env={"DEBIAN_FRONTEND": "noninteractive"},
+        )
+        sys.stderr.write(result.err)
+        click.echo(result.out, nl=False)
+        if result.returncode != 0:
+            raise NesopError(
+                f"apt-get install {deb} failed (exit code {result.returncode}); see the messages above"
+            )
+
+    guarded(PROG, debug, run)
+
+
+@cli.command()
+@app_option
+@click.pass_obj
+def recover(debug: bool, app_name: str | None) -> None:
+    """Finish an interrupted transaction: bring the app back to one whole version."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        click.echo(f"{ctx.app.name}: {manual.recover(ctx)}")
+
+    guarded(PROG, debug, run)
+
+
+def main() -> None:
+    cli(prog_name=PROG)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The app's ``nesop-deb.toml`` (contract: DESIGN.md §3), loaded into frozen values.
+
+Every app-specific value the builder and the runtime use comes from here. Unknown keys and wrong
+types are errors naming the file, the key and the fix: a typo must never silently fall back to a
+default on a production server.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from nesop_deb.errors import ConfigError
+
+CONFIG_NAME = "nesop-deb.toml"
+
+# Debian Policy §5.6.1: package names are lower case letters, digits, + - . and start alnum.
+# Names end up in control fields and scripts: always fullmatch() ("$" would accept a final "\n").
+_PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
+_UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    name: str
+    root: PurePosixPath
+    user: str
+    group: str
+    service: str
+    unit_file: str | None = None
+
+
+@dataclass(frozen=True)
+class PackageConfig:
+    name: str
+    maintainer: str
+    section: str = "admin"
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    exclude: tuple[str, ...] = ()
+    config: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MigrationsConfig:
+    dir: str = "migrations"
+    database: str | None = None
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    url: str | None = None
+    timeout: float = 60.0
+    pages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BackupsConfig:
+    keep: int = 5
+
+
+@dataclass(frozen=True)
+class Config:
+    app: AppConfig
+    package: PackageConfig
+    files: FilesConfig = field(default_factory=FilesConfig)
+    migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    backups: BackupsConfig = field(default_factory=BackupsConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data, as recorded in an update's manifest."""
+        return {
+            "app": {
+                "name": self.app.name,
+                "root": str(self.app.root),
+                "user": self.app.user,
+                "group": self.app.group,
+                "service": self.app.service,
+                "unit_file": self.app.unit_file,
+            },
+            "package": {"name": self.package.name, "maintainer": self.package.maintainer},
+            "files": {"exclude": list(self.files.exclude), "config": list(self.files.config)},
+            "migrations": {"dir": self.migrations.dir, "database": self.migrations.database},
+            "health": {
+                "url": self.health.url,
+                "timeout": self.health.timeout,
+                "pages": list(self.health.pages),
+            },
+            "backups": {"keep": self.backups.keep},
+        }
+
+
+# section -> key -> (accepted types, required)
+_SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
+    "app": {
+        "name": ((str,), True),
+        "root": ((str,), True),
+        "user": ((str,), False),
+        "group": ((str,), False),
+        "service": ((str,), False),
+        "unit_file": ((str,), False),
+    },
+    "package": {"name": ((str,), False), "maintainer": ((str,), False), "section": ((str,), False)},
+    "files": {"exclude": ((list,), False), "config": ((list,), False)},
+    "migrations": {"dir": ((str,), False), "database": ((str,), False)},
+    "health": {"url": ((str,), False), "timeout": ((int, float), False), "pages": ((list,), False)},
+    "backups": {"keep": ((int,), False)},
+}
+_TYPE_NAMES = {str: "a string", list: "a list of strings", int: "a number", float: "a number"}
+_TYPE_EXAMPLES = {str: '"text"', list: '["a", "b"]', int: "5", float: "60"}
+
+
+def _check_shape(data: dict[str, Any], source: str) -> None:
+    for section, values in data.items():
+        if section not in _SCHEMA:
+            known = ", ".join(f"[{s}]" for s in _SCHEMA)
+            raise ConfigError(f"{source}: unknown section [{section}]", hint=f"known sections: {known}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: {section} must be a table ([{section}])")
+        for key, value in values.items():
+            spec = _SCHEMA[section].get(key)
+            if spec is None:
+                known = ", ".join(_SCHEMA[section])
+                raise ConfigError(f"{source}: unknown key {section}.{key}", hint=f"known keys: {known}")
+            types, _ = spec
+            # bool is an int in Python; a boolean is never a valid value here
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ConfigError(
+                    f"{source}: {section}.{key} must be {_TYPE_NAMES[types[0]]}, not {type(value).__name__}",
+                    hint=f"write it like {key} = {_TYPE_EXAMPLES[types[-1]]}",
+                )
+            if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{source}: {section}.{key} must be a list of strings")
+    for section, keys in _SCHEMA.items():
+        for key, (_, required) in keys.items():
+            if required and key not in data.get(section, {}):
+                raise ConfigError(f"{source}: missing {section}.{key}", hint=f"add it under [{section}]")
+
+
+def _relative(value: str, what: str, source: str) -> str:
+    path = PurePosixPath(value)
+    if path.is_absolute() or ".." in path.parts or not value:
+        raise ConfigError(f"{source}: {what} {value!r} must be a path inside the repository")
+    return str(path)
+
+
+def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
+    """Validate raw TOML data and build a :class:`Config`."""
+    _check_shape(data, source)
+    app = data["app"]
+    name = app["name"]
+    if not _PACKAGE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"{source}: app.name {name!r} is not a valid Debian package name",
+            hint="use lower case letters, digits, '+', '-' and '.'",
+        )
+    root = PurePosixPath(app["root"])
+    if not root.is_absolute() or ".." in root.parts or root == PurePosixPath("/"):
+        raise ConfigError(
+            f"{source}: app.root {app['root']!r} must be an absolute directory like /opt/{name}"
+        )
+    user = app.get("user", "root")
+    group = app.get("group", user)
+    for key, value in (("user", user), ("group", group)):
+        if not _USER_NAME.fullmatch(value):
+            raise ConfigError(f"{source}: app.{key} {value!r} is not a valid user or group name")
+    service = app.get("service", f"{name}.service")
+    if not service.endswith(".service"):
+        service += ".service"
+    if not _UNIT_NAME.fullmatch(service):
+        raise ConfigError(f"{source}: app.service {service!r} is not a valid systemd service name")
+    unit_file = app.get("unit_file")
+    if unit_file is not None:
+        unit_file = _relative(unit_file, "app.unit_file", source)
+
+    pkg = data.get("package", {})
+    package_name = pkg.get("name", f"{name}-update")
+    if not _PACKAGE_NAME.fullmatch(package_name):
+        raise ConfigError(f"{source}: package.name {package_name!r} is not a valid Debian package name")
+    maintainer = pkg.get("maintainer", "")
+    if not re.fullmatch(r"[^<>\n]+ <[^<>@\s]+@[^<>\s]+>", maintainer):
+        raise ConfigError(
+            f"{source}: package.maintainer {maintainer!r} must look like 'Name <email@example.com>'",
+            hint="set [package] maintainer",
+        )
+
+    files = data.get("files", {})
+    mig = data.get("migrations", {})
+    health = data.get("health", {})
+    timeout = float(health.get("timeout", 60))
+    if timeout <= 0:
+        raise ConfigError(f"{source}: health.timeout must be a positive number of seconds")
+    url = health.get("url")
+    if url is not None and not re.match(r"^https?://", url):
+        raise ConfigError(f"{source}: health.url {url!r} must be an http:// or https:// URL")
+    keep = data.get("backups", {}).get("keep", 5)
+    if keep < 1:
+        raise ConfigError(f"{source}: backups.keep must be at least 1 (the backup of the current version)")
+    database = mig.get("database")
+    if database is not None and not re.match(r"^[a-z0-9+]+://", database):
+        raise ConfigError(
+            f"{source}: migrations.database {database!r} must be a database URL",
+            hint=f"e.g. sqlite:///{root}/app.db",
+        )
+
+    return Config(
+        app=AppConfig(name, root, user, group, service, unit_file),
+        package=PackageConfig(package_name, maintainer, pkg.get("section", "admin")),
+        files=FilesConfig(
+            tuple(files.get("exclude", ())),
+            tuple(_relative(p, "files.config entry", source) for p in files.get("config", ())),
+        ),
+        migrations=MigrationsConfig(
+            _relative(mig.get("dir", "migrations"), "migrations.dir", source), database
+        ),
+        health=HealthConfig(url, timeout, tuple(health.get("pages", ()))),
+        backups=BackupsConfig(keep),
+    )
+
+
+def loads(text: str, source: str = CONFIG_NAME) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not valid TOML: {exc}", hint="fix the syntax there (see https://toml.io)"
+        ) from exc
+    return parse(data, source)
+
+
+def load(path: Path) -> Config:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file", hint="run `nesop-deb init` in the app repository to write one"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    return loads(text, str(path))

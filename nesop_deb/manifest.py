@@ -1,0 +1,231 @@
+"""``update_manifest.json`` (contract: DESIGN.md §3): what an update package changes, as data.
+
+The builder writes it; ``nesop-deb inspect``/``verify`` and the server runtime read it back through
+:func:`loads`, which validates every field (paths included) before anything trusts it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from nesop_deb.errors import NesopError
+from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
+
+FORMAT = 1
+NAME = "update_manifest.json"
+
+
+class ManifestError(NesopError):
+    """A manifest that is malformed, of an unknown format, or names unsafe paths."""
+
+
+class Action(StrEnum):
+    ADD = "add"
+    MODIFY = "modify"
+    DELETE = "delete"
+    RENAME = "rename"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    action: Action
+    sha256: str | None  # None for a deletion
+    size: int
+    mode: int | None  # permission bits (0o644, 0o755); None for a deletion
+    preimage_sha256: str | None  # the file as the base version has it; None for an addition
+    renamed_from: str | None = None
+    link_target: str | None = None  # the file is a symlink to this relative target
+
+    @property
+    def ships_payload(self) -> bool:
+        return self.action is not Action.DELETE
+
+
+@dataclass(frozen=True)
+class MigrationEntry:
+    id: str  # file stem: 0003_add_stock
+    file: str  # relative to the package's migrations directory
+    sha256: str
+    reversible: bool
+    rollback_file: str | None = None
+    rollback_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    package: str
+    version: str
+    bases: tuple[str, ...]  # installed versions this update applies to; empty for a full install
+    full: bool
+    source_commit: str
+    since_commit: str | None
+    since_ref: str | None
+    builder_version: str
+    created: int  # SOURCE_DATE_EPOCH of the build
+    config: dict[str, Any]
+    files: tuple[FileEntry, ...] = ()
+    migrations: tuple[MigrationEntry, ...] = ()
+    config_files: tuple[str, ...] = ()
+    format: int = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = {
+            "format": self.format,
+            "package": self.package,
+            "version": self.version,
+            "bases": list(self.bases),
+            "full": self.full,
+            "source": {
+                "commit": self.source_commit,
+                "since_commit": self.since_commit,
+                "since_ref": self.since_ref,
+                "created": self.created,
+            },
+            "builder_version": self.builder_version,
+            "config": self.config,
+            "config_files": list(self.config_files),
+            "files": [_entry_dict(asdict(f)) for f in self.files],
+            "migrations": [_entry_dict(asdict(m)) for m in self.migrations],
+        }
+        return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+    def counts(self) -> dict[str, int]:
+        counts = {a.value: 0 for a in Action}
+        for f in self.files:
+            counts[f.action.value] += 1
+        return counts
+
+
+def _entry_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in d.items()}
+
+
+def _req(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
+    if key not in d:
+        raise ManifestError(f"update manifest: {where} lacks {key!r}")
+    value = d[key]
+    if not isinstance(value, types) or (isinstance(value, bool) and types is not bool):
+        raise ManifestError(f"update manifest: {where}.{key} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _sha(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ManifestError(f"update manifest: {where} is not a sha256 hex digest")
+    return value
+
+
+def _path(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ManifestError(f"update manifest: {where} is not a path")
+    try:
+        normal = safe_relative(value)
+    except UnsafePath as exc:
+        raise ManifestError(f"update manifest: {where}: unsafe path: {exc}") from None
+    if normal != value:
+        raise ManifestError(f"update manifest: {where}: path {value!r} is not normalised")
+    return normal
+
+
+def _file(d: Any, i: int) -> FileEntry:
+    where = f"files[{i}]"
+    if not isinstance(d, dict):
+        raise ManifestError(f"update manifest: {where} is not an object")
+    path = _path(d.get("path"), f"{where}.path")
+    try:
+        action = Action(str(d.get("action")))
+    except ValueError:
+        raise ManifestError(f"update manifest: {where}.action {d.get('action')!r} is unknown") from None
+    sha = None if action is Action.DELETE else _sha(d.get("sha256"), f"{where}.sha256")
+    pre = d.get("preimage_sha256")
+    pre = None if pre is None else _sha(pre, f"{where}.preimage_sha256")
+    if action in (Action.MODIFY, Action.DELETE) and pre is None:
+        raise ManifestError(f"update manifest: {where}: a {action.value} needs preimage_sha256")
+    mode = d.get("mode")
+    if action is not Action.DELETE and (
+        not isinstance(mode, int) or isinstance(mode, bool) or mode & ~0o7777
+    ):
+        raise ManifestError(f"update manifest: {where}.mode must be permission bits")
+    if mode is not None and mode & 0o6002:
+        raise ManifestError(f"update manifest: {where}.mode {mode:o} is setuid, setgid or world-writable")
+    size = d.get("size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestError(f"update manifest: {where}.size must be a non-negative integer")
+    renamed_from = d.get("renamed_from")
+    if action is Action.RENAME:
+        renamed_from = _path(renamed_from, f"{where}.renamed_from")
+    elif renamed_from is not None:
+        raise ManifestError(f"update manifest: {where}.renamed_from only goes with a rename")
+    link = d.get("link_target")
+    if link is not None and (not isinstance(link, str) or not link_stays_inside(path, link)):
+        raise ManifestError(f"update manifest: {where}: symlink target {link!r} leaves the app root")
+    return FileEntry(path, action, sha, size, mode, pre, renamed_from, link)
+
+
+def _migration(d: Any, i: int) -> MigrationEntry:
+    where = f"migrations[{i}]"
+    if not isinstance(d, dict):
+        raise ManifestError(f"update manifest: {where} is not an object")
+    mid = _req(d, "id", str, where)
+    file = _path(_req(d, "file", str, where), f"{where}.file")
+    if "/" in file or "/" in mid:
+        raise ManifestError(f"update manifest: {where}: migration files live directly in migrations/")
+    rollback = d.get("rollback_file")
+    if rollback is not None:
+        rollback = _path(rollback, f"{where}.rollback_file")
+    rsha = d.get("rollback_sha256")
+    return MigrationEntry(
+        mid,
+        file,
+        _sha(d.get("sha256"), f"{where}.sha256"),
+        bool(_req(d, "reversible", bool, where)),
+        rollback,
+        None if rsha is None else _sha(rsha, f"{where}.rollback_sha256"),
+    )
+
+
+def loads(text: str | bytes) -> Manifest:
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"update manifest is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError("update manifest is not a JSON object")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        raise ManifestError(
+            f"update manifest format {fmt!r} is not supported (this nesop-deb reads format {FORMAT})",
+            hint="upgrade nesop-deb on this machine to a version that knows it",
+        )
+    source = _req(data, "source", dict, "manifest")
+    files = tuple(_file(f, i) for i, f in enumerate(_req(data, "files", list, "manifest")))
+    seen: set[str] = set()
+    for f in files:
+        for p in (f.path, f.renamed_from):
+            if p is not None and p in seen:
+                raise ManifestError(f"update manifest: {p!r} appears twice")
+            if p is not None:
+                seen.add(p)
+    bases = _req(data, "bases", list, "manifest")
+    if not all(isinstance(b, str) for b in bases):
+        raise ManifestError("update manifest: bases must be version strings")
+    return Manifest(
+        package=_req(data, "package", str, "manifest"),
+        version=_req(data, "version", str, "manifest"),
+        bases=tuple(bases),
+        full=bool(_req(data, "full", bool, "manifest")),
+        source_commit=_req(source, "commit", str, "source"),
+        since_commit=source.get("since_commit"),
+        since_ref=source.get("since_ref"),
+        builder_version=_req(data, "builder_version", str, "manifest"),
+        created=int(_req(source, "created", int, "source")),
+        config=_req(data, "config", dict, "manifest"),
+        files=files,
+        migrations=tuple(_migration(m, i) for i, m in enumerate(_req(data, "migrations", list, "manifest"))),
+        config_files=tuple(_path(p, "config_files") for p in data.get("config_files", [])),
+    )

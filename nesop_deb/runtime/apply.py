@@ -1,0 +1,421 @@
+"""postinst configure: apply an update as one transaction, or restore everything and fail.
+
+verify → record undo data → stage new files → back up → stop → snapshot DB → apply files →
+migrate → start → health gate → commit. Everything before ``stop`` happens while the old app still
+serves, so the outage is the restart plus the renames and migrations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nesop_deb import manifest as mf
+from nesop_deb.errors import NesopError, RefusedError
+from nesop_deb.manifest import Action, FileEntry, Manifest
+from nesop_deb.runtime import accounts, backup, checks, database, health, history, service, state, transaction
+from nesop_deb.runtime.context import AppSettings, Context
+from nesop_deb.runtime.fsutil import (
+    TMP_SUFFIX,
+    confined,
+    fsync_dir,
+    live_digest,
+    remove,
+    sha256_file,
+    stage,
+    stage_symlink,
+)
+from nesop_deb.runtime.log import log
+
+NEW_SUFFIX = ".nesop-new"
+
+
+def load_installed_manifest(ctx_package: str, root: Path) -> Manifest:
+    path = root / "usr/share" / ctx_package / mf.NAME
+    try:
+        return mf.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise NesopError(f"{path} is missing: the package is not unpacked") from None
+
+
+def context_for(manifest: Manifest) -> Context:
+    return Context.for_package(manifest.package, AppSettings.from_manifest_config(manifest.config))
+
+
+@dataclass
+class Job:
+    """What one apply transaction works on; steps share it."""
+
+    ctx: Context
+    manifest: Manifest
+    source: Path  # where the payload and migrations are (the unpacked package)
+    previous: str | None
+    backup_name: str
+    uid: int = -1
+    gid: int = -1
+    service_existed: bool = True
+    was_active: bool = True
+    kept_config: list[str] = field(default_factory=list)
+    migrated: list[str] = field(default_factory=list)
+
+    @property
+    def backup_dir(self) -> Path:
+        return self.ctx.backups_dir / self.backup_name
+
+    @property
+    def unit(self) -> str:
+        return self.ctx.app.service
+
+    def payload(self, rel: str) -> Path:
+        return self.source / "payload" / rel
+
+    def target(self, f: FileEntry) -> Path:
+        """Where a shipped file goes: its path, or beside a locally edited config file."""
+        live = confined(self.ctx.app_root, f.path)
+        return live.with_name(live.name + NEW_SUFFIX) if f.path in self.kept_config else live
+
+    def touched(self) -> list[str]:
+        paths: set[str] = set()
+        for f in self.manifest.files:
+            paths.add(f.path)
+            if f.renamed_from:
+                paths.add(f.renamed_from)
+            if f.path in self.kept_config:
+                paths.add(f.path + NEW_SUFFIX)
+        return sorted(paths)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+class Record:
+    """Keep the version's manifest and migrations in the state dir: the undo data."""
+
+    name = "record"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        state.record_version(self.job.ctx, self.job.manifest, self.job.source / "migrations")
+
+    def undo(self) -> None:
+        st = state.load(self.job.ctx)
+        if st.entry(self.job.manifest.version) is None:
+            shutil.rmtree(state.version_dir(self.job.ctx, self.job.manifest.version), ignore_errors=True)
+
+
+class Prepare:
+    """Before the stop: the app's user, and every new file written beside its target."""
+
+    name = "stage"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job, ctx = self.job, self.job.ctx
+        if job.manifest.full:
+            accounts.ensure_system_user(ctx, ctx.app.user, ctx.app.group, ctx.app.root)
+        uid, gid = accounts.uid(ctx, ctx.app.user), accounts.gid(ctx, ctx.app.group)
+        if uid is None or gid is None:
+            raise RefusedError(
+                f"user {ctx.app.user!r} or group {ctx.app.group!r} does not exist on this server",
+                hint="create them, or install a --full package first",
+            )
+        job.uid, job.gid = uid, gid
+        if not ctx.app_root.exists():
+            ctx.app_root.mkdir(parents=True, mode=0o755)
+            os.chown(ctx.app_root, uid, gid)
+        for path in job.manifest.config_files:
+            entry = next((f for f in job.manifest.files if f.path == path and f.ships_payload), None)
+            if entry is None:
+                continue
+            live = live_digest(confined(ctx.app_root, path))
+            if live is not None and live not in (entry.preimage_sha256, entry.sha256):
+                job.kept_config.append(path)
+                log.warning(
+                    "%s was edited on this server: kept; the new version goes to %s%s", path, path, NEW_SUFFIX
+                )
+        for f in job.manifest.files:
+            if not f.ships_payload:
+                continue
+            target = job.target(f)
+            self._mkdirs(target.parent)
+            if f.link_target is not None:
+                stage_symlink(_tmp(target), f.link_target)
+            else:
+                stage(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
+
+    def _mkdirs(self, directory: Path) -> None:
+        root = self.job.ctx.app_root
+        missing = []
+        while not directory.exists() and directory != root:
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            d.mkdir(mode=0o755)
+            os.chown(d, self.job.uid, self.job.gid)
+
+    def undo(self) -> None:
+        for f in self.job.manifest.files:
+            if f.ships_payload:
+                remove(_tmp(self.job.target(f)))
+
+
+class Backup:
+    name = "backup"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job = self.job
+        if job.backup_dir.exists():
+            return  # a rerun of a recovered transaction
+        meta = {"kind": "pre_update", "version": job.previous, "for_version": job.manifest.version}
+        backup.create_files(job.ctx, job.backup_name, job.touched(), meta)
+
+    def undo(self) -> None:
+        """The backup stays: it is the record of what was there (retention prunes it)."""
+
+
+class Stop:
+    name = "stop"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        st = service.status(self.job.unit)
+        self.job.service_existed = st.exists
+        self.job.was_active = st.active
+        if st.exists:
+            service.stop(self.job.unit)
+
+    def undo(self) -> None:
+        if service.status(self.job.unit).exists:
+            service.start(self.job.unit)
+
+
+class SnapshotDatabase:
+    name = "snapshot-db"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        backup.add_database(self.job.ctx, self.job.backup_dir)
+
+    def undo(self) -> None:
+        """Nothing to undo: the snapshot is read by Migrate.undo."""
+
+
+class ApplyFiles:
+    name = "apply-files"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job = self.job
+        parents: set[Path] = set()
+        for f in job.manifest.files:
+            if f.action is Action.DELETE or f.action is Action.RENAME:
+                old = confined(job.ctx.app_root, f.path if f.action is Action.DELETE else str(f.renamed_from))
+                edited = live_digest(old) not in (f.preimage_sha256, None)
+                if f.path in job.manifest.config_files and f.action is Action.DELETE and edited:
+                    job.kept_config.append(f.path)
+                    log.warning("%s was edited on this server: kept although the update deletes it", f.path)
+                    continue
+                if old.is_symlink() or old.is_file():
+                    old.unlink()
+                    parents.add(old.parent)
+            if f.ships_payload:
+                target = job.target(f)
+                staged = _tmp(target)
+                if not staged.is_symlink() and not staged.exists():
+                    if live_digest(target) == f.sha256:
+                        continue  # already in place (a rerun)
+                    raise NesopError(f"{staged} vanished before it could be renamed into place")
+                if target.is_dir() and not target.is_symlink():
+                    raise RefusedError(
+                        f"{target} is a directory on this server; the update ships a file there"
+                    )
+                staged.replace(target)
+                parents.add(target.parent)
+        for p in parents:
+            fsync_dir(p)
+
+    def undo(self) -> None:
+        for f in self.job.manifest.files:
+            if f.ships_payload:
+                remove(_tmp(self.job.target(f)))
+        backup.restore_files(self.job.ctx, self.job.backup_dir)
+
+
+class Migrate:
+    name = "migrate"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    @property
+    def directory(self) -> Path:
+        return state.version_dir(self.job.ctx, self.job.manifest.version) / "migrations"
+
+    def apply(self) -> None:
+        job = self.job
+        url = job.ctx.database_url
+        assert url is not None
+        ids = [m.id for m in job.manifest.migrations]
+        job.migrated = database.apply(url, self.directory, ids)
+        db = job.ctx.database_path
+        if db is not None:
+            for suffix in ("", "-wal", "-shm"):
+                p = db.with_name(db.name + suffix)
+                if p.exists():
+                    os.chown(p, job.uid, job.gid)
+
+    def undo(self) -> None:
+        job = self.job
+        url, db = job.ctx.database_url, job.ctx.database_path
+        if url is None or db is None:
+            return
+        snapshot = job.backup_dir / backup.DB_FILE
+        ids = [m.id for m in job.manifest.migrations]
+        if not db.exists():
+            return
+        applied = set(database.applied_ids(url)) & set(ids)
+        irreversible = [m.id for m in job.manifest.migrations if m.id in applied and not m.reversible]
+        if not irreversible:
+            try:
+                database.rollback(url, self.directory, ids)
+                return
+            except database.MigrationError as exc:
+                if not snapshot.exists():
+                    raise
+                log.warning("%s; restoring the database snapshot instead", exc)
+        if snapshot.exists():
+            # the app was stopped since the snapshot: nothing written after it can be lost
+            kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
+            log.info("database restored from %s (the replaced one is kept as %s)", snapshot, kept)
+        elif applied:
+            raise NesopError(f"cannot undo migrations {sorted(applied)}: no rollback and no snapshot")
+
+
+class Start:
+    name = "start"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job, ctx = self.job, self.job.ctx
+        unit_dest = ctx.host(f"/etc/systemd/system/{job.unit}")
+        if ctx.app.unit_file and not unit_dest.exists() and job.manifest.full:
+            src = ctx.app_path(ctx.app.unit_file)
+            unit_dest.write_bytes(src.read_bytes())
+            unit_dest.chmod(0o644)
+            service.daemon_reload()
+            service.enable(job.unit)
+        job_restarts = service.status(job.unit).restarts
+        self.restarts_before = job_restarts
+        service.start(job.unit)
+
+    def undo(self) -> None:
+        if service.status(self.job.unit).exists:
+            service.stop(self.job.unit)
+
+
+class HealthGate:
+    name = "health"
+
+    def __init__(self, job: Job, start: Start) -> None:
+        self.job = job
+        self.start = start
+
+    def apply(self) -> None:
+        app = self.job.ctx.app
+        health.wait_healthy(
+            app.service,
+            app.health_url,
+            app.health_timeout,
+            restarts_before=getattr(self.start, "restarts_before", None),
+        )
+
+    def undo(self) -> None:
+        """Nothing: Start.undo stops the new app."""
+
+
+def build_steps(job: Job) -> list[transaction.Step]:
+    steps: list[transaction.Step] = [Record(job), Prepare(job), Backup(job), Stop(job)]
+    if job.manifest.migrations and job.ctx.database_path is not None:
+        steps.append(SnapshotDatabase(job))
+    steps.append(ApplyFiles(job))
+    if job.manifest.migrations:
+        steps.append(Migrate(job))
+    start = Start(job)
+    steps += [start, HealthGate(job, start)]
+    return steps
+
+
+def verify_payload(job: Job) -> None:
+    """Every shipped file must be exactly what the manifest says (a tampered package stops here)."""
+    for f in job.manifest.files:
+        if not f.ships_payload:
+            continue
+        p = job.payload(f.path)
+        if f.link_target is not None:
+            if not p.is_symlink() or os.readlink(p) != f.link_target:
+                raise RefusedError(
+                    f"payload {f.path}: not the symlink the manifest names; the package was altered"
+                )
+            continue
+        if p.is_symlink() or not p.is_file() or sha256_file(p) != f.sha256:
+            raise RefusedError(
+                f"payload {f.path}: sha256 does not match the manifest; the package was altered or damaged",
+                hint="download or build the package again; nothing was changed",
+            )
+    for m in job.manifest.migrations:
+        for name, sha in ((m.file, m.sha256), (m.rollback_file, m.rollback_sha256)):
+            if name is None:
+                continue
+            p = job.source / "migrations" / name
+            if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != sha:
+                raise RefusedError(
+                    f"migration {name}: sha256 does not match the manifest; the package was altered"
+                )
+
+
+def history_entry(job: Job, status: str, started: float, **extra: Any) -> dict[str, Any]:
+    by_action: dict[str, list[str]] = {a.value: [] for a in Action}
+    for f in job.manifest.files:
+        by_action[f.action.value].append(f.path)
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "action": "apply",
+        "package": job.manifest.package,
+        "version": job.manifest.version,
+        "from": job.previous,
+        "status": status,
+        "files": by_action,
+        "migrations": [m.id for m in job.manifest.migrations],
+        "backup": job.backup_name,
+        "kept_config": sorted(set(job.kept_config)),
+        "duration": round(time.monotonic() - started, 3),
+        **extra,
+    }
+
+
+def new_job(ctx: Context, manifest: Manifest, source: Path, previous: str | None, backup_name: str) -> Job:
+    return Job(ctx, manifest, source, previous, backup_name)
+
+
+__all__ = ["Job", "build_steps", "checks", "context_for", "history", "history_entry", "verify_payload"]

@@ -1,0 +1,149 @@
+"""Read-only checks shared by the preinst preflight and the postinst before it changes anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nesop_deb import __version__, versions
+from nesop_deb.errors import RefusedError
+from nesop_deb.manifest import Action, Manifest
+from nesop_deb.runtime import state
+from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.fsutil import confined, free_bytes, live_digest
+
+MARGIN = 16 << 20
+
+
+@dataclass(frozen=True)
+class Drift:
+    path: str
+    expected: str
+    found: str
+
+
+def runtime_version(manifest: Manifest) -> None:
+    if versions.compare(__version__, manifest.builder_version) < 0:
+        raise RefusedError(
+            f"{manifest.package} {manifest.version} was built by nesop-deb {manifest.builder_version}, "
+            f"but this server runs nesop-deb {__version__}",
+            hint=f"upgrade nesop-deb to {manifest.builder_version} or later first",
+        )
+
+
+def same_app(ctx: Context, st: state.State, manifest: Manifest) -> None:
+    """An update must target the app that is installed: same root, same service."""
+    if st.current is None:
+        return
+    try:
+        installed = state.stored_manifest(ctx, st.current).config["app"]
+    except state.StateError:
+        return
+    new = manifest.config["app"]
+    for key in ("root", "service"):
+        if installed.get(key) != new.get(key):
+            raise RefusedError(
+                f"{manifest.package} {manifest.version} targets app {key} {new.get(key)!r}, "
+                f"but {st.current} is installed with {installed.get(key)!r}",
+                hint="build the update from the same nesop-deb.toml as the installed version",
+            )
+
+
+def base_version(st: state.State, manifest: Manifest) -> None:
+    current = st.current
+    if manifest.full or current == manifest.version:
+        return
+    if current is None:
+        return  # adoption of a hand-deployed server: the drift check decides
+    if current not in manifest.bases:
+        need = ", ".join(manifest.bases) or "none"
+        raise RefusedError(
+            f"update {manifest.version} needs base {need} but {current} is installed",
+            hint=f"build it with --since v{current}, or install {need} first",
+        )
+
+
+def drift(ctx: Context, manifest: Manifest) -> list[Drift]:
+    """Live files that are neither the update's pre-image nor its result (config files excepted)."""
+    found: list[Drift] = []
+    config = set(manifest.config_files)
+    for f in manifest.files:
+        checks: list[tuple[str, set[str | None]]] = []
+        if f.action is Action.ADD:
+            checks.append((f.path, {None, f.sha256}))
+        elif f.action is Action.MODIFY:
+            checks.append((f.path, {f.preimage_sha256, f.sha256}))
+        elif f.action is Action.DELETE:
+            checks.append((f.path, {f.preimage_sha256, None}))
+        elif f.renamed_from is not None:
+            checks.append((f.renamed_from, {f.preimage_sha256, None}))
+            checks.append((f.path, {None, f.sha256}))
+        for path, allowed in checks:
+            if path in config:
+                continue
+            live = live_digest(confined(ctx.app_root, path))
+            if live not in allowed:
+                expected = " or ".join(sorted("absent" if a is None else a[:12] for a in allowed))
+                found.append(Drift(path, expected, "absent" if live is None else live[:12]))
+    return found
+
+
+def no_drift(ctx: Context, manifest: Manifest) -> None:
+    found = drift(ctx, manifest)
+    if found:
+        first = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise RefusedError(
+            f"{ctx.app_path(first.path)} was changed on this server (sha256 {first.found}, "
+            f"expected {first.expected}){more}",
+            hint="restore the file or rebuild the update from what the server runs; nothing was changed",
+        )
+
+
+def disk_space(ctx: Context, manifest: Manifest) -> None:
+    need = sum(f.size for f in manifest.files) * 2 + MARGIN
+    db = ctx.database_path
+    if manifest.migrations and db is not None and db.exists():
+        need += db.stat().st_size
+    free = free_bytes(ctx.app_root)
+    if free < need:
+        raise RefusedError(
+            f"{ctx.app_root}: {free >> 20} MiB free, the update needs {need >> 20} MiB",
+            hint="free some space (old backups: nesop-update list-backups), then try again",
+        )
+
+
+def migration_checksums(ctx: Context, st: state.State, manifest: Manifest) -> None:
+    """A migration already applied under the same id must be the same migration."""
+    known: dict[str, str] = {}
+    for applied in st.applied:
+        try:
+            for m in state.stored_manifest(ctx, applied.version).migrations:
+                known[m.id] = m.sha256
+        except state.StateError:
+            continue
+    for m in manifest.migrations:
+        if m.id in known and known[m.id] != m.sha256:
+            raise RefusedError(
+                f"migration {m.id} differs from the one already applied on this server",
+                hint="never edit a released migration: add a new one",
+            )
+
+
+def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> state.State:
+    """Every read-only check; raises RefusedError on the first that fails."""
+    runtime_version(manifest)
+    st = state.load(ctx)
+    same_app(ctx, st, manifest)
+    base_version(st, manifest)
+    if st.current != manifest.version:
+        if not manifest.full and not ctx.app_root.is_dir():
+            raise RefusedError(
+                f"{ctx.app_root} does not exist, and {manifest.version} is not a full install",
+                hint="install a package built with --full first",
+            )
+        if check_drift:
+            no_drift(ctx, manifest)
+        if ctx.app_root.is_dir():
+            disk_space(ctx, manifest)
+        migration_checksums(ctx, st, manifest)
+    return st

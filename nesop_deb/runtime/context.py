@@ -1,0 +1,120 @@
+"""Every server path in one place, derived from the package name, the app settings and $DPKG_ROOT.
+
+Nothing in the runtime spells a path literally: tests point ``root`` at a temporary directory and
+``dpkg --root`` (which sets DPKG_ROOT for the scripts) works without special cases.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from nesop_deb.errors import UsageError
+
+
+def _under(root: Path, absolute: str | PurePosixPath) -> Path:
+    return root / str(absolute).lstrip("/")
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """The app settings an update carries in its manifest (``config`` there)."""
+
+    name: str
+    root: str
+    user: str
+    group: str
+    service: str
+    unit_file: str | None
+    database: str | None
+    migrations_dir: str
+    health_url: str | None
+    health_timeout: float
+    health_pages: tuple[str, ...]
+    keep_backups: int
+    config_files: tuple[str, ...]
+
+    @classmethod
+    def from_manifest_config(cls, cfg: dict[str, Any]) -> AppSettings:
+        app, mig, health = cfg["app"], cfg.get("migrations", {}), cfg.get("health", {})
+        return cls(
+            name=app["name"],
+            root=app["root"],
+            user=app.get("user", "root"),
+            group=app.get("group", app.get("user", "root")),
+            service=app["service"],
+            unit_file=app.get("unit_file"),
+            database=mig.get("database"),
+            migrations_dir=mig.get("dir", "migrations"),
+            health_url=health.get("url"),
+            health_timeout=float(health.get("timeout", 60)),
+            health_pages=tuple(health.get("pages", ())),
+            keep_backups=int(cfg.get("backups", {}).get("keep", 5)),
+            config_files=tuple(cfg.get("files", {}).get("config", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Context:
+    package: str
+    app: AppSettings
+    root: Path = Path("/")
+
+    @classmethod
+    def for_package(cls, package: str, app: AppSettings) -> Context:
+        return cls(package, app, Path(os.environ.get("DPKG_ROOT") or "/"))
+
+    def host(self, absolute: str | PurePosixPath) -> Path:
+        """A path on the managed system (below DPKG_ROOT)."""
+        return _under(self.root, absolute)
+
+    @property
+    def app_root(self) -> Path:
+        return self.host(self.app.root)
+
+    def app_path(self, rel: str) -> Path:
+        return self.app_root / rel
+
+    @property
+    def share(self) -> Path:
+        """Where dpkg unpacked the installed package's files."""
+        return self.host(f"/usr/share/{self.package}")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.host(f"/var/lib/{self.package}")
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.app_root / "backups"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.app_root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "update.log"
+
+    @property
+    def history_file(self) -> Path:
+        return self.logs_dir / "update_history.json"
+
+    @property
+    def database_path(self) -> Path | None:
+        url = self.app.database
+        if url is None:
+            return None
+        if not url.startswith("sqlite:///"):
+            raise UsageError(
+                f"database {url!r}: only sqlite:/// databases can be snapshotted here",
+                hint="use an sqlite:////absolute/path URL",
+            )
+        return self.host(url[len("sqlite:///") :])
+
+    @property
+    def database_url(self) -> str | None:
+        path = self.database_path
+        return None if path is None else f"sqlite:///{path}"

@@ -1,0 +1,137 @@
+"""The app's database: consistent snapshots and migrations through yoyo-migrations.
+
+yoyo applies each migration in its own transaction (SQLite has transactional DDL) and records it
+in its ``_yoyo_migration`` table; we only choose which migrations and in which direction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from nesop_deb.errors import NesopError
+from nesop_deb.runtime.fsutil import fsync_dir, sha256_file
+
+
+class MigrationError(NesopError):
+    """A migration failed (its own transaction was rolled back by the database)."""
+
+
+def snapshot(db: Path, dest: Path) -> str:
+    """Copy a live SQLite database consistently (the online backup API); return its sha256."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".part")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        out = sqlite3.connect(tmp)
+        try:
+            src.backup(out)
+        finally:
+            out.close()
+    finally:
+        src.close()
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    tmp.chmod(0o600)
+    tmp.replace(dest)
+    fsync_dir(dest.parent)
+    return sha256_file(dest)
+
+
+def restore(snapshot_file: Path, db: Path, keep_current_as: Path | None) -> None:
+    """Put a snapshot back in place of ``db`` (the app is stopped), keeping the current one aside."""
+    st = db.stat() if db.exists() else None
+    if keep_current_as is not None and db.exists():
+        keep_current_as.parent.mkdir(parents=True, exist_ok=True)
+        snapshot(db, keep_current_as)
+    tmp = db.with_name(db.name + ".nesop-tmp")
+    shutil.copyfile(snapshot_file, tmp)
+    if st is not None:
+        os.chown(tmp, st.st_uid, st.st_gid)
+        tmp.chmod(st.st_mode & 0o7777)
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    # the old WAL and shared-memory files belong to the database being replaced
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            db.with_name(db.name + suffix).unlink()
+    tmp.replace(db)
+    fsync_dir(db.parent)
+
+
+@contextlib.contextmanager
+def _backend(url: str) -> Iterator[Any]:
+    from yoyo import get_backend
+
+    backend = get_backend(url)
+    try:
+        yield backend
+    finally:
+        with contextlib.suppress(Exception):
+            backend.connection.close()
+
+
+def _read(directory: Path, ids: Sequence[str]) -> Any:
+    from yoyo import read_migrations
+
+    migrations = read_migrations(str(directory))
+    wanted = set(ids)
+    return migrations.filter(lambda m: m.id in wanted)
+
+
+def applied_ids(url: str) -> list[str]:
+    """Ids of the migrations recorded in the tracking table, in the order applied."""
+    with _backend(url) as backend:
+        backend.ensure_internal_schema_updated()
+        rows = backend.execute("SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc").fetchall()
+        return [str(r[0]) for r in rows]
+
+
+def apply(url: str, directory: Path, ids: Sequence[str]) -> list[str]:
+    """Apply those of ``ids`` not yet applied, in name order; return the ids applied now."""
+    from yoyo.exceptions import LockTimeout
+
+    with _backend(url) as backend:
+        try:
+            with backend.lock():
+                todo = backend.to_apply(_read(directory, ids))
+                done: list[str] = []
+                for m in sorted(todo, key=lambda m: m.id):
+                    try:
+                        backend.apply_one(m)
+                    except Exception as exc:
+                        raise MigrationError(f"migration {m.id} failed: {exc}") from exc
+                    done.append(m.id)
+                return done
+        except LockTimeout as exc:
+            raise MigrationError(f"the database migration lock is held: {exc}") from exc
+
+
+def rollback(url: str, directory: Path, ids: Sequence[str]) -> list[str]:
+    """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back."""
+    with _backend(url) as backend, backend.lock():
+        todo = backend.to_rollback(_read(directory, ids))
+        done: list[str] = []
+        for m in sorted(todo, key=lambda m: m.id, reverse=True):
+            try:
+                backend.rollback_one(m)
+            except Exception as exc:
+                raise MigrationError(f"rollback of migration {m.id} failed: {exc}") from exc
+            done.append(m.id)
+        return done
+
+
+def quick_check(db: Path) -> str:
+    """SQLite's own consistency check; 'ok' when the file is sound."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return str(conn.execute("PRAGMA quick_check").fetchone()[0])
+    finally:
+        conn.close()

@@ -1,0 +1,90 @@
+"""The health gate: the app answers, systemd says active, and it stays up (no fixed sleeps).
+
+Polls fast at first (the outage is the restart, so every millisecond counts), backing off to a
+few polls a second; then watches a short settle window for a restart loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import requests
+
+from nesop_deb.errors import NesopError
+from nesop_deb.runtime import service
+from nesop_deb.runtime.log import log
+
+SETTLE_SECONDS = 1.0
+
+
+class HealthError(NesopError):
+    """The app did not become healthy."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    ok: bool
+    detail: str
+
+
+def probe(url: str, timeout: float = 2.0) -> Probe:
+    try:
+        response = requests.get(url, timeout=timeout, allow_redirects=False)
+    except requests.RequestException as exc:
+        return Probe(False, f"no answer ({type(exc).__name__})")
+    if 200 <= response.status_code < 300:
+        return Probe(True, f"HTTP {response.status_code}")
+    return Probe(False, f"HTTP {response.status_code}: {response.text.strip()[:200]}")
+
+
+def wait_healthy(unit: str, url: str | None, timeout: float, *, restarts_before: int | None = None) -> float:
+    """Block until healthy; return the seconds it took. Raise :class:`HealthError` otherwise."""
+    start = time.monotonic()
+    deadline = start + timeout
+    baseline = service.status(unit).restarts if restarts_before is None else restarts_before
+    delay = 0.01
+    last = "not checked yet"
+    while True:
+        st = service.status(unit)
+        if st.restarts > baseline or st.active_state == "failed":
+            raise HealthError(
+                f"{unit} failed to start ({st.active_state}/{st.sub_state}, "
+                f"restarted {st.restarts - baseline}x)",
+                hint=f"its log says: {service.journal_tail(unit)}",
+            )
+        if st.active:
+            if url is None:
+                break
+            result = probe(url)
+            last = result.detail
+            if result.ok:
+                break
+        else:
+            last = f"{unit} is {st.active_state}/{st.sub_state}"
+        if time.monotonic() >= deadline:
+            raise HealthError(f"{url or unit} not healthy after {timeout:g} s: {last}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+    ready = time.monotonic() - start
+    _settle(unit, url, service.status(unit))
+    log.info("healthy after %.3f s (%s)", ready, last if url else "active")
+    return ready
+
+
+def _settle(unit: str, url: str | None, first: service.ServiceStatus) -> None:
+    """The app must stay up: same MainPID, no restart, health still 2xx over a short window."""
+    end = time.monotonic() + SETTLE_SECONDS
+    while time.monotonic() < end:
+        time.sleep(0.2)
+        st = service.status(unit)
+        if not st.active or st.main_pid != first.main_pid or st.restarts != first.restarts:
+            raise HealthError(
+                f"{unit} did not stay up (now {st.active_state}/{st.sub_state}, "
+                f"pid {first.main_pid} -> {st.main_pid})",
+                hint=f"its log says: {service.journal_tail(unit)}",
+            )
+        if url is not None:
+            result = probe(url)
+            if not result.ok:
+                raise HealthError(f"{url} stopped answering after the restart: {result.detail}")

@@ -1,0 +1,181 @@
+"""Operator actions outside dpkg: a manual backup, and restoring a named backup.
+
+Restoring goes through the same transaction as an update (journal, reverse undo, health gate):
+a safety backup of what the restore will touch is taken first, so a failed restore comes back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from nesop_deb.errors import NesopError
+from nesop_deb.runtime import backup, health, history, lock, service, state, transaction
+from nesop_deb.runtime import log as runlog
+from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.log import log
+
+SKIP_DIRS = ("backups", "logs")
+
+
+def app_files(ctx: Context) -> list[str]:
+    """Every file of the app tree except its backups and logs (what a manual backup holds)."""
+    found = []
+    for dirpath, dirs, files in os.walk(ctx.app_root):
+        rel_dir = Path(dirpath).relative_to(ctx.app_root)
+        if rel_dir == Path():
+            dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
+        db = ctx.database_path
+        for name in files:
+            p = Path(dirpath) / name
+            if db is not None and p.name.startswith(db.name) and p.parent == db.parent:
+                continue  # the database goes in as a consistent snapshot instead
+            found.append(str(rel_dir / name) if rel_dir != Path() else name)
+    return sorted(found)
+
+
+def manual_backup(ctx: Context, name: str | None) -> Path:
+    runlog.setup(ctx.log_file)
+    st = state.load(ctx)
+    with lock.held(ctx.state_dir / "lock", "manual backup"):
+        bname = name or backup.new_name("manual", st.current)
+        with runlog.step(f"backup {ctx.app.name} as {bname}"):
+            d = backup.create_files(ctx, bname, app_files(ctx), {"kind": "manual", "version": st.current})
+            backup.add_database(ctx, d)
+        return d
+
+
+class _SafetyBackup:
+    name = "safety-backup"
+
+    def __init__(self, ctx: Context, target: Path, safety: str) -> None:
+        self.ctx, self.target, self.safety = ctx, target, safety
+
+    def apply(self) -> None:
+        data = backup.read_manifest(self.target)
+        touched = [f["path"] for f in data["files"]] + list(data["absent"])
+        backup.create_files(self.ctx, self.safety, touched, {"kind": "pre_rollback", "version": None})
+        backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)
+
+    def undo(self) -> None:
+        """The safety backup stays."""
+
+
+class _Stop:
+    name = "stop"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def apply(self) -> None:
+        service.stop(self.ctx.app.service)
+
+    def undo(self) -> None:
+        service.start(self.ctx.app.service)
+
+
+class _Restore:
+    name = "restore"
+
+    def __init__(self, ctx: Context, target: Path, safety: str) -> None:
+        self.ctx, self.target, self.safety = ctx, target, safety
+
+    def apply(self) -> None:
+        backup.restore_files(self.ctx, self.target)
+        kept = backup.restore_database(self.ctx, self.target, keep_current=True)
+        if kept is not None:
+            log.info("database restored; the replaced one is kept as %s", kept)
+
+    def undo(self) -> None:
+        safety = self.ctx.backups_dir / self.safety
+        backup.restore_files(self.ctx, safety)
+        backup.restore_database(self.ctx, safety, keep_current=False)
+
+
+class _Start:
+    name = "start"
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def apply(self) -> None:
+        service.start(self.ctx.app.service)
+        health.wait_healthy(self.ctx.app.service, self.ctx.app.health_url, self.ctx.app.health_timeout)
+
+    def undo(self) -> None:
+        service.stop(self.ctx.app.service)
+
+
+def restore_backup(ctx: Context, name: str) -> None:
+    runlog.setup(ctx.log_file)
+    target = backup.find(ctx, name)
+    started = time.monotonic()
+    with lock.held(ctx.state_dir / "lock", f"rollback {name}"):
+        st = state.load(ctx)
+        safety = backup.new_name("pre_rollback", st.current)
+        journal: dict[str, object] = {
+            "kind": "restore",
+            "version": st.current,
+            "backup": name,
+            "safety": safety,
+        }
+        steps: list[transaction.Step] = [
+            _SafetyBackup(ctx, target.path, safety),
+            _Stop(ctx),
+            _Restore(ctx, target.path, safety),
+            _Start(ctx),
+        ]
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "action": "rollback",
+            "package": ctx.package,
+            "backup": name,
+            "version": target.version,
+            "from": st.current,
+            "safety_backup": safety,
+        }
+        try:
+            with runlog.step(f"roll {ctx.app.name} back to backup {name}"):
+                transaction.run(ctx, journal, steps)
+        except transaction.TransactionFailed as exc:
+            history.append(
+                ctx,
+                {**entry, "status": "failed", "failed_step": exc.step, "reason": str(exc.cause),
+                 "duration": round(time.monotonic() - started, 3)},
+            )  # fmt: skip
+            if not exc.undo_errors:
+                state.clear_journal(ctx)
+            raise
+        # a pre_update backup is what the app was before its version: those versions are undone
+        for_version = target.data.get("for_version")
+        if for_version is not None and st.entry(str(for_version)) is not None:
+            idx = next(i for i, a in enumerate(st.applied) if a.version == for_version)
+            st.applied = st.applied[:idx]
+            state.save(ctx, st)
+        history.append(ctx, {**entry, "status": "success", "duration": round(time.monotonic() - started, 3)})
+        state.clear_journal(ctx)
+
+
+def recover(ctx: Context) -> str:
+    from nesop_deb.runtime import operations
+
+    runlog.setup(ctx.log_file)
+    with lock.held(ctx.state_dir / "lock", "recover"):
+        journal = state.read_journal(ctx)
+        if journal is not None and journal.get("kind") == "restore":
+            safety = ctx.backups_dir / str(journal.get("safety"))
+            if safety.is_dir():
+                backup.restore_files(ctx, safety)
+                backup.restore_database(ctx, safety, keep_current=True)
+            operations.ensure_running(ctx)
+            state.clear_journal(ctx)
+            return f"undid the interrupted restore of {journal.get('backup')}"
+        if journal is not None and journal.get("kind") == "undo":
+            raise NesopError(
+                f"a rollback to {journal.get('target')} was interrupted",
+                hint=f"finish it: apt-get install --allow-downgrades {ctx.package}={journal.get('target')}",
+            )
+        done = operations.recover(ctx)
+        operations.ensure_running(ctx)
+        return done or "nothing to recover"

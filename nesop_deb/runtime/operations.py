@@ -1,0 +1,220 @@
+"""What each maintainer-script intent does, and the server operations nesop-update shares."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import time
+import zlib
+from pathlib import Path
+
+from nesop_deb import manifest as mf
+from nesop_deb.errors import NesopError, RefusedError
+from nesop_deb.manifest import Manifest
+from nesop_deb.runtime import apply, backup, checks, health, history, lock, service, state, transaction
+from nesop_deb.runtime import log as runlog
+from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.log import log
+
+_EMBEDDED = re.compile(r'^MANIFEST = "([A-Za-z0-9+/=]*)"$', re.MULTILINE)
+
+
+def manifest_from_script(path: Path) -> Manifest:
+    """The manifest a preinst carries (the payload is not unpacked when preinst runs)."""
+    m = _EMBEDDED.search(path.read_text(encoding="utf-8"))
+    if m is None:
+        raise NesopError(f"{path}: no embedded manifest; the package was not built by nesop-deb")
+    return mf.loads(zlib.decompress(base64.b64decode(m.group(1))))
+
+
+def embed(manifest: Manifest) -> str:
+    return base64.b64encode(zlib.compress(manifest.to_json().encode(), 9)).decode()
+
+
+def lock_path(ctx: Context) -> Path:
+    return ctx.state_dir / "lock"
+
+
+def _setup_log(ctx: Context) -> None:
+    log_file = ctx.log_file if ctx.app_root.is_dir() else None
+    runlog.setup(log_file)
+
+
+def preflight(manifest: Manifest) -> None:
+    """preinst install/upgrade: read-only checks; refusing here costs nothing (dpkg unwinds)."""
+    ctx = apply.context_for(manifest)
+    _setup_log(ctx)
+    with runlog.step(f"preflight {manifest.package} {manifest.version}"):
+        if lock_path(ctx).exists():
+            with lock.held(lock_path(ctx), f"preflight {manifest.version}", wait=5):
+                pass
+        checks.preflight(ctx, manifest)
+
+
+def preflight_downgrade(manifest: Manifest) -> None:
+    """preinst of an older version replacing a newer one: the newer prerm must have undone it."""
+    ctx = apply.context_for(manifest)
+    st = state.load(ctx)
+    if st.current is not None and st.current != manifest.version and st.entry(manifest.version) is None:
+        raise RefusedError(
+            f"cannot go back to {manifest.version}: it was never applied on this server (live: {st.current})",
+        )
+
+
+def ensure_running(ctx: Context) -> None:
+    """After dpkg unwound something: the app must be up."""
+    st = service.status(ctx.app.service)
+    if st.exists and not st.active:
+        log.info("starting %s", ctx.app.service)
+        service.start(ctx.app.service)
+
+
+def recover(ctx: Context) -> str | None:
+    """Finish an interrupted transaction (caller holds the lock). Returns what was done."""
+    journal = state.read_journal(ctx)
+    if journal is None:
+        return None
+    st = state.load(ctx)
+    version = str(journal.get("version"))
+    if journal.get("kind") == "apply" and st.current == version:
+        state.clear_journal(ctx)  # it had committed; only the journal's removal was lost
+        return f"{version} had been applied; nothing to undo"
+    with runlog.step(f"recover: undo the interrupted {journal.get('kind')} of {version}"):
+        started = time.monotonic()
+        manifest = _journal_manifest(ctx, journal)
+        job = apply.Job(ctx, manifest, ctx.share, journal.get("from"), str(journal["backup"]))
+        job.kept_config = list(journal.get("kept_config", []))
+        errors = transaction.undo_from_journal(ctx, journal, lambda _j: apply.build_steps(job))
+        ensure_running(ctx)
+        healthy = _healthy(ctx)
+        entry = apply.history_entry(
+            job,
+            "interrupted",
+            started,
+            action="recover",
+            failed_step=journal.get("failed_step") or (journal.get("steps") or ["?"])[-1],
+            reason=journal.get("reason") or "the process was killed during the update",
+            undo_errors=errors,
+            old_app_healthy=healthy,
+        )
+        history.append(ctx, entry)
+        if errors:
+            raise NesopError(f"recovery of {version} incomplete: {'; '.join(errors)}")
+        state.clear_journal(ctx)
+    return f"undid the interrupted update to {version}"
+
+
+def _journal_manifest(ctx: Context, journal: dict[str, object]) -> Manifest:
+    version = str(journal["version"])
+    try:
+        return state.stored_manifest(ctx, version)
+    except state.StateError:
+        return apply.load_installed_manifest(ctx.package, ctx.root)
+
+
+def _healthy(ctx: Context) -> bool:
+    try:
+        health.wait_healthy(ctx.app.service, ctx.app.health_url, min(ctx.app.health_timeout, 30))
+    except NesopError as exc:
+        log.error("the app is not healthy: %s", exc)
+        return False
+    return True
+
+
+def configure(package: str, version: str) -> None:
+    """postinst configure: apply this version, or restore the old app and raise."""
+    manifest = apply.load_installed_manifest(package, Path(os.environ.get("DPKG_ROOT") or "/"))
+    ctx = apply.context_for(manifest)
+    _setup_log(ctx)
+    with lock.held(lock_path(ctx), f"configure {package} {version}", wait=60):
+        recover(ctx)
+        st = state.load(ctx)
+        if st.current == manifest.version:
+            with runlog.step(f"{package} {version} is already applied: checking it"):
+                ensure_running(ctx)
+                health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
+            return
+        run_apply(ctx, manifest, ctx.share, st)
+
+
+def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -> None:
+    started = time.monotonic()
+    job = apply.Job(ctx, manifest, source, st.current, backup.new_name("pre_update", manifest.version))
+    with runlog.step(f"apply {manifest.package} {manifest.version} (live: {st.current or 'unmanaged'})"):
+        try:
+            with runlog.step("verify"):
+                checks.preflight(ctx, manifest)
+                apply.verify_payload(job)
+        except RefusedError as exc:
+            history.append(
+                ctx,
+                apply.history_entry(
+                    job, "refused", started, failed_step="preflight", reason=str(exc), backup=None
+                ),
+            )
+            raise
+        journal: dict[str, object] = {
+            "kind": "apply",
+            "package": manifest.package,
+            "version": manifest.version,
+            "from": st.current,
+            "backup": job.backup_name,
+            "started": time.time(),
+            "kept_config": job.kept_config,
+        }
+        try:
+            transaction.run(ctx, journal, apply.build_steps(job))
+        except transaction.TransactionFailed as exc:
+            healthy = _healthy(ctx)
+            history.append(
+                ctx,
+                apply.history_entry(
+                    job,
+                    "failed",
+                    started,
+                    failed_step=exc.step,
+                    reason=str(exc.cause),
+                    undo_errors=exc.undo_errors,
+                    old_app_healthy=healthy,
+                ),
+            )
+            if not exc.undo_errors:
+                state.clear_journal(ctx)
+            log.error(
+                "update to %s FAILED at %s: %s; %s",
+                manifest.version,
+                exc.step,
+                exc.cause,
+                "the previous version is restored and running"
+                if healthy
+                else "the previous app is NOT healthy",
+            )
+            raise
+        commit(ctx, job, started)
+
+
+def commit(ctx: Context, job: apply.Job, started: float) -> None:
+    with runlog.step("commit"):
+        st = state.load(ctx)
+        st.applied.append(
+            state.Applied(
+                version=job.manifest.version,
+                previous=job.previous,
+                backup=job.backup_name,
+                time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                migrations=list(job.migrated),
+                kept_config=sorted(set(job.kept_config)),
+            )
+        )
+        state.save(ctx, st)
+        history.append(ctx, apply.history_entry(job, "success", started))
+        state.clear_journal(ctx)
+    log.info("%s is now at %s", ctx.app.name, job.manifest.version)
+
+
+def purge(ctx_package: str) -> None:
+    root = Path(os.environ.get("DPKG_ROOT") or "/")
+    import shutil
+
+    shutil.rmtree(root / "var/lib" / ctx_package, ignore_errors=True)

@@ -1,0 +1,75 @@
+"""The app's service, through ``systemctl`` (never ``deb-systemd-invoke``: its exit code proves
+nothing, DESIGN.md §1). Every call goes through the subprocess seam."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nesop_deb import proc
+from nesop_deb.errors import NesopError
+
+
+class ServiceError(NesopError):
+    """The service could not be stopped or started."""
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    load_state: str
+    active_state: str
+    sub_state: str
+    main_pid: int
+    restarts: int
+
+    @property
+    def active(self) -> bool:
+        return self.active_state == "active"
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in ("not-found", "")
+
+
+def status(unit: str) -> ServiceStatus:
+    out = proc.run(
+        ["systemctl", "show", "-p", "LoadState,ActiveState,SubState,MainPID,NRestarts", "--", unit],
+        check=False,
+    ).out
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return ServiceStatus(
+        values.get("LoadState", ""),
+        values.get("ActiveState", ""),
+        values.get("SubState", ""),
+        int(values.get("MainPID", "0") or 0),
+        int(values.get("NRestarts", "0") or 0),
+    )
+
+
+def _systemctl(*args: str) -> None:
+    try:
+        proc.run(["systemctl", *args], timeout=120)
+    except NesopError as exc:
+        raise ServiceError(str(exc)) from None
+
+
+def stop(unit: str) -> None:
+    _systemctl("stop", "--", unit)
+
+
+def start(unit: str) -> None:
+    # reset-failed: a unit that hit its start limit in a failed attempt must be startable again
+    proc.run(["systemctl", "reset-failed", "--", unit], check=False)
+    _systemctl("start", "--", unit)
+
+
+def daemon_reload() -> None:
+    _systemctl("daemon-reload")
+
+
+def enable(unit: str) -> None:
+    _systemctl("enable", "--", unit)
+
+
+def journal_tail(unit: str, lines: int = 5) -> str:
+    out = proc.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"], check=False).out
+    return " | ".join(line.strip() for line in out.splitlines() if line.strip())

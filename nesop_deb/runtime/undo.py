@@ -1,0 +1,102 @@
+"""prerm upgrade OLDER: the newer package undoes every applied version above OLDER, newest first.
+
+Undo is data: each version's backup (its pre-images) and its recorded migrations with their
+rollbacks live on the server, so this code need not know what later versions did.
+"""
+
+from __future__ import annotations
+
+import time
+
+from nesop_deb import versions
+from nesop_deb.errors import NesopError, RefusedError
+from nesop_deb.runtime import backup, database, health, history, lock, service, state
+from nesop_deb.runtime import log as runlog
+from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.log import log
+
+
+def _undo_one(ctx: Context, entry: state.Applied) -> str:
+    """Put the app back to what it was before ``entry`` was applied; the service is stopped."""
+    manifest = state.stored_manifest(ctx, entry.version)
+    if entry.backup is None or not (ctx.backups_dir / entry.backup).is_dir():
+        raise NesopError(f"the backup taken before {entry.version} ({entry.backup}) is missing")
+    bdir = ctx.backups_dir / entry.backup
+    how = "files restored"
+    url = ctx.database_url
+    if entry.migrations and url is not None:
+        by_id = {m.id: m for m in manifest.migrations}
+        irreversible = [i for i in entry.migrations if not by_id.get(i) or not by_id[i].reversible]
+        if irreversible:
+            kept = backup.restore_database(ctx, bdir, keep_current=True)
+            if kept is None:
+                raise NesopError(
+                    f"{entry.version}: migrations {irreversible} have no rollback and no snapshot"
+                )
+            how += f"; database snapshot restored (the replaced database is kept as {kept})"
+        else:
+            done = database.rollback(
+                url, state.version_dir(ctx, entry.version) / "migrations", entry.migrations
+            )
+            how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
+    backup.restore_files(ctx, bdir)
+    return how
+
+
+def undo_above(ctx: Context, target: str) -> None:
+    """Undo every applied version above ``target`` (a downgrade to it)."""
+    runlog.setup(ctx.log_file if ctx.app_root.is_dir() else None)
+    with lock.held(ctx.state_dir / "lock", f"roll back to {target}", wait=60):
+        st = state.load(ctx)
+        todo = [a for a in reversed(st.applied) if versions.compare(a.version, target) > 0]
+        if not todo:
+            return
+        known = {a.version for a in st.applied} | {a.previous for a in st.applied if a.previous}
+        if target not in known:
+            raise RefusedError(
+                f"cannot roll back to {target}: this server never ran it (applied: "
+                f"{', '.join(a.version for a in st.applied)})",
+            )
+        started = time.monotonic()
+        source = st.current
+        journal = {"kind": "undo", "version": source, "target": target, "started": time.time()}
+        state.write_journal(ctx, journal)
+        undone: list[str] = []
+        notes: list[str] = []
+        status, reason = "success", None
+        try:
+            with runlog.step(f"roll back {ctx.app.name} from {source} to {target}"):
+                with runlog.step("stop"):
+                    service.stop(ctx.app.service)
+                for entry in todo:
+                    with runlog.step(f"undo {entry.version}"):
+                        notes.append(f"{entry.version}: {_undo_one(ctx, entry)}")
+                    st.applied.remove(entry)
+                    state.save(ctx, st)
+                    undone.append(entry.version)
+                with runlog.step("start"):
+                    service.start(ctx.app.service)
+                with runlog.step("health"):
+                    health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
+        except Exception as exc:
+            status, reason = "failed", str(exc)
+            raise
+        finally:
+            history.append(
+                ctx,
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "action": "rollback",
+                    "package": ctx.package,
+                    "version": target,
+                    "from": source,
+                    "status": status,
+                    "undone": undone,
+                    "notes": notes,
+                    "reason": reason,
+                    "duration": round(time.monotonic() - started, 3),
+                },
+            )
+            if status == "success":
+                state.clear_journal(ctx)
+        log.info("%s is back at %s", ctx.app.name, target)

@@ -1,0 +1,282 @@
+"""``nesop-update validate``: the original seven checks, each stronger, plus custom checks.
+
+Custom checks are executables in ``/etc/nesop-deb/checks.d/<app>/``: each runs with the app's
+settings in its environment, and exit 0 means it passed (a way to extend validation without
+editing the tool).
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import sqlite3
+import stat
+import tomllib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from nesop_deb import proc
+from nesop_deb.errors import NesopError
+from nesop_deb.manifest import Action
+from nesop_deb.runtime import accounts, database, health, history, service, state
+from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.fsutil import live_digest
+
+
+@dataclass
+class CheckResult:
+    name: str
+    ok: bool
+    summary: str
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def expected_files(ctx: Context, st: state.State) -> dict[str, tuple[str | None, int | None]]:
+    """Replay the applied manifests: app-relative path → (sha256 or None if deleted, mode)."""
+    expected: dict[str, tuple[str | None, int | None]] = {}
+    for entry in st.applied:
+        m = state.stored_manifest(ctx, entry.version)
+        for f in m.files:
+            if f.renamed_from:
+                expected[f.renamed_from] = (None, None)
+            if f.path in entry.kept_config:
+                continue
+            expected[f.path] = (None, None) if f.action is Action.DELETE else (f.sha256, f.mode)
+    return expected
+
+
+def check_files(ctx: Context) -> CheckResult:
+    st = state.load(ctx)
+    if not st.applied:
+        return CheckResult("files", ctx.app_root.is_dir(), f"no update applied yet; {ctx.app_root} exists")
+    problems = []
+    expected = expected_files(ctx, st)
+    for rel, (sha, _mode) in sorted(expected.items()):
+        live = live_digest(ctx.app_path(rel))
+        if sha is None and live is not None:
+            problems.append(f"{rel}: should have been deleted")
+        elif sha is not None and live is None:
+            problems.append(f"{rel}: missing")
+        elif sha is not None and live != sha:
+            problems.append(f"{rel}: content differs from {st.current}")
+    n = sum(1 for s, _ in expected.values() if s is not None)
+    return CheckResult("files", not problems, f"{n} files of {st.current} checked by sha256", problems)
+
+
+def check_service(ctx: Context) -> CheckResult:
+    unit = ctx.app.service
+    first = service.status(unit)
+    if not first.exists:
+        return CheckResult("service", False, f"{unit} is not installed")
+    if not first.active:
+        return CheckResult("service", False, f"{unit} is {first.active_state}/{first.sub_state}")
+    import time
+
+    time.sleep(0.5)
+    second = service.status(unit)
+    if second.restarts != first.restarts or second.main_pid != first.main_pid:
+        return CheckResult(
+            "service", False, f"{unit} is restarting (restarts {first.restarts} -> {second.restarts})"
+        )
+    return CheckResult("service", True, f"{unit} active, pid {second.main_pid}, {second.restarts} restarts")
+
+
+def check_database(ctx: Context) -> CheckResult:
+    db = ctx.database_path
+    if db is None:
+        return CheckResult("database", True, "no database configured")
+    if not db.exists():
+        return CheckResult("database", False, f"{db} does not exist")
+    try:
+        verdict = database.quick_check(db)
+    except sqlite3.Error as exc:
+        return CheckResult("database", False, f"{db}: cannot open: {exc}")
+    problems = [] if verdict == "ok" else [f"quick_check: {verdict}"]
+    st = state.load(ctx)
+    wanted = [i for a in st.applied for i in a.migrations]
+    url = ctx.database_url
+    recorded: list[str] = []
+    if url is not None:
+        try:
+            recorded = database.applied_ids(url)
+        except Exception as exc:
+            problems.append(f"cannot read the migration table: {exc}")
+    missing = [i for i in wanted if i not in recorded]
+    if missing:
+        problems.append(f"migrations of applied versions not recorded: {', '.join(missing)}")
+    return CheckResult(
+        "database", not problems, f"{db.name}: {verdict}, {len(recorded)} migrations recorded", problems
+    )
+
+
+def check_web(ctx: Context) -> CheckResult:
+    url = ctx.app.health_url
+    if url is None:
+        return CheckResult("web", True, "no health URL configured")
+    problems = []
+    result = health.probe(url, timeout=5)
+    if not result.ok:
+        problems.append(f"{url}: {result.detail}")
+    base = url.split("/", 3)
+    for page in ctx.app.health_pages:
+        page_url = page if page.startswith("http") else f"{base[0]}//{base[2]}/{page.lstrip('/')}"
+        r = health.probe(page_url, timeout=5)
+        if not r.ok:
+            problems.append(f"{page_url}: {r.detail}")
+    return CheckResult(
+        "web", not problems, f"{url}: {result.detail}; {len(ctx.app.health_pages)} pages", problems
+    )
+
+
+def check_permissions(ctx: Context) -> CheckResult:
+    problems = []
+    uid, gid = accounts.uid(ctx, ctx.app.user), accounts.gid(ctx, ctx.app.group)
+    st = state.load(ctx)
+    expected = expected_files(ctx, st) if st.applied else {}
+    for rel, (sha, mode) in sorted(expected.items()):
+        p = ctx.app_path(rel)
+        if sha is None or not p.exists() or p.is_symlink():
+            continue
+        s = p.stat()
+        if (s.st_uid, s.st_gid) != (uid, gid):
+            problems.append(f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {ctx.app.user}:{ctx.app.group}")
+        if mode is not None and s.st_mode & 0o7777 != mode:
+            problems.append(f"{rel}: mode {s.st_mode & 0o7777:o}, expected {mode:o}")
+    for dirpath, dirs, files in os.walk(ctx.app_root):
+        if Path(dirpath) == ctx.backups_dir:
+            dirs[:] = []
+            continue
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            s = p.lstat()
+            if not stat.S_ISLNK(s.st_mode) and s.st_mode & 0o002:
+                problems.append(f"{p.relative_to(ctx.app_root)}: world-writable")
+    for private in (ctx.backups_dir, ctx.state_dir):
+        if private.exists():
+            s = private.stat()
+            if s.st_mode & 0o077 or s.st_uid != 0:
+                problems.append(
+                    f"{private}: must be root-only (0700), is {s.st_mode & 0o7777:o} uid {s.st_uid}"
+                )
+    return CheckResult(
+        "permissions", not problems, f"owner, group and mode of {len(expected)} files", problems
+    )
+
+
+def _parse_config(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    suffix = path.suffix
+    if suffix == ".py":
+        compile(text, str(path), "exec")
+    elif suffix == ".json":
+        json.loads(text)
+    elif suffix == ".toml":
+        tomllib.loads(text)
+    elif suffix in (".ini", ".cfg", ".conf"):
+        configparser.ConfigParser().read_string(text)
+    elif path.name.startswith(".env") or suffix == ".env":
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip() and not line.lstrip().startswith("#") and "=" not in line:
+                raise ValueError(f"line {n} is not KEY=VALUE")
+
+
+def check_config(ctx: Context) -> CheckResult:
+    problems = []
+    checked = 0
+    for rel in ctx.app.config_files:
+        for p in (ctx.app_path(rel), ctx.app_path(rel + ".nesop-new")):
+            if not p.exists():
+                continue
+            checked += 1
+            try:
+                _parse_config(p)
+            except (
+                SyntaxError,
+                ValueError,
+                UnicodeDecodeError,
+                configparser.Error,
+                tomllib.TOMLDecodeError,
+            ) as exc:
+                problems.append(f"{p.relative_to(ctx.app_root)}: {exc}")
+            if p.name.endswith(".nesop-new"):
+                problems.append(
+                    f"{p.relative_to(ctx.app_root)}: a new version waits beside your edited file; merge it"
+                )
+    return CheckResult("config", not problems, f"{checked} config files parsed", problems)
+
+
+def check_history(ctx: Context) -> CheckResult:
+    entries = history.read(ctx.history_file)
+    if not entries:
+        return CheckResult("history", True, "no update recorded yet")
+    last = entries[-1]
+    ok = last.get("status") == "success"
+    what = f"last {last.get('action')} of {last.get('version')} at {last.get('time')}: {last.get('status')}"
+    problems = [] if ok else [f"{last.get('failed_step')}: {last.get('reason')}"]
+    journal = state.read_journal(ctx)
+    if journal is not None:
+        ok = False
+        problems.append("an interrupted transaction is pending: run `nesop-update recover`")
+    return CheckResult("history", ok, what, problems)
+
+
+BUILTIN: dict[str, Callable[[Context], CheckResult]] = {
+    "files": check_files,
+    "service": check_service,
+    "database": check_database,
+    "web": check_web,
+    "permissions": check_permissions,
+    "config": check_config,
+    "history": check_history,
+}
+
+
+def custom_dir(ctx: Context) -> Path:
+    return ctx.host(f"/etc/nesop-deb/checks.d/{ctx.app.name}")
+
+
+def custom_checks(ctx: Context) -> dict[str, Path]:
+    d = custom_dir(ctx)
+    if not d.is_dir():
+        return {}
+    return {p.name: p for p in sorted(d.iterdir()) if p.is_file() and os.access(p, os.X_OK)}
+
+
+def run_custom(ctx: Context, name: str, path: Path) -> CheckResult:
+    env = {
+        **os.environ,
+        "NESOP_APP_NAME": ctx.app.name,
+        "NESOP_APP_ROOT": str(ctx.app_root),
+        "NESOP_APP_SERVICE": ctx.app.service,
+        "NESOP_HEALTH_URL": ctx.app.health_url or "",
+        "NESOP_DATABASE": str(ctx.database_path or ""),
+    }
+    result = proc.run([path], env=env, check=False, timeout=120)
+    out = (result.out + result.err).strip().splitlines()
+    return CheckResult(name, result.returncode == 0, out[-1] if out else f"exit code {result.returncode}")
+
+
+def names(ctx: Context) -> list[str]:
+    return [*BUILTIN, *custom_checks(ctx)]
+
+
+def run(ctx: Context, selected: list[str] | None = None) -> list[CheckResult]:
+    custom = custom_checks(ctx)
+    wanted = selected or names(ctx)
+    unknown = [n for n in wanted if n not in BUILTIN and n not in custom]
+    if unknown:
+        from nesop_deb.errors import UsageError
+
+        raise UsageError(f"--check {unknown[0]}: no such check", hint=f"choose from {', '.join(names(ctx))}")
+    results = []
+    for n in wanted:
+        try:
+            results.append(BUILTIN[n](ctx) if n in BUILTIN else run_custom(ctx, n, custom[n]))
+        except NesopError as exc:
+            results.append(CheckResult(n, False, str(exc)))
+    return results

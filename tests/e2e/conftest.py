@@ -1,0 +1,197 @@
+"""Fixtures for end-to-end tests in booted Debian 12 containers.
+
+Policy: a machine that cannot run containers skips these tests with the
+reason, except in CI (CI=true), where a silently skipped end-to-end suite
+would pass without having tested anything, so there they fail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn, Protocol
+
+import pytest
+
+from .testbed import (
+    BASE_PACKAGES,
+    Backend,
+    Container,
+    TestbedError,
+    base_root_key,
+    build_base_root,
+    cache_dir_from_env,
+    missing_prerequisites,
+)
+
+HERE = Path(__file__).resolve().parent
+
+NEEDS = (
+    "e2e: needs root and systemd-nspawn, mmdebstrap, nsenter "
+    "(apt-get install systemd-container mmdebstrap util-linux)"
+)
+
+
+def unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclasses.dataclass
+class _Timings:
+    base_root_seconds: float | None = None
+    base_root_built: bool = False
+    boots: list[float] = dataclasses.field(default_factory=list)
+    backends: set[str] = dataclasses.field(default_factory=set)
+
+
+_TIMINGS = _Timings()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: end-to-end tests in a booted systemd-nspawn container (root)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees the items of the whole session, not only this directory.
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _TIMINGS.base_root_seconds is None:
+        return
+    how = "built" if _TIMINGS.base_root_built else "cached"
+    line = f"e2e test bed: base root {how} in {_TIMINGS.base_root_seconds:.1f} s"
+    if _TIMINGS.boots:
+        line += (
+            f"; {len(_TIMINGS.boots)} boots, mean {statistics.mean(_TIMINGS.boots):.2f} s, "
+            f"max {max(_TIMINGS.boots):.2f} s; file system: {', '.join(sorted(_TIMINGS.backends))}"
+        )
+    terminalreporter.write_line(line)
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # Turned into an interrupt so pytest runs the fixtures' teardown (which
+    # stops containers and unmounts) instead of dying with mounts left.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def testbed_host() -> Iterator[None]:
+    """This machine can run containers (else skip, or fail in CI)."""
+    problems = missing_prerequisites()
+    if problems:
+        unavailable(f"{NEEDS}: {'; '.join(problems)}")
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
+    try:
+        yield
+    finally:
+        if previous is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def base_root(testbed_host: None) -> Path:
+    """The cached Debian 12 root (built on first use, about 30 s)."""
+    cache_dir = cache_dir_from_env()
+    _TIMINGS.base_root_built = not (cache_dir / base_root_key(BASE_PACKAGES)).exists()
+    started = time.monotonic()
+    try:
+        root = build_base_root(cache_dir, BASE_PACKAGES)
+    except TestbedError as error:
+        unavailable(f"e2e: could not build the Debian 12 root in {cache_dir}: {error}")
+    _TIMINGS.base_root_seconds = time.monotonic() - started
+    return root
+
+
+class ContainerFactory(Protocol):
+    def __call__(self, *, boot: bool = True, backend: Backend | None = None) -> Container: ...
+
+
+@pytest.fixture
+def new_container(base_root: Path, tmp_path: Path) -> Iterator[ContainerFactory]:
+    """Make containers (booted unless boot=False); all are stopped at teardown.
+
+    For scenarios that need files in place before the first boot, or more
+    than one machine.
+    """
+    made: list[Container] = []
+
+    def make(*, boot: bool = True, backend: Backend | None = None) -> Container:
+        box = Container(base_root, tmp_path / f"container-{len(made)}", backend=backend)
+        made.append(box)
+        if boot:
+            try:
+                box.boot()
+            except TestbedError as error:
+                # A fresh container that does not boot is this machine's
+                # problem, not the code under test's.
+                unavailable(f"e2e: systemd-nspawn could not boot a container: {error}")
+            _record(box)
+        return box
+
+    try:
+        yield make
+    finally:
+        errors: list[str] = []
+        for box in made:
+            try:
+                box.stop()
+            except Exception as error:  # keep stopping the others
+                errors.append(f"{box.name}: {error}")
+        if errors:
+            raise TestbedError("could not stop containers:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def container(new_container: ContainerFactory) -> Container:
+    """A freshly booted Debian 12 container, stopped after the test."""
+    return new_container()
+
+
+def _record(box: Container) -> None:
+    if box.boot_seconds is not None:
+        _TIMINGS.boots.append(box.boot_seconds)
+    if box.backend is not None:
+        _TIMINGS.backends.add(box.backend)
+
+
+@pytest.fixture(scope="session")
+def toolchain_deb(testbed_host: None) -> Path:
+    """The nesop-deb toolchain package (`make package` builds it; built here if missing)."""
+    from .store import REPO_TOP
+
+    configured = os.environ.get("NESOP_DEB_TOOLCHAIN_DEB")
+    if configured and Path(configured).is_file():
+        return Path(configured)
+    import subprocess
+
+    result = subprocess.run(
+        [str(REPO_TOP / "scripts" / "build-toolchain-package"), str(REPO_TOP / "dist")],
+        cwd=REPO_TOP,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"could not build the toolchain package: {result.stderr[-2000:]}", pytrace=False)
+    return Path(REPO_TOP / result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def example_repo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The example store's git history (tags v1.0.0..v1.0.6, broken/* branches)."""
+    from .store import ExampleRepo
+
+    return ExampleRepo.create(tmp_path_factory.mktemp("example"))

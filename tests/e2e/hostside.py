@@ -1,0 +1,155 @@
+"""Host-side helpers of the test bed: errors, processes, paths, HTTP."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+
+class TestbedError(RuntimeError):
+    """The test bed itself failed (build, mount, boot, shutdown)."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+
+class CommandError(TestbedError):
+    """A command run inside the container failed or timed out."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        returncode: int | None,
+        stdout: str,
+        stderr: str,
+        note: str = "",
+    ) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.note = note
+        status = f"exit code {returncode}" if returncode is not None else "no exit code"
+        super().__init__(
+            f"command {self.argv!r} failed ({status}){' ' + note if note else ''}\n"
+            f"--- stdout ---\n{tail(stdout)}\n--- stderr ---\n{tail(stderr)}"
+        )
+
+
+def tail(text: str, limit: int = 4000) -> str:
+    """The end of a long output: that is where the error usually is."""
+    return text if len(text) <= limit else "[...]\n" + text[-limit:]
+
+
+def remove_tree(path: Path) -> None:
+    """rm -rf that never crosses into another file system.
+
+    A build or container killed at the wrong moment can leave a mount (for
+    example /dev) inside the tree; following it would delete host files.
+    """
+    if os.path.lexists(path):
+        subprocess.run(
+            ["rm", "-rf", "--one-file-system", "--", str(path)],
+            check=True,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def pid_namespace(pid: int | str) -> str:
+    return os.readlink(f"/proc/{pid}/ns/pid")
+
+
+def _processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process (from /proc)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        # The command name may contain spaces; fields restart after ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        yield int(entry), int(fields[1]), int(fields[2])
+
+
+def children(parent: int) -> list[int]:
+    return [pid for pid, ppid, _ in _processes() if ppid == parent]
+
+
+def group_members(pgid: int) -> list[int]:
+    return [pid for pid, _, group in _processes() if group == pgid]
+
+
+def resolve_in_root(root: Path, path: str) -> tuple[Path, PurePosixPath]:
+    """Host path and canonical container path of `path` inside `root`.
+
+    Symbolic links are followed as the container would (absolute targets are
+    relative to `root`), so e.g. /var/run never leads to the host's /run.
+    """
+    pure = PurePosixPath(path)
+    if not pure.is_absolute():
+        raise ValueError(f"container path must be absolute: {path!r}")
+    pending = deque(pure.parts[1:])
+    current: list[str] = []
+    links = 0
+    while pending:
+        part = pending.popleft()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        candidate = root.joinpath(*current, part)
+        if candidate.is_symlink():
+            links += 1
+            if links > 40:
+                raise ValueError(f"too many symbolic links in {path!r}")
+            target = PurePosixPath(os.readlink(candidate))
+            if target.is_absolute():
+                current = []
+                pending.extendleft(reversed(target.parts[1:]))
+            else:
+                pending.extendleft(reversed(target.parts))
+            continue
+        current.append(part)
+    return root.joinpath(*current), PurePosixPath("/", *current)
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
+
+
+# No proxies: a proxy set in the environment would not reach loopback.
+_HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, timeout: float = 5.0) -> HttpResponse:
+    """GET `url`; an HTTP error status is returned, not raised."""
+    try:
+        with _HTTP.open(url, timeout=timeout) as response:
+            return HttpResponse(response.status, response.read(), dict(response.headers))
+    except urllib.error.HTTPError as error:
+        return HttpResponse(error.code, error.read(), dict(error.headers))
+
+
+def free_port() -> int:
+    """A TCP port free on loopback (containers share the host's network)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,286 @@
+"""The example NESOP Store on a test server: hand deployment, update packages, state snapshots.
+
+Everything here drives the real thing: the example's git history, `nesop-deb build`, `apt` and
+`dpkg` inside a booted container, the app over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nesop_deb.config import loads as load_config
+from nesop_deb.paths import excluded
+
+from .testbed import Container
+
+REPO_TOP = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO_TOP / "examples" / "nesop-store"
+APP_ROOT = "/opt/nesop-store"
+PACKAGE = "nesop-store-update"
+UNIT = "nesop-store.service"
+HEALTH = "http://127.0.0.1:5000/health"
+DB = f"{APP_ROOT}/nesop_store_production.db"
+ADMIN_TOKEN = "e2e-admin-token"
+# what the server has beside the app's own files
+RUNTIME_ONLY = ("backups/", "logs/", "nesop_store_production.db")
+
+GIT_ENV = {
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": "/dev/null",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
+}
+
+
+def _git(repo: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, env={**os.environ, **GIT_ENV}
+    ).stdout
+
+
+@dataclass
+class ExampleRepo:
+    path: Path
+    out: Path
+
+    @classmethod
+    def create(cls, where: Path) -> ExampleRepo:
+        repo = where / "nesop-store"
+        subprocess.run([str(EXAMPLE / "make-release-repo"), str(repo)], check=True, capture_output=True)
+        out = where / "debs"
+        out.mkdir()
+        return cls(repo, out)
+
+    def exclude(self) -> tuple[str, ...]:
+        return load_config((self.path / "nesop-deb.toml").read_text()).files.exclude
+
+    def build(self, ref: str, *args: str, name: str | None = None) -> Path:
+        """`nesop-deb build` of ``ref`` (checked out in a worktree); returns the .deb."""
+        key = name or ref.replace("/", "-")
+        target = self.out / key
+        if target.exists():
+            return next(target.glob("*.deb"))
+        work = self.out / f"wt-{key}"
+        _git(self.path, "worktree", "add", "--detach", "-f", str(work), ref)
+        try:
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "nesop_deb.cli.build",
+                    "build",
+                    "-C",
+                    str(work),
+                    "--output",
+                    str(target),
+                    *args,
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **GIT_ENV},
+            )
+            if result.returncode != 0:
+                raise AssertionError(f"nesop-deb build {ref} failed: {result.stderr}")
+        finally:
+            _git(self.path, "worktree", "remove", "--force", str(work))
+        return Path(result.stdout.strip().splitlines()[-1])
+
+    def tree(self, ref: str) -> dict[str, tuple[str, int]]:
+        """The app files a release ships: path → (sha256, mode), from git."""
+        exclude = self.exclude()
+        files: dict[str, tuple[str, int]] = {}
+        data = _git(self.path, "archive", "--format=tar", ref)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar.getmembers():
+                if m.isfile() and not excluded(m.name, exclude):
+                    fh = tar.extractfile(m)
+                    assert fh is not None
+                    files[m.name] = (
+                        hashlib.sha256(fh.read()).hexdigest(),
+                        0o755 if m.mode & 0o100 else 0o644,
+                    )
+        return files
+
+    def extract(self, ref: str, dest: Path) -> None:
+        data = _git(self.path, "archive", "--format=tar", ref)
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for m in tar.getmembers():
+                target = dest / m.name
+                if m.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif m.issym():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.symlink_to(m.linkname)
+                elif m.isfile():
+                    fh = tar.extractfile(m)
+                    assert fh is not None
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(fh.read())
+                    target.chmod(0o755 if m.mode & 0o100 else 0o644)
+
+
+def install_toolchain(box: Container, toolchain: Path) -> None:
+    box.copy_in(toolchain, f"/var/tmp/{toolchain.name}")
+    box.run(["apt-get", "install", "-y", "-q", f"/var/tmp/{toolchain.name}"], timeout=300)
+
+
+def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
+    """Deploy a release the way the original guide assumes: copy, migrate, enable the unit."""
+    root = box.path(APP_ROOT)
+    root.mkdir(parents=True)
+    repo.extract(ref, root)
+    exclude = repo.exclude()
+    for path in sorted(root.rglob("*"), reverse=True):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and excluded(rel, exclude):
+            path.unlink()
+    box.write_file(
+        "/etc/systemd/system/nesop-store.service.d/local.conf",
+        f"[Service]\nEnvironment=NESOP_STORE_ADMIN_TOKEN={ADMIN_TOKEN}\n",
+    )
+    box.sh(
+        f"""
+        useradd --system --home-dir {APP_ROOT} --no-create-home --shell /usr/sbin/nologin --user-group nesop
+        /opt/venvs/nesop-deb/bin/yoyo apply --batch --no-config-file \
+            --database sqlite:///{DB} {APP_ROOT}/migrations
+        chown -R nesop:nesop {APP_ROOT}
+        cp {APP_ROOT}/deploy/nesop-store.service /etc/systemd/system/
+        systemctl daemon-reload
+        systemctl enable --now nesop-store.service
+        """
+    )
+    box.wait_http(HEALTH, timeout=30)
+
+
+def apt_install(
+    box: Container, deb: Path, *, check: bool = False, extra: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    box.copy_in(deb, f"/var/tmp/{deb.name}")
+    return box.run(
+        ["apt-get", "install", "-y", "-q", "--allow-downgrades", *extra, f"/var/tmp/{deb.name}"],
+        check=check,
+        timeout=300,
+        env={"DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
+def live_tree(box: Container) -> dict[str, tuple[str, int]]:
+    root = box.path(APP_ROOT)
+    files: dict[str, tuple[str, int]] = {}
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if any(rel == p.rstrip("/") or rel.startswith(p) for p in RUNTIME_ONLY) or "__pycache__" in rel:
+            continue
+        if rel.startswith("nesop_store_production.db"):
+            continue
+        if path.is_file() and not path.is_symlink():
+            files[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o777)
+    return files
+
+
+def owners(box: Container) -> set[tuple[int, int]]:
+    root = box.path(APP_ROOT)
+    return {
+        (p.stat().st_uid, p.stat().st_gid)
+        for p in root.rglob("*")
+        if p.is_file() and not p.relative_to(root).as_posix().startswith(("backups", "logs"))
+    }
+
+
+_DUMP = r"""
+import json, sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+ours = lambda name: not (name.startswith("_yoyo") or name == "yoyo_lock")
+objects = c.execute("select type, name, sql from sqlite_master where sql is not null").fetchall()
+schema = sorted(sql for _t, name, sql in objects if ours(name))
+tables = sorted(name for t, name, _s in objects if t == "table" and ours(name))
+rows = {t: [list(r) for r in c.execute(f'select * from "{t}" order by rowid')] for t in tables}
+migrations = [r[0] for r in c.execute("select migration_id from _yoyo_migration order by migration_id")]
+print(json.dumps({"schema": schema, "rows": rows, "migrations": migrations}))
+"""
+
+
+def db_dump(box: Container) -> dict[str, Any]:
+    out = box.run(["python3", "-c", _DUMP, DB]).stdout
+    data: dict[str, Any] = json.loads(out)
+    return data
+
+
+def dpkg_status(box: Container) -> tuple[str, str]:
+    r = box.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev}|${Version}", PACKAGE], check=False)
+    if r.returncode != 0:
+        return ("not-installed", "")
+    abbrev, _, version = r.stdout.partition("|")
+    return abbrev.strip(), version.strip()
+
+
+def history(box: Container) -> list[dict[str, Any]]:
+    path = box.path(f"{APP_ROOT}/logs/update_history.json")
+    if not path.exists():
+        return []
+    data: list[dict[str, Any]] = json.loads(path.read_text())
+    return data
+
+
+def health(box: Container) -> dict[str, Any]:
+    response = box.http_get(HEALTH)
+    assert response.status == 200, response.text
+    data: dict[str, Any] = json.loads(response.text)
+    return data
+
+
+def register_customers(box: Container, n: int) -> list[str]:
+    """Write rows through the app's API; return the e-mails it acknowledged (201 = committed)."""
+    import urllib.request
+
+    acknowledged = []
+    for _ in range(n):
+        email = f"c-{uuid.uuid4().hex[:12]}@example.com"
+        body = json.dumps({"name": "E2E Customer", "email": email}).encode()
+        req = urllib.request.Request(
+            "http://127.0.0.1:5000/api/register", body, {"Content-Type": "application/json"}, method="POST"
+        )
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(req, timeout=5) as resp:
+            if resp.status == 201:
+                acknowledged.append(email)
+    return acknowledged
+
+
+def customer_emails(box: Container) -> set[str]:
+    out = box.run(
+        [
+            "python3",
+            "-c",
+            f"import sqlite3\nfor r in sqlite3.connect('{DB}').execute('select email from customers'): print(r[0])",
+        ]
+    ).stdout
+    return set(out.split())
+
+
+def assert_tree(box: Container, repo: ExampleRepo, ref: str) -> None:
+    expected = repo.tree(ref)
+    live = live_tree(box)
+    missing = sorted(set(expected) - set(live))
+    extra = sorted(set(live) - set(expected))
+    differ = sorted(p for p in set(expected) & set(live) if expected[p] != live[p])
+    assert (missing, extra, differ) == ([], [], []), (
+        f"live tree != {ref}: missing {missing}, extra {extra}, differ {differ}"
+    )
+
+
+def snapshot(box: Container) -> Mapping[str, Any]:
+    return {"tree": live_tree(box), "db": db_dump(box)}
