@@ -261,7 +261,8 @@ def register_customers(box: Container, n: int) -> list[str]:
 
 
 def customer_emails(box: Container) -> set[str]:
-    script = f"import sqlite3\nfor r in sqlite3.connect('{DB}').execute('select email from customers'): print(r[0])"
+    query = "select email from customers"
+    script = f"import sqlite3\nfor r in sqlite3.connect('{DB}').execute('{query}'): print(r[0])"
     out = box.run(["python3", "-c", script]).stdout
     return set(out.split())
 
