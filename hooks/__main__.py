@@ -27,6 +27,12 @@ def _installed_context(package: str) -> Context | None:
         return None
 
 
+def _older(own: str, other: str | None) -> bool:
+    from nesop_deb.versions import compare
+
+    return other is not None and compare(own, other) < 0
+
+
 def handle(intent: Intent, package: str) -> None:
     kind = intent.kind
     if kind in (Kind.PREFLIGHT_INSTALL, Kind.PREFLIGHT_UPGRADE, Kind.PREFLIGHT_DOWNGRADE):
@@ -46,13 +52,20 @@ def handle(intent: Intent, package: str) -> None:
             operations.ensure_running(ctx)
     elif kind is Kind.PURGE:
         operations.purge(package)
-    elif kind is Kind.UNDO_ABOVE:
+    elif kind is Kind.UNDO_ABOVE or (
+        kind is Kind.FAILED_UPGRADE
+        and intent.script == "prerm"
+        and _older(intent.own_version, intent.other_version)
+    ):
+        # prerm upgrade OLDER (the newer package undoes itself), or, when that failed, the older
+        # package's prerm failed-upgrade NEWER: one more attempt with this package's runtime.
         from nesop_deb.runtime import undo
 
         ctx = _installed_context(package)
         if ctx is None:
             raise NesopError(f"prerm: {package} is not unpacked; cannot undo it")
-        undo.undo_above(ctx, intent.other_version or "")
+        target = intent.other_version if kind is Kind.UNDO_ABOVE else intent.own_version
+        undo.undo_above(ctx, target or "")
     # PREPARE_UPGRADE, REMOVE, REPLACED, DISAPPEAR, DECONFIGURE, FAILED_UPGRADE, TRIGGERED:
     # the live app stays as it is, so there is nothing to do.
 

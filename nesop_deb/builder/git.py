@@ -83,7 +83,14 @@ class GitRepo:
     def dirty_paths(self) -> list[str]:
         """Tracked files with uncommitted changes (staged or not) below the app directory."""
         out = self.git("status", "--porcelain=v1", "-z", "--untracked-files=no", "--", ".").stdout
-        return [rec[3:].decode("utf-8", "surrogateescape") for rec in out.split(b"\0") if len(rec) > 3]
+        records = iter(out.split(b"\0"))
+        paths = []
+        for rec in records:
+            if len(rec) > 3:
+                paths.append(rec[3:].decode("utf-8", "surrogateescape"))
+                if rec[:1] in (b"R", b"C"):
+                    next(records, None)  # a rename's record is followed by its old path, without status
+        return paths
 
     def tree(self, commit: str) -> dict[str, TreeEntry]:
         out = self.git("ls-tree", "-r", "-z", commit).stdout

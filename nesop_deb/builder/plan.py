@@ -237,6 +237,17 @@ def select_migrations(
     return entries, contents
 
 
+def _unshippable_name(path: str) -> str | None:
+    """Why a name git accepts cannot go into a package, if it cannot."""
+    if "\n" in path or "\r" in path:  # dpkg's md5sums and file lists are line-based
+        return "contains a line break"
+    try:  # git stores names as bytes; the manifest and the server need UTF-8
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
 def _resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
     if requested is not None:
         versions.parse(requested, what="--version")
@@ -315,6 +326,12 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                     safe_relative(p)
                 except UnsafePath as exc:
                     raise BuildError(f"git path {p!r}: {exc}") from None
+                problem = _unshippable_name(p)
+                if problem and not excluded(p, cfg.files.exclude):
+                    raise BuildError(
+                        f"git path {p!r} {problem}",
+                        hint="rename it (git mv), or exclude it in [files].exclude",
+                    )
 
     # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded
     wanted = {head_tree[c.path].blob for c in changes if c.path in head_tree}

@@ -13,7 +13,7 @@ from nesop_deb import __version__, debfile, proc
 from nesop_deb.builder.plan import describe
 from nesop_deb.cli.common import guarded, setup_logging
 from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
-from nesop_deb.runtime import apps, backup, health, history, manual, service, state, validate
+from nesop_deb.runtime import apps, backup, health, history, manual, repo, service, state, validate
 from nesop_deb.runtime.context import Context
 
 PROG = "nesop-update"
@@ -72,7 +72,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
             else {"url": ctx.app.health_url, "ok": probe.ok, "detail": probe.detail},
             "last_update": entries[-1] if entries else None,
             "pending_journal": journal,
-            "held": st.held,
+            "held": repo.held_version(ctx),
             "applied": [a.version for a in st.applied],
         }
         if as_json:
@@ -97,8 +97,9 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
                 f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}"
             )
         click.echo(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
-        if st.held:
-            click.echo(f"held back:    {', '.join(st.held)}")
+        held = repo.held_version(ctx)
+        if held:
+            click.echo(f"held at:      {held} (after a rollback; `{PROG} release` lets apt upgrade again)")
         if journal:
             click.echo(
                 f"PENDING:      interrupted {journal.get('kind')} of {journal.get('version')}: "
@@ -196,10 +197,8 @@ def rollback(debug: bool, name: str | None, to_version: str | None, app_name: st
             click.echo(f"{ctx.app.name}: restored backup {name}")
             return
         assert to_version is not None
-        from nesop_deb.runtime import repo
-
         repo.downgrade(ctx, to_version)
-        click.echo(f"{ctx.app.name}: rolled back to {to_version}")
+        click.echo(f"{ctx.app.name}: rolled back to {to_version}, held there (`{PROG} release` lets it go)")
 
     guarded(PROG, debug, run)
 
@@ -297,6 +296,25 @@ def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
             raise NesopError(
                 f"apt-get install {deb} failed (exit code {result.returncode}); see the messages above"
             )
+
+    guarded(PROG, debug, run)
+
+
+@cli.command()
+@app_option
+@click.pass_obj
+def release(debug: bool, app_name: str | None) -> None:
+    """Let apt upgrade the app again after a rollback held it at a version."""
+
+    def run() -> None:
+        ctx = apps.select(app_name)
+        held = repo.held_version(ctx)
+        if repo.release(ctx):
+            click.echo(
+                f"{ctx.package}: released the hold at {held}; `apt upgrade` may install newer versions"
+            )
+        else:
+            click.echo(f"{ctx.package}: not held")
 
     guarded(PROG, debug, run)
 

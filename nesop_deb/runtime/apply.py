@@ -7,6 +7,7 @@ serves, so the outage is the restart plus the renames and migrations.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -62,6 +63,7 @@ class Job:
     was_active: bool = True
     kept_config: list[str] = field(default_factory=list)
     migrated: list[str] = field(default_factory=list)
+    created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
 
     @property
     def backup_dir(self) -> Path:
@@ -160,6 +162,7 @@ class Prepare:
             missing.append(directory)
             directory = directory.parent
         for d in reversed(missing):
+            self.job.created_dirs.append(str(d.relative_to(root)))
             d.mkdir(mode=0o755)
             os.chown(d, self.job.uid, self.job.gid)
 
@@ -167,6 +170,10 @@ class Prepare:
         for f in self.job.manifest.files:
             if f.ships_payload:
                 remove(_tmp(self.job.target(f)))
+        # the directories made for new files go too, deepest first (ApplyFiles.undo emptied them)
+        for rel in sorted(set(self.job.created_dirs), key=lambda r: r.count("/"), reverse=True):
+            with contextlib.suppress(OSError):
+                (self.job.ctx.app_root / rel).rmdir()
 
 
 class Backup:
@@ -179,7 +186,12 @@ class Backup:
         job = self.job
         if job.backup_dir.exists():
             return  # a rerun of a recovered transaction
-        meta = {"kind": "pre_update", "version": job.previous, "for_version": job.manifest.version}
+        meta = {
+            "kind": "pre_update",
+            "version": job.previous,
+            "for_version": job.manifest.version,
+            "created_dirs": sorted(set(job.created_dirs)),
+        }
         backup.create_files(job.ctx, job.backup_name, job.touched(), meta)
 
     def undo(self) -> None:

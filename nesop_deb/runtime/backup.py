@@ -7,6 +7,7 @@ them with their sha256. Restoring one puts every file back and removes the ones 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -131,12 +132,19 @@ def restore_files(ctx: Context, backup_dir: Path) -> None:
             shutil.rmtree(live)
         tmp.replace(live)
         fsync_dir(live.parent)
+    # A backup taken before an update names the directories the update made; only those go, so an
+    # empty directory the app had before (an uploads dir) survives. Older backups: prune upwards.
+    created = data.get("created_dirs")
     for rel in data["absent"]:
         live = confined(ctx.app_root, rel)
         if live.is_symlink() or live.is_file():
             live.unlink()
             fsync_dir(live.parent)
-            _prune_empty_dirs(ctx.app_root, live.parent)
+            if created is None:
+                _prune_empty_dirs(ctx.app_root, live.parent)
+    for rel in sorted(created or [], key=lambda r: str(r).count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            (ctx.app_root / str(rel)).rmdir()
 
 
 def _prune_empty_dirs(root: Path, directory: Path) -> None:

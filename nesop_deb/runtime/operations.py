@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import shutil
 import time
 import zlib
 from pathlib import Path
@@ -12,7 +13,19 @@ from pathlib import Path
 from nesop_deb import manifest as mf
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import apply, backup, checks, health, history, lock, service, state, transaction
+from nesop_deb.runtime import (
+    apply,
+    backup,
+    checks,
+    health,
+    history,
+    lock,
+    repo,
+    retention,
+    service,
+    state,
+    transaction,
+)
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -85,6 +98,7 @@ def recover(ctx: Context) -> str | None:
         manifest = _journal_manifest(ctx, journal)
         job = apply.Job(ctx, manifest, ctx.share, journal.get("from"), str(journal["backup"]))
         job.kept_config = list(journal.get("kept_config", []))
+        job.created_dirs = list(journal.get("created_dirs", []))
         errors = transaction.undo_from_journal(ctx, journal, lambda _j: apply.build_steps(job))
         ensure_running(ctx)
         healthy = _healthy(ctx)
@@ -162,6 +176,7 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
             "backup": job.backup_name,
             "started": time.time(),
             "kept_config": job.kept_config,
+            "created_dirs": job.created_dirs,
         }
         try:
             transaction.run(ctx, journal, apply.build_steps(job))
@@ -210,11 +225,27 @@ def commit(ctx: Context, job: apply.Job, started: float) -> None:
         state.save(ctx, st)
         history.append(ctx, apply.history_entry(job, "success", started))
         state.clear_journal(ctx)
+    _after_commit(ctx, job.manifest.version)
     log.info("%s is now at %s", ctx.app.name, job.manifest.version)
 
 
-def purge(ctx_package: str) -> None:
-    root = Path(os.environ.get("DPKG_ROOT") or "/")
-    import shutil
+def _after_commit(ctx: Context, version: str) -> None:
+    """Housekeeping that must never undo a committed update: pins, apt's list, retention."""
+    try:
+        held = repo.held_version(ctx)
+        if held is not None and held != version:
+            repo.release(ctx)
+            log.info("released the hold on %s %s: %s was installed on purpose", ctx.package, held, version)
+        repo.refresh_lists(ctx)
+        for name in retention.prune(ctx):
+            log.info("pruned backup %s (keeping %d)", name, ctx.app.keep_backups)
+    except (NesopError, OSError) as exc:
+        log.warning("after the commit: %s", exc)
 
-    shutil.rmtree(root / "var/lib" / ctx_package, ignore_errors=True)
+
+def purge(package: str) -> None:
+    """postrm purge: drop the state, the repository entry and any pin; keep the app and backups."""
+    root = Path(os.environ.get("DPKG_ROOT") or "/")
+    shutil.rmtree(root / "var/lib" / package, ignore_errors=True)
+    for path in (root / f"etc/apt/sources.list.d/{package}.list", root / f"etc/apt/preferences.d/{package}"):
+        path.unlink(missing_ok=True)

@@ -1,22 +1,136 @@
-"""Rolling back the Debian way: ``apt-get install --allow-downgrades PACKAGE=VERSION``."""
+"""The local apt repository of every update applied here, and holding a version after a rollback.
+
+``/var/lib/<package>/repo/`` keeps each applied ``.deb`` (archived by the APT hook before dpkg
+runs), indexed with ``apt-ftparchive`` so the index lists every version, and listed in
+``/etc/apt/sources.list.d/<package>.list``. So ``apt install <package>=<older>`` needs no network
+and no copy of the old file. After a rollback an apt pin holds the version, so ``apt upgrade``
+does not bring the bad one back; ``nesop-update release`` lets it go.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from pathlib import Path
 
 from nesop_deb import proc
 from nesop_deb.errors import NesopError
 from nesop_deb.runtime.context import Context
+from nesop_deb.runtime.fsutil import write_atomic
+from nesop_deb.runtime.log import log
+
+
+def repo_dir(ctx: Context) -> Path:
+    return ctx.state_dir / "repo"
+
+
+def sources_list(ctx: Context) -> Path:
+    return ctx.host(f"/etc/apt/sources.list.d/{ctx.package}.list")
+
+
+def preferences(ctx: Context) -> Path:
+    return ctx.host(f"/etc/apt/preferences.d/{ctx.package}")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def archive(ctx: Context, deb: Path) -> Path:
+    """Copy ``deb`` into the repository (once) and refresh the index and the sources entry."""
+    repo = repo_dir(ctx)
+    repo.mkdir(parents=True, exist_ok=True)
+    target = repo / deb.name
+    if deb.resolve() != target.resolve() and (not target.exists() or _digest(target) != _digest(deb)):
+        tmp = target.with_name(target.name + ".part")
+        shutil.copyfile(deb, tmp)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+        log.info("archived %s in %s", deb.name, repo)
+    reindex(ctx)
+    return target
+
+
+def reindex(ctx: Context) -> None:
+    repo = repo_dir(ctx)
+    packages = proc.run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
+    write_atomic(repo / "Packages", packages, 0o644)
+    entry = f"# Every {ctx.package} applied on this server (nesop-deb); apt rolls back from here.\n"
+    entry += f"deb [trusted=yes] file:{repo_dir(Context(ctx.package, ctx.app)).as_posix()} ./\n"
+    path = sources_list(ctx)
+    if not path.exists() or path.read_text() != entry:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, entry.encode(), 0o644)
+
+
+def refresh_lists(ctx: Context) -> None:
+    """Let apt know the repository's versions, without touching the other sources."""
+    if not sources_list(ctx).exists():
+        return
+    result = proc.run(
+        [
+            "apt-get", "update", "-q",
+            "-o", f"Dir::Etc::sourcelist={sources_list(ctx)}",
+            "-o", "Dir::Etc::sourceparts=-",
+            "-o", "APT::Get::List-Cleanup=0",
+        ],
+        check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        log.warning("could not refresh apt's list of %s: %s", repo_dir(ctx), result.err.strip()[-300:])
+
+
+def hold(ctx: Context, version: str) -> None:
+    text = (
+        f"# Written by nesop-update after a rollback: keep {ctx.package} at {version}.\n"
+        f"# `nesop-update release` removes this file.\n"
+        f"Package: {ctx.package}\nPin: version {version}\nPin-Priority: 1001\n"
+    )
+    path = preferences(ctx)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, text.encode(), 0o644)
+    log.info("%s is held at %s (apt upgrade will not replace it)", ctx.package, version)
+
+
+def held_version(ctx: Context) -> str | None:
+    path = preferences(ctx)
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        if line.startswith("Pin: version "):
+            return line.split(" ", 2)[2].strip()
+    return None
+
+
+def release(ctx: Context) -> bool:
+    path = preferences(ctx)
+    if not path.exists():
+        return False
+    path.unlink()
+    return True
+
+
+def forget(ctx: Context) -> None:
+    """Purge: the sources entry and the pin go with the state directory."""
+    for path in (sources_list(ctx), preferences(ctx)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def downgrade(ctx: Context, version: str) -> None:
-    """Install an older version with apt; its prerm/postinst chain undoes the newer ones."""
+    """Install an older version with apt; its maintainer scripts undo the newer ones."""
+    refresh_lists(ctx)
     result = proc.run(
-        ["apt-get", "install", "-y", "--allow-downgrades", f"{ctx.package}={version}"],
+        ["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{ctx.package}={version}"],
         check=False,
         extra_env={"DEBIAN_FRONTEND": "noninteractive"},
     )
     if result.returncode != 0:
-        tail = (result.err or result.out).strip().splitlines()[-1:] or ["no output"]
+        lines = (result.err + result.out).strip().splitlines()
+        detail = next((ln for ln in lines if ln.startswith("E:")), lines[-1] if lines else "no output")
         raise NesopError(
-            f"apt-get install {ctx.package}={version} failed: {tail[0]}",
-            hint=f"is {version} in an apt source? (apt-cache policy {ctx.package})",
+            f"apt-get install {ctx.package}={version} failed: {detail}",
+            hint=f"apt-cache policy {ctx.package} lists the versions apt knows",
         )
+    hold(ctx, version)

@@ -10,7 +10,7 @@ import time
 
 from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
-from nesop_deb.runtime import backup, database, health, history, lock, service, state
+from nesop_deb.runtime import backup, database, health, history, lock, repo, service, state
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -99,4 +99,5 @@ def undo_above(ctx: Context, target: str) -> None:
             )
             if status == "success":
                 state.clear_journal(ctx)
+        repo.hold(ctx, target)
         log.info("%s is back at %s", ctx.app.name, target)

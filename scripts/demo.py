@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""`make demo`: the whole nesop-deb story on the example NESOP Store, in a booted Debian 12.
+
+Builds the store's release history and its update packages, boots a container with systemd,
+then narrates: first install, an update with a migration, a failing update restored
+automatically, a rollback with apt, and what dpkg -l and nesop-update history say at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TOP))
+
+from tests.e2e import store  # noqa: E402
+from tests.e2e.testbed import BASE_PACKAGES, Container, build_base_root, cache_dir_from_env  # noqa: E402
+
+BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+
+
+def say(title: str, text: str = "") -> None:
+    print(f"\n{BOLD}== {title}{RESET}")
+    if text:
+        print(textwrap.fill(text, 96))
+
+
+def run(box: Container, cmd: str, *, check: bool = True) -> int:
+    print(f"{DIM}root@server# {cmd}{RESET}")
+    result = box.run(["sh", "-c", cmd], check=False, timeout=600)
+    out = (result.stdout + result.stderr).rstrip()
+    if out:
+        print(textwrap.indent(out, "  "))
+    if check and result.returncode != 0:
+        raise SystemExit(f"demo: `{cmd}` failed with exit code {result.returncode}")
+    return result.returncode
+
+
+def build(repo: store.ExampleRepo, ref: str, *args: str, name: str | None = None) -> Path:
+    deb = repo.build(ref, *args, name=name)
+    print(f"{DIM}dev$ nesop-deb build {shlex.join(args)}  # at {ref}{RESET}\n  {deb.name}")
+    return deb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--toolchain", type=Path, required=True, help="the nesop-deb toolchain .deb")
+    args = parser.parse_args()
+
+    say("Building the example store's release history and its update packages")
+    work = Path(tempfile.mkdtemp(prefix="nesop-demo-", dir="/var/tmp"))
+    repo = store.ExampleRepo.create(work)
+    full = build(repo, "v1.0.4", "--full", name="full-1.0.4")
+    upd5 = build(repo, "v1.0.5")
+    upd6 = build(repo, "v1.0.6")
+    broken = build(repo, "broken/migration", "--version", "1.0.7", "--since", "v1.0.6")
+
+    say("Booting a Debian 12 server with systemd (systemd-nspawn)")
+    root = build_base_root(cache_dir_from_env(), BASE_PACKAGES)
+    box = Container(root)
+    try:
+        box.boot()
+        print(f"  booted in {box.boot_seconds:.2f} s ({box.boot_state})")
+        for deb in (args.toolchain, full, upd5, upd6, broken):
+            box.copy_in(deb, f"/root/{deb.name}")
+
+        say("1. Install the toolchain, then the store itself from a --full package")
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{args.toolchain.name} >/dev/null && nesop-update --version",
+        )
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{full.name} 2>&1 | grep -E '^(->|<-|  ->|  <-)|healthy|now at'",
+        )
+        run(
+            box,
+            'curl -s http://127.0.0.1:5000/health 2>/dev/null || python3 -c "import urllib.request;'
+            "print(urllib.request.urlopen('http://127.0.0.1:5000/health').read().decode())\"",
+        )
+
+        say("2. An update with a database migration (1.0.4 -> 1.0.5)")
+        run(box, f"nesop-deb inspect /root/{upd5.name}")
+        run(box, f"cd /root && apt-get install -y -q ./{upd5.name} 2>&1 | grep -E 'healthy|now at|migrat'")
+        run(box, f"cd /root && apt-get install -y -q ./{upd6.name} 2>&1 | grep -E 'healthy|now at'")
+
+        say(
+            "3. A failing update is restored automatically",
+            "1.0.7 carries two migrations; the second fails half-way. nesop-deb undoes the first with its "
+            "rollback file, restores the files, restarts 1.0.6 and fails loudly through dpkg.",
+        )
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{broken.name} 2>&1 | grep -E 'FAILED|undo|restored'",
+            check=False,
+        )
+        run(box, "dpkg -l nesop-store-update | tail -1")
+        run(box, "nesop-update status")
+
+        say("4. Roll back with apt: back to 1.0.5")
+        run(
+            box,
+            "apt-get install -y -q --allow-downgrades nesop-store-update=1.0.5 2>&1 | tail -3",
+            check=False,
+        )
+
+        say("5. What happened, as dpkg and nesop-update tell it")
+        run(box, "dpkg -l nesop-store-update | tail -1")
+        run(box, "nesop-update history")
+        run(box, "nesop-update validate", check=False)
+        say("Done", "The store answered /health through systemd at every step that succeeded.")
+    finally:
+        box.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
