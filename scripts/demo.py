@@ -76,7 +76,7 @@ def main() -> int:
         )
         run(
             box,
-            f"cd /root && apt-get install -y -q ./{full.name} 2>&1 | grep -E '^ ?(->|<-)|healthy|now at'",
+            f"cd /root && apt-get install -y -q ./{full.name} 2>&1 | grep -E '^(  )?(->|<-)|healthy|now at'",
         )
         run(
             box,
