@@ -214,8 +214,9 @@ def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
         ctx = apps.select(app_name)
         entries = history.read(ctx.history_file)
         dpkg_lines = _dpkg_log(ctx)
+        apt_lines = _apt_history(ctx)
         if as_json:
-            _emit({"history": entries, "dpkg": dpkg_lines})
+            _emit({"history": entries, "dpkg": dpkg_lines, "apt": apt_lines})
             return
         if not entries:
             click.echo("no update recorded yet")
@@ -225,12 +226,33 @@ def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
             if e.get("status") != "success" and e.get("failed_step"):
                 line += f" at {e.get('failed_step')}: {e.get('reason')}"
             click.echo(line)
+        if apt_lines:
+            click.echo("\napt history:")
+            for a in apt_lines[-10:]:
+                click.echo(f"  {a}")
         if dpkg_lines:
             click.echo("\ndpkg.log:")
             for d in dpkg_lines[-20:]:
                 click.echo(f"  {d}")
 
     guarded(PROG, debug, run)
+
+
+def _apt_history(ctx: Context) -> list[str]:
+    """apt's own record (/var/log/apt/history.log): one line per apt run that touched the package."""
+    try:
+        text = ctx.host("/var/log/apt/history.log").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    found = []
+    for block in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.strip().splitlines() if ": " in line)
+        for action in ("Install", "Upgrade", "Downgrade", "Remove", "Purge", "Reinstall"):
+            if f"{ctx.package}:" in fields.get(action, ""):
+                found.append(
+                    f"{fields.get('Start-Date', '?')}  {action.lower()}  {fields.get('Commandline', '')}"
+                )
+    return found
 
 
 def _dpkg_log(ctx: Context) -> list[str]:

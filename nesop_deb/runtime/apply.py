@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ class Job:
     kept_config: list[str] = field(default_factory=list)
     migrated: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
+    persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
     def backup_dir(self) -> Path:
@@ -145,26 +147,34 @@ class Prepare:
                 log.warning(
                     "%s was edited on this server: kept; the new version goes to %s%s", path, path, NEW_SUFFIX
                 )
+        missing = self._missing_dirs()
+        job.created_dirs.extend(str(d.relative_to(ctx.app_root)) for d in missing)
+        # the journal names the kept config files and the new directories before anything is
+        # written, so an undo after a crash in this step knows every path it has to remove
+        job.persist()
+        for d in missing:
+            d.mkdir(mode=0o755)
+            os.chown(d, uid, gid)
         for f in job.manifest.files:
             if not f.ships_payload:
                 continue
             target = job.target(f)
-            self._mkdirs(target.parent)
             if f.link_target is not None:
                 stage_symlink(_tmp(target), f.link_target)
             else:
                 stage(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
 
-    def _mkdirs(self, directory: Path) -> None:
+    def _missing_dirs(self) -> list[Path]:
+        """The directories the new files need that do not exist yet, parents first."""
         root = self.job.ctx.app_root
-        missing = []
-        while not directory.exists() and directory != root:
-            missing.append(directory)
-            directory = directory.parent
-        for d in reversed(missing):
-            self.job.created_dirs.append(str(d.relative_to(root)))
-            d.mkdir(mode=0o755)
-            os.chown(d, self.job.uid, self.job.gid)
+        missing: set[Path] = set()
+        for f in self.job.manifest.files:
+            if f.ships_payload:
+                directory = self.job.target(f).parent
+                while directory != root and not directory.exists():
+                    missing.add(directory)
+                    directory = directory.parent
+        return sorted(missing, key=lambda d: (len(d.parts), d))
 
     def undo(self) -> None:
         for f in self.job.manifest.files:
@@ -306,7 +316,9 @@ class Migrate:
             return
         applied = set(database.applied_ids(url)) & set(ids)
         irreversible = [m.id for m in job.manifest.migrations if m.id in applied and not m.reversible]
-        if not irreversible:
+        # nothing recorded: the snapshot (when there is one) also takes back the tracking tables
+        # yoyo created in a database it never managed, and any half-run non-transactional step
+        if applied and not irreversible:
             try:
                 database.rollback(url, self.directory, ids)
                 return

@@ -54,6 +54,16 @@ def new_name(kind: str, version: str | None) -> str:
     return f"{kind}_{version}_{stamp()}" if version else f"{kind}_{stamp()}"
 
 
+def unused_name(ctx: Context, kind: str, version: str | None) -> str:
+    """:func:`new_name`, made unique: a retry within the same second must not collide."""
+    base = name = new_name(kind, version)
+    n = 1
+    while (ctx.backups_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
 def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, Any]) -> Path:
     """Back up ``paths`` (app-relative). Returns the backup directory; the DB is added separately."""
     ctx.backups_dir.mkdir(parents=True, exist_ok=True)

@@ -87,11 +87,28 @@ def _read(directory: Path, ids: Sequence[str]) -> Any:
 
 
 def applied_ids(url: str) -> list[str]:
-    """Ids of the migrations recorded in the tracking table, in the order applied."""
+    """Ids of the migrations recorded in the tracking table, in the order applied.
+
+    Read-only for a database yoyo never touched (a hand-deployed app): opening it through yoyo
+    would create yoyo's tables, and validate or an undo must not change the app's schema.
+    """
+    if url.startswith("sqlite:///") and not _has_table(Path(url[len("sqlite:///") :]), "_yoyo_migration"):
+        return []
     with _backend(url) as backend:
         backend.ensure_internal_schema_updated()
         rows = backend.execute("SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc").fetchall()
         return [str(r[0]) for r in rows]
+
+
+def _has_table(db: Path, name: str) -> bool:
+    if not db.exists():
+        return False
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return found.fetchone() is not None
+    finally:
+        conn.close()
 
 
 def apply(url: str, directory: Path, ids: Sequence[str]) -> list[str]:

@@ -39,7 +39,7 @@ def manual_backup(ctx: Context, name: str | None) -> Path:
     runlog.setup(ctx.log_file)
     st = state.load(ctx)
     with lock.held(ctx.state_dir / "lock", "manual backup"):
-        bname = name or backup.new_name("manual", st.current)
+        bname = name or backup.unused_name(ctx, "manual", st.current)
         with runlog.step(f"backup {ctx.app.name} as {bname}"):
             d = backup.create_files(ctx, bname, app_files(ctx), {"kind": "manual", "version": st.current})
             backup.add_database(ctx, d)
@@ -113,7 +113,7 @@ def restore_backup(ctx: Context, name: str) -> None:
     started = time.monotonic()
     with lock.held(ctx.state_dir / "lock", f"rollback {name}"):
         st = state.load(ctx)
-        safety = backup.new_name("pre_rollback", st.current)
+        safety = backup.unused_name(ctx, "pre_rollback", st.current)
         journal: dict[str, object] = {
             "kind": "restore",
             "version": st.current,

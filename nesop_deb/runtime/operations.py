@@ -178,6 +178,7 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
             "kept_config": job.kept_config,
             "created_dirs": job.created_dirs,
         }
+        job.persist = lambda: state.write_journal(ctx, journal)
         try:
             transaction.run(ctx, journal, apply.build_steps(job))
         except transaction.TransactionFailed as exc:

@@ -71,5 +71,8 @@ def enable(unit: str) -> None:
 
 
 def journal_tail(unit: str, lines: int = 5) -> str:
-    out = proc.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"], check=False).out
+    # the unit's own processes only: systemd's messages about the unit say less than the app does
+    out = proc.run(
+        ["journalctl", f"_SYSTEMD_UNIT={unit}", "-n", str(lines), "--no-pager", "-o", "cat"], check=False
+    ).out
     return " | ".join(line.strip() for line in out.splitlines() if line.strip())

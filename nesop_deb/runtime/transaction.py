@@ -40,7 +40,7 @@ class TransactionFailed(NesopError):
         msg = f"step {step!r} failed: {cause}"
         if undo_errors:
             msg += f"; undo incomplete: {'; '.join(undo_errors)}"
-        super().__init__(msg, hint=getattr(cause, "hint", None))
+        super().__init__(msg)  # str(cause) already carries its hint
         self.step = step
         self.cause = cause
         self.undo_errors = undo_errors

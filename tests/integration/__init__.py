@@ -1,0 +1,1 @@
+"""Integration tests: the builder against real git, dpkg-deb and lintian in temporary directories."""

@@ -1,0 +1,309 @@
+"""Bad input: exit code 2, one stderr line naming the input and the fix, and nothing written."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nesop_deb.cli.build import cli
+from nesop_deb.errors import ExitCode
+
+from .conftest import SHOP_CONFIG
+from .helpers import NESOP_DEB, Outcome, Repo, data_members, run_tool
+
+pytestmark = pytest.mark.integration
+
+
+def invoke(args: list[str]) -> Outcome:
+    """The CLI in this process (fast); tests below also run some cases as a subprocess."""
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return Outcome(result.exit_code, result.stdout, result.stderr)
+
+
+def shop(repo: Repo) -> Repo:
+    """v1.0.0 and v1.0.1 of a small app: the starting point of every case."""
+    repo.write("server.py", "print('v1')\n")
+    repo.write("static/app.js", "let a = 1;\n")
+    repo.write("docs/readme.md", "# Shop\n")
+    repo.write("migrations/0001_init.sql", "CREATE TABLE product (id INTEGER PRIMARY KEY);\n")
+    repo.write("migrations/0001_init.rollback.sql", "DROP TABLE product;\n")
+    repo.commit("Shop 1.0.0", tag="v1.0.0")
+    repo.write("server.py", "print('v1.0.1')\n")
+    repo.commit("Fix the server", tag="v1.0.1")
+    return repo
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    prepare: Callable[[Repo], list[str]]  # changes the repository, returns the build's arguments
+    names: tuple[str, ...]  # the input the message must name
+    fix: str  # and the way out it must give
+
+
+def _release(repo: Repo, tag: str = "v1.0.2") -> None:
+    repo.commit("Release", tag=tag)
+
+
+def _symlink(target: str, where: str = "link") -> Callable[[Repo], list[str]]:
+    def prepare(repo: Repo) -> list[str]:
+        repo.symlink(where, target)
+        _release(repo)
+        return []
+
+    return prepare
+
+
+def _config(text: str) -> Callable[[Repo], list[str]]:
+    def prepare(repo: Repo) -> list[str]:
+        repo.write("nesop-deb.toml", text)
+        repo.write("server.py", "print('v1.0.2')\n")
+        _release(repo)
+        return []
+
+    return prepare
+
+
+def _not_a_repo(repo: Repo) -> list[str]:
+    plain = repo.path.parent / "plain"
+    plain.mkdir()
+    (plain / "nesop-deb.toml").write_text(SHOP_CONFIG)
+    return ["-C", str(plain)]
+
+
+def _untagged(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('next')\n")
+    repo.commit("Work in progress")
+    return []
+
+
+def _dirty(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('not committed')\n")
+    return []
+
+
+def _only_excluded(repo: Repo) -> list[str]:
+    repo.write("docs/readme.md", "# Shop, documented\n")
+    _release(repo)
+    return []
+
+
+def _edit_released_migration(repo: Repo) -> list[str]:
+    repo.write("migrations/0001_init.sql", "CREATE TABLE product (id INTEGER PRIMARY KEY, name TEXT);\n")
+    _release(repo)
+    return []
+
+
+def _no_commits(repo: Repo) -> list[str]:
+    fresh = Repo.create(repo.path.parent / "fresh", repo.env)
+    fresh.write("nesop-deb.toml", SHOP_CONFIG)
+    return ["-C", str(fresh.path)]
+
+
+def _no_config(repo: Repo) -> list[str]:
+    repo.remove("nesop-deb.toml")
+    repo.write("server.py", "print('v1.0.2')\n")
+    _release(repo)
+    return []
+
+
+def _since_untagged(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('work in progress')\n")
+    repo.commit("Work in progress")
+    repo.write("server.py", "print('v1.0.2')\n")
+    _release(repo)
+    return ["--since", "HEAD~1"]
+
+
+def _non_utf8_name(repo: Repo) -> list[str]:
+    repo.write(os.fsdecode(b"caf\xe9.txt"), "latin-1 name\n")
+    _release(repo)
+    return []
+
+
+def _line_break_name(repo: Repo) -> list[str]:
+    repo.write("static/new\nline.css", "body {}\n")
+    _release(repo)
+    return []
+
+
+def _args(*args: str) -> Callable[[Repo], list[str]]:
+    return lambda repo: list(args)
+
+
+BAD_TOML = SHOP_CONFIG.replace('root = "/srv/shop"', 'root "/srv/shop"')
+CASES = [
+    Case("not-a-repository", _not_a_repo, ("plain", "is not a git repository"), "git init"),
+    Case("no-such-directory", _args("-C", "/nonexistent/app"), ("/nonexistent/app",), "-C DIR"),
+    Case("no-commits", _no_commits, ("fresh", "has no commits"), "commit the app first"),
+    Case(
+        "unknown-files-path", _args("--files", "nope.py"), ("--files nope.py", "no such file"), "name files"
+    ),
+    Case(
+        "files-parent", _args("--files", "../x"), ("--files ../x", "leaves the repository"), "inside the app"
+    ),
+    Case(
+        "files-absolute-outside",
+        _args("--files", "/etc/passwd"),
+        ("--files /etc/passwd", "leaves the repository"),
+        "inside the app",
+    ),
+    Case("symlink-absolute", _symlink("/etc/passwd"), ("link -> /etc/passwd", "outside"), "make it relative"),
+    Case(
+        "symlink-parent",
+        _symlink("../../x", "static/up"),
+        ("static/up -> ../../x", "outside"),
+        "exclude it in [files].exclude",
+    ),
+    Case("version-space", _args("--version", "1.0 5"), ("--version '1.0 5'", "not a valid"), "like 1.0.5"),
+    Case("version-letters", _args("--version", "abc"), ("--version 'abc'", "not a valid"), "like 1.0.5"),
+    Case("no-version", _untagged, ("no vX.Y.Z tag", "no --version"), "git tag v1.0.5"),
+    Case("dirty", _dirty, ("uncommitted changes", "server.py"), "--allow-dirty"),
+    Case("nothing-to-ship", _only_excluded, ("nothing to ship", "v1.0.1..HEAD"), "[files].exclude"),
+    Case(
+        "version-not-above-base",
+        _args("--version", "1.0.0", "--since", "v1.0.1"),
+        ("version 1.0.0 is not above its base 1.0.1",),
+        "higher version",
+    ),
+    Case("since-unknown", _args("--since", "v9.9.9"), ("'v9.9.9'", "does not name a commit"), "release tag"),
+    Case("since-untagged", _since_untagged, ("--since HEAD~1", "no vX.Y.Z release tag"), "v1.0.4"),
+    Case(
+        "no-base", _args("--version", "0.9", "--files", "server.py"), ("no release tag below 0.9",), "--full"
+    ),
+    Case("config-missing", _no_config, ("nesop-deb.toml: no such file",), "nesop-deb init"),
+    Case(
+        "config-unknown-key",
+        _config(SHOP_CONFIG.replace('service = "shop.service"', 'servise = "shop.service"')),
+        ("nesop-deb.toml", "unknown key app.servise"),
+        "known keys: name, root",
+    ),
+    Case(
+        "config-wrong-type",
+        _config(SHOP_CONFIG + '\n[health]\ntimeout = "60"\n'),
+        ("nesop-deb.toml", "health.timeout must be a number, not str"),
+        "timeout = 60",
+    ),
+    Case(
+        "config-missing-key",
+        _config(SHOP_CONFIG.replace('root = "/srv/shop"\n', "")),
+        ("nesop-deb.toml", "missing app.root"),
+        "add it under [app]",
+    ),
+    Case("config-invalid-toml", _config(BAD_TOML), ("nesop-deb.toml", "not valid TOML", "line 3"), "syntax"),
+    Case("non-utf8-name", _non_utf8_name, ("'caf\\udce9.txt'", "not valid UTF-8"), "git mv"),
+    Case("line-break-name", _line_break_name, ("'static/new\\nline.css'", "contains a line break"), "git mv"),
+    Case(
+        "released-migration-edited",
+        _edit_released_migration,
+        ("migrations/0001_init.sql", "changed after it was released"),
+        "add a new one",
+    ),
+]
+SUBPROCESS_CASES = {"not-a-repository", "files-parent", "version-space", "dirty", "config-wrong-type"}
+
+
+def _check_refusal(outcome: Outcome, case: Case, tmp_path: Path, output: Path) -> None:
+    assert outcome.returncode == int(ExitCode.USAGE) == 2, outcome
+    lines = outcome.stderr.splitlines()
+    assert len(lines) == 1, outcome.stderr
+    line = lines[0]
+    assert line.startswith("nesop-deb: error: "), line
+    for name in case.names:
+        assert name in line, line
+    assert case.fix in line, line
+    assert "Traceback" not in outcome.stderr and outcome.stdout == ""
+    assert not output.exists() or list(output.iterdir()) == []
+    assert list(tmp_path.rglob("*.deb")) == [] and list(tmp_path.rglob("update_manifest.json")) == []
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_refused(case: Case, make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+    repo = shop(make_repo("app"))
+    args = case.prepare(repo)
+    output = tmp_path / "out"
+    argv = ["build", *([] if "-C" in args else ["-C", str(repo.path)]), *args, "--output", str(output)]
+    _check_refusal(invoke(argv), case, tmp_path, output)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.id in SUBPROCESS_CASES], ids=lambda c: c.id)
+def test_refused_as_a_subprocess(
+    case: Case, make_repo: Callable[..., Repo], tmp_path: Path, env: dict[str, str]
+) -> None:
+    repo = shop(make_repo("app"))
+    args = case.prepare(repo)
+    output = tmp_path / "out"
+    where: list[str | Path] = [] if "-C" in args else ["-C", repo.path]
+    argv = [NESOP_DEB, "build", *where, *args, "--output", output]
+    _check_refusal(run_tool(argv, env, cwd=tmp_path), case, tmp_path, output)
+
+
+def test_allow_dirty_builds_the_committed_state(
+    make_repo: Callable[..., Repo], tmp_path: Path, env: dict[str, str]
+) -> None:
+    repo = shop(make_repo("app"))
+    repo.write("server.py", "print('not committed')\n")
+    output = tmp_path / "out"
+    outcome = run_tool([NESOP_DEB, "build", "-C", repo.path, "--allow-dirty", "--output", output], env)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "1 uncommitted change(s) are not included" in outcome.stderr
+    deb = Path(outcome.last_line)
+    assert deb == output / "shop-update_1.0.1_all.deb"
+    _, content = data_members(deb)["usr/share/shop-update/payload/server.py"]
+    assert content == b"print('v1.0.1')\n"  # HEAD, not the working tree
+
+
+def test_staged_changes_are_uncommitted_too(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+    repo = shop(make_repo("app"))
+    repo.write("static/app.js", "let a = 2;\n")
+    repo.git("add", "static/app.js")
+    outcome = invoke(["build", "-C", str(repo.path), "--output", str(tmp_path / "out")])
+    assert outcome.returncode == 2 and "static/app.js" in outcome.stderr
+
+
+def test_a_staged_rename_is_named_once(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+    repo = shop(make_repo("app"))
+    repo.move("static/app.js", "static/application.js")
+    outcome = invoke(["build", "-C", str(repo.path), "--output", str(tmp_path / "out")])
+    assert outcome.returncode == 2
+    assert f"uncommitted changes in {repo.path}: static/application.js; commit them" in outcome.stderr
+
+
+def test_an_excluded_non_utf8_name_is_ignored(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+    repo = shop(make_repo("app"))
+    repo.write(os.fsdecode(b"docs/caf\xe9.md"), "latin-1 name\n")
+    repo.write("server.py", "print('v1.0.2')\n")
+    _release(repo)
+    outcome = invoke(["build", "-C", str(repo.path), "--output", str(tmp_path / "out")])
+    assert outcome.returncode == 0, outcome.stderr
+
+
+def test_untracked_files_do_not_make_the_tree_dirty(make_repo: Callable[..., Repo], tmp_path: Path) -> None:
+    repo = shop(make_repo("app"))
+    (repo.path / "scratch.txt").write_text("notes\n")
+    output = tmp_path / "out"
+    outcome = invoke(["build", "-C", str(repo.path), "--output", str(output)])
+    assert outcome.returncode == 0, outcome.stderr
+    assert "scratch.txt" not in (output / "update_manifest.json").read_text()
+
+
+def test_a_failing_dpkg_deb_leaves_nothing_behind(
+    make_repo: Callable[..., Repo], tmp_path: Path, env: dict[str, str]
+) -> None:
+    repo = shop(make_repo("app"))
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "dpkg-deb").write_text("#!/bin/sh\necho 'dpkg-deb: error: disk full' >&2\nexit 2\n")
+    (fake_bin / "dpkg-deb").chmod(0o755)
+    broken = {**env, "PATH": f"{fake_bin}{os.pathsep}{env['PATH']}"}
+    output = tmp_path / "out"
+    outcome = run_tool([NESOP_DEB, "build", "-C", repo.path, "--output", output], broken)
+    assert outcome.returncode == 1
+    assert outcome.stderr.splitlines()[-1].startswith("nesop-deb: error: `dpkg-deb")
+    assert "disk full" in outcome.stderr.splitlines()[-1]
+    assert list(output.glob("*.deb")) == [] and not (output / "update_manifest.json").exists()
