@@ -43,13 +43,13 @@ lint: venv
 	$(VENV)/bin/mypy
 
 test: lint package
-	$(TEST_ENV) $(VPY) -m pytest tests
+	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) -m pytest tests
 
 test-fast: venv
 	$(TEST_ENV) $(VPY) -m pytest tests -m "not e2e"
 
 test-e2e: venv package
-	$(TEST_ENV) $(VPY) -m pytest tests -m e2e
+	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) -m pytest tests -m e2e
 
 # The toolchain package, built with dh-virtualenv from a copy of the working tree (so the
 # build products stay out of the source tree and the parent directory).

@@ -140,11 +140,56 @@ _HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 def http_get(url: str, timeout: float = 5.0) -> HttpResponse:
     """GET `url`; an HTTP error status is returned, not raised."""
+    return http_request("GET", url, None, timeout)
+
+
+def http_request(method: str, url: str, body: bytes | None, timeout: float = 5.0) -> HttpResponse:
+    """One request (JSON body if any); an HTTP error status is returned, not raised."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    request = urllib.request.Request(url, body, headers, method=method)
     try:
-        with _HTTP.open(url, timeout=timeout) as response:
+        with _HTTP.open(request, timeout=timeout) as response:
             return HttpResponse(response.status, response.read(), dict(response.headers))
     except urllib.error.HTTPError as error:
         return HttpResponse(error.code, error.read(), dict(error.headers))
+
+
+_NETNS_CLIENT = """
+import base64, json, sys
+sys.path.insert(0, sys.argv[1])
+from hostside import http_request
+method, url, body, timeout = sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+try:
+    r = http_request(method, url, base64.b64decode(body) if body != "-" else None, timeout)
+except OSError as exc:
+    print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+else:
+    print(json.dumps({"status": r.status, "body": base64.b64encode(r.body).decode(), "headers": r.headers}))
+"""
+
+
+def http_in_netns(pid: int, method: str, url: str, body: bytes | None, timeout: float) -> HttpResponse:
+    """The same request from inside the network namespace of process ``pid`` (host files)."""
+    import base64
+    import json
+    import subprocess
+    import sys
+
+    encoded = base64.b64encode(body).decode() if body is not None else "-"
+    here = str(Path(__file__).resolve().parent)
+    argv = ["nsenter", "--target", str(pid), "--net", "--", sys.executable, "-c", _NETNS_CLIENT]
+    out = subprocess.run(
+        [*argv, here, method, url, encoded, str(timeout)],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 10,
+    )
+    if out.returncode != 0:
+        raise ConnectionError(f"nsenter --net request failed: {out.stderr.strip()[-300:]}")
+    data = json.loads(out.stdout)
+    if "error" in data:
+        raise ConnectionError(data["error"])
+    return HttpResponse(int(data["status"]), base64.b64decode(data["body"]), dict(data["headers"]))
 
 
 def free_port() -> int:

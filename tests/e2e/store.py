@@ -244,19 +244,13 @@ def health(box: Container) -> dict[str, Any]:
 
 def register_customers(box: Container, n: int) -> list[str]:
     """Write rows through the app's API; return the e-mails it acknowledged (201 = committed)."""
-    import urllib.request
-
     acknowledged = []
     for _ in range(n):
         email = f"c-{uuid.uuid4().hex[:12]}@example.com"
         body = json.dumps({"name": "E2E Customer", "email": email}).encode()
-        req = urllib.request.Request(
-            "http://127.0.0.1:5000/api/register", body, {"Content-Type": "application/json"}, method="POST"
-        )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(req, timeout=5) as resp:
-            if resp.status == 201:
-                acknowledged.append(email)
+        response = box.http("POST", "http://127.0.0.1:5000/api/register", body)
+        if response.status == 201:
+            acknowledged.append(email)
     return acknowledged
 
 

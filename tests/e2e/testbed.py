@@ -37,6 +37,8 @@ from .hostside import (
     free_port,
     group_members,
     http_get,
+    http_in_netns,
+    http_request,
     pid_namespace,
     remove_tree,
     resolve_in_root,
@@ -124,6 +126,10 @@ class Container:
         self._pid1: int | None = None
         self._mounted = False
         self._stopped = False
+        # A private network namespace (only its own loopback): the app's fixed port cannot
+        # collide with anything on the host or in another container. HTTP then goes through
+        # `nsenter --net` from the host (see http_get).
+        self.private_network = os.environ.get("NESOP_TESTBED_PRIVATE_NETWORK") == "1"
         _LIVE.add(self)
 
     # -- context manager -------------------------------------------------
@@ -269,6 +275,7 @@ class Container:
                     "--keep-unit",
                     "--link-journal=no",
                     "--console=read-only",
+                    *(["--private-network"] if self.private_network else []),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -518,16 +525,23 @@ class Container:
         return int(result.stdout.strip() or "0")
 
     def http_get(self, url: str, timeout: float = 5.0) -> HttpResponse:
-        """GET from the host; the container shares the host's network."""
-        return http_get(url, timeout)
+        """GET ``url`` as seen from inside the container's network (errors are returned)."""
+        return self.http("GET", url, timeout=timeout)
+
+    def http(self, method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> HttpResponse:
+        """One HTTP request in the container's network: directly when it shares the host's,
+        else through `nsenter --net` running the host's Python (the container needs none)."""
+        if not self.private_network:
+            return http_request(method, url, body, timeout)
+        return http_in_netns(self.pid, method, url, body, timeout)
 
     def wait_http(self, url: str, timeout: float = 15.0) -> HttpResponse:
         """Poll `url` until something answers (a service just started)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return http_get(url, timeout=max(0.5, deadline - time.monotonic()))
-            except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+                return self.http_get(url, timeout=max(0.5, deadline - time.monotonic()))
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
                 if time.monotonic() > deadline:
                     raise TestbedError(f"no HTTP answer from {url} in {timeout} s: {error}") from error
                 time.sleep(0.1)
