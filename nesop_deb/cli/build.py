@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nesop_deb import __version__, debfile
+from nesop_deb import __version__, debfile, signing
 from nesop_deb.builder.package import build_deb
 from nesop_deb.builder.plan import BuildOptions, describe, make_plan
 from nesop_deb.cli.common import guarded, setup_logging
@@ -37,6 +37,9 @@ def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
 @click.option("--output", type=click.Path(path_type=Path), default="dist", help="Where the .deb goes.")
 @click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option(
+    "--sign", "sign_key", metavar="KEYID", help="Also write FILE.deb.asc, signed with this gpg key."
+)
 @click.argument("extra_files", nargs=-1)
 @click.pass_obj
 def build(
@@ -50,6 +53,7 @@ def build(
     output: Path,
     allow_dirty: bool,
     dry_run: bool,
+    sign_key: str | None,
     extra_files: tuple[str, ...],
 ) -> None:
     """Build the update package of the app in DIR; print its path last.
@@ -67,7 +71,14 @@ def build(
             click.echo(plan.manifest.to_json(), nl=False)
             return
         out = output if output.is_absolute() else Path.cwd() / output
-        click.echo(str(build_deb(plan, out)))
+        deb = build_deb(plan, out)
+        if sign_key is not None:
+            try:
+                click.echo(f"signed: {signing.sign(deb, sign_key)}", err=True)
+            except NesopError:
+                deb.unlink()
+                raise
+        click.echo(str(deb))
 
     guarded("nesop-deb", debug, run)
 

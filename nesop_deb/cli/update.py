@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from nesop_deb import __version__, debfile, proc
+from nesop_deb import __version__, debfile, proc, signing
 from nesop_deb.builder.plan import describe
 from nesop_deb.cli.common import guarded, setup_logging
 from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
@@ -297,6 +297,9 @@ def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
     """Verify DEB, show what it changes, then install it with apt."""
 
     def run() -> None:
+        signed_by = signing.verify(deb.resolve())
+        if signed_by is not None:
+            click.echo(f"good signature: {signed_by}")
         update = debfile.open_update(deb)
         problems = debfile.verify_payload(update)
         if problems:

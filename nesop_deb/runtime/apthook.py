@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from nesop_deb import debfile, proc
+from nesop_deb import debfile, proc, signing
 from nesop_deb.errors import NesopError
 from nesop_deb.runtime import apply, repo
 from nesop_deb.runtime import log as runlog
@@ -26,6 +26,7 @@ def _is_update(deb: Path) -> bool:
 def handle(deb: Path) -> None:
     if deb.suffix != ".deb" or not deb.is_file() or not _is_update(deb):
         return
+    signed_by = signing.verify(deb)
     update = debfile.open_update(deb)
     problems = debfile.verify_payload(update)
     if problems:
@@ -33,7 +34,10 @@ def handle(deb: Path) -> None:
             f"{deb.name}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
             hint="the package was altered or damaged; nothing was installed",
         )
-    repo.archive(apply.context_for(update.manifest), deb)
+    ctx = apply.context_for(update.manifest)
+    repo.archive(ctx, deb)
+    if signed_by is not None:
+        repo.archive_signature(ctx, deb)
 
 
 def main() -> int:

@@ -99,6 +99,21 @@ def no_drift(ctx: Context, manifest: Manifest) -> None:
         )
 
 
+def app_accounts(ctx: Context) -> None:
+    """The app's user and group must exist (only a --full package creates them)."""
+    from nesop_deb.runtime import accounts
+
+    for kind, name, found in (
+        ("user", ctx.app.user, accounts.uid(ctx, ctx.app.user)),
+        ("group", ctx.app.group, accounts.gid(ctx, ctx.app.group)),
+    ):
+        if found is None:
+            raise RefusedError(
+                f"the app's {kind} {name!r} does not exist on this server",
+                hint=f"create it (the app runs as {ctx.app.user}:{ctx.app.group}), or install a --full package",
+            )
+
+
 def disk_space(ctx: Context, manifest: Manifest) -> None:
     need = sum(f.size for f in manifest.files) * 2 + MARGIN
     db = ctx.database_path
@@ -141,6 +156,8 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
                 f"{ctx.app_root} does not exist, and {manifest.version} is not a full install",
                 hint="install a package built with --full first",
             )
+        if not manifest.full:
+            app_accounts(ctx)
         if check_drift:
             no_drift(ctx, manifest)
         if ctx.app_root.is_dir():

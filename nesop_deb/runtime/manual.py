@@ -10,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-from nesop_deb.errors import NesopError
 from nesop_deb.runtime import backup, health, history, lock, service, state, transaction
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
@@ -162,20 +161,6 @@ def recover(ctx: Context) -> str:
 
     runlog.setup(ctx.log_file)
     with lock.held(ctx.state_dir / "lock", "recover"):
-        journal = state.read_journal(ctx)
-        if journal is not None and journal.get("kind") == "restore":
-            safety = ctx.backups_dir / str(journal.get("safety"))
-            if safety.is_dir():
-                backup.restore_files(ctx, safety)
-                backup.restore_database(ctx, safety, keep_current=True)
-            operations.ensure_running(ctx)
-            state.clear_journal(ctx)
-            return f"undid the interrupted restore of {journal.get('backup')}"
-        if journal is not None and journal.get("kind") == "undo":
-            raise NesopError(
-                f"a rollback to {journal.get('target')} was interrupted",
-                hint=f"finish it: apt-get install --allow-downgrades {ctx.package}={journal.get('target')}",
-            )
         done = operations.recover(ctx)
         operations.ensure_running(ctx)
         return done or "nothing to recover"

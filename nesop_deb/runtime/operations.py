@@ -88,6 +88,20 @@ def recover(ctx: Context) -> str | None:
     journal = state.read_journal(ctx)
     if journal is None:
         return None
+    # postinst configure calls this too: an interrupted rollback must not pass for an apply
+    if journal.get("kind") == "restore":
+        safety = ctx.backups_dir / str(journal.get("safety"))
+        if safety.is_dir():
+            backup.restore_files(ctx, safety)
+            backup.restore_database(ctx, safety, keep_current=True)
+        ensure_running(ctx)
+        state.clear_journal(ctx)
+        return f"undid the interrupted restore of {journal.get('backup')}"
+    if journal.get("kind") == "undo":
+        raise NesopError(
+            f"a rollback to {journal.get('target')} was interrupted",
+            hint=f"finish it: apt-get install --allow-downgrades {ctx.package}={journal.get('target')}",
+        )
     st = state.load(ctx)
     version = str(journal.get("version"))
     if journal.get("kind") == "apply" and st.current == version:

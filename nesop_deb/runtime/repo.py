@@ -52,6 +52,16 @@ def archive(ctx: Context, deb: Path) -> Path:
     return target
 
 
+def archive_signature(ctx: Context, deb: Path) -> None:
+    """Keep the package's signature beside it, so a reinstall from the repository verifies too."""
+    from nesop_deb.signing import signature_path
+
+    sig, target = signature_path(deb), signature_path(repo_dir(ctx) / deb.name)
+    if sig.resolve() != target.resolve():
+        shutil.copyfile(sig, target)
+        target.chmod(0o644)
+
+
 def reindex(ctx: Context) -> None:
     repo = repo_dir(ctx)
     packages = proc.run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
