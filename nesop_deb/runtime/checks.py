@@ -110,7 +110,7 @@ def app_accounts(ctx: Context) -> None:
         if found is None:
             raise RefusedError(
                 f"the app's {kind} {name!r} does not exist on this server",
-                hint=f"create it (the app runs as {ctx.app.user}:{ctx.app.group}), or install a --full package",
+                hint=f"create it (the app runs as {ctx.app.user}:{ctx.app.group}) or use a --full package",
             )
 
 
