@@ -68,7 +68,7 @@ deb: venv $(EXAMPLE_REPO)/.stamp
 	$(VENV)/bin/nesop-deb build -C $(EXAMPLE_REPO) --output $(DIST)
 
 demo: venv package
-	$(TEST_ENV) $(VPY) scripts/demo.py --toolchain $(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb
+	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) scripts/demo.py --toolchain $(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb
 
 bench: venv package
 	$(TEST_ENV) $(VPY) bench/run.py --output docs/benchmarks.md

@@ -21,6 +21,16 @@ def signature_path(deb: Path) -> Path:
     return deb.with_name(deb.name + SUFFIX)
 
 
+def check_key(key_id: str) -> None:
+    """Fail before building when the signing key is not in the developer's keyring."""
+    result = proc.run(["gpg", "--batch", "--list-secret-keys", key_id], check=False)
+    if result.returncode != 0:
+        raise UsageError(
+            f"--sign {key_id}: no such secret key in the gpg keyring",
+            hint="list yours with `gpg --list-secret-keys`, or create one with `gpg --quick-gen-key`",
+        )
+
+
 def sign(deb: Path, key_id: str) -> Path:
     """Write ``deb.asc``, a detached ASCII-armoured signature by ``key_id``."""
     sig = signature_path(deb)

@@ -61,6 +61,8 @@ def build(
     `--files a b c` takes several paths, as the original tool did."""
 
     def run() -> None:
+        if sign_key is not None and not dry_run:
+            signing.check_key(sign_key)
         options = BuildOptions(version, since, files + extra_files, no_migrations, full, allow_dirty)
         plan = make_plan(directory, options)
         for note in plan.notes:

@@ -165,6 +165,8 @@ def test_tampered_payload_is_refused(
     result = store.apt_install(server, tampered)
 
     assert result.returncode != 0
-    assert "payload server.py: sha256 does not match the manifest" in result.stdout + result.stderr
+    # the APT hook checks every payload file before dpkg runs: nothing is even unpacked
+    assert "server.py: sha256 does not match the manifest" in result.stdout + result.stderr
+    assert store.dpkg_status(server)[0] == "not-installed"
     assert server.service_main_pid(store.UNIT) == pid
     assert store.snapshot(server) == before

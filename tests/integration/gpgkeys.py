@@ -1,0 +1,50 @@
+"""Throw-away OpenPGP keys for signing tests: a private GNUPGHOME per key, ed25519, no passphrase."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Key:
+    home: Path
+    fingerprint: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "GNUPGHOME": str(self.home)}
+
+    def export(self, dest: Path) -> Path:
+        """The public key as a binary keyring (what /etc/nesop-deb/trusted.gpg.d holds)."""
+        data = subprocess.run(
+            ["gpg", "--batch", "--export", self.fingerprint], env=self.env, capture_output=True, check=True
+        ).stdout
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
+        return dest
+
+    def close(self) -> None:
+        subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True, check=False)
+
+
+def make_key(home: Path, uid: str) -> Key:
+    home.mkdir(parents=True, mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    subprocess.run(
+        ["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    listing = subprocess.run(
+        ["gpg", "--batch", "--with-colons", "--list-secret-keys"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    return Key(home, fpr)
