@@ -3,7 +3,8 @@
 apt writes the path of every .deb it is about to hand to dpkg on our stdin, ``apt install
 ./file.deb`` included. For each nesop-deb update package this hook verifies every payload file
 against the manifest, refusing a tampered package before dpkg touches anything (a non-zero exit
-stops apt), and archives it in the app's local repository so it can be reinstalled later.
+stops apt), and stages it for the app's local repository, where postinst publishes it once its
+version is applied, so it can be reinstalled later.
 Plain ``dpkg -i`` bypasses apt hooks; postinst verifies the payload again.
 """
 
@@ -35,9 +36,7 @@ def handle(deb: Path) -> None:
             hint="the package was altered or damaged; nothing was installed",
         )
     ctx = apply.context_for(update.manifest)
-    repo.archive(ctx, deb)
-    if signed_by is not None:
-        repo.archive_signature(ctx, deb)
+    repo.stage_incoming(ctx, deb, update.manifest.version, signed_by is not None)
 
 
 def main() -> int:

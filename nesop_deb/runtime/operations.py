@@ -251,6 +251,7 @@ def _after_commit(ctx: Context, version: str) -> None:
         if held is not None and held != version:
             repo.release(ctx)
             log.info("released the hold on %s %s: %s was installed on purpose", ctx.package, held, version)
+        repo.publish(ctx, version)
         repo.refresh_lists(ctx)
         for name in retention.prune(ctx):
             log.info("pruned backup %s (keeping %d)", name, ctx.app.keep_backups)

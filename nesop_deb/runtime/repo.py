@@ -10,7 +10,6 @@ does not bring the bad one back; ``nesop-update release`` lets it go.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -33,33 +32,55 @@ def preferences(ctx: Context) -> Path:
     return ctx.host(f"/etc/apt/preferences.d/{ctx.package}")
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def incoming_dir(ctx: Context) -> Path:
+    return ctx.state_dir / "incoming"
 
 
-def archive(ctx: Context, deb: Path) -> Path:
-    """Copy ``deb`` into the repository (once) and refresh the index and the sources entry."""
-    repo = repo_dir(ctx)
-    repo.mkdir(parents=True, exist_ok=True)
-    target = repo / deb.name
-    if deb.resolve() != target.resolve() and (not target.exists() or _digest(target) != _digest(deb)):
-        tmp = target.with_name(target.name + ".part")
-        shutil.copyfile(deb, tmp)
-        tmp.chmod(0o644)
-        tmp.replace(target)
-        log.info("archived %s in %s", deb.name, repo)
-    reindex(ctx)
-    return target
+def file_name(package: str, version: str) -> str:
+    return f"{package}_{version.split(':', 1)[-1]}_all.deb"
 
 
-def archive_signature(ctx: Context, deb: Path) -> None:
-    """Keep the package's signature beside it, so a reinstall from the repository verifies too."""
+def stage_incoming(ctx: Context, deb: Path, version: str, signed: bool) -> None:
+    """Keep a verified package until its version is applied (only then is it published).
+
+    A package the transaction refuses or fails must never become an apt candidate, so the APT
+    hook (before dpkg) only stages it; :func:`publish` moves it into the repository on commit.
+    """
+    if deb.resolve().parent == repo_dir(ctx).resolve():
+        return  # a reinstall from the repository itself
+    incoming = incoming_dir(ctx)
+    incoming.mkdir(parents=True, exist_ok=True)
+    target = incoming / file_name(ctx.package, version)
+    _copy(deb, target)
     from nesop_deb.signing import signature_path
 
-    sig, target = signature_path(deb), signature_path(repo_dir(ctx) / deb.name)
-    if sig.resolve() != target.resolve():
-        shutil.copyfile(sig, target)
-        target.chmod(0o644)
+    if signed:
+        _copy(signature_path(deb), signature_path(target))
+
+
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, tmp)
+    tmp.chmod(0o644)
+    tmp.replace(dst)
+
+
+def publish(ctx: Context, version: str) -> bool:
+    """After a commit: move the applied version's package into the repository and reindex."""
+    from nesop_deb.signing import signature_path
+
+    name = file_name(ctx.package, version)
+    staged = incoming_dir(ctx) / name
+    if not staged.exists():
+        return False  # installed with plain dpkg -i: apt's hook never saw it
+    repo = repo_dir(ctx)
+    repo.mkdir(parents=True, exist_ok=True)
+    staged.replace(repo / name)
+    if signature_path(staged).exists():
+        signature_path(staged).replace(signature_path(repo / name))
+    reindex(ctx)
+    log.info("archived %s in %s", name, repo)
+    return True
 
 
 def reindex(ctx: Context) -> None:

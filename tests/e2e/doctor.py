@@ -22,6 +22,7 @@ def doctor(
     change: Callable[[Manifest], None] | None = None,
     files: Mapping[str, bytes | None] | None = None,
     symlinks: Mapping[str, str] | None = None,
+    migrations: Mapping[str, bytes] | None = None,
 ) -> Path:
     """Unpack ``deb``, change its manifest and payload files, pack it as ``out``."""
     work = out.with_suffix(".d")
@@ -46,6 +47,9 @@ def doctor(
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+    for name, data in (migrations or {}).items():
+        (share / "migrations").mkdir(exist_ok=True)
+        (share / "migrations" / name).write_bytes(data)
     for rel, link in (symlinks or {}).items():
         target = share / "payload" / rel
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,7 @@ def test_hostile_and_broken_packages_are_refused(
             variant("future-format", change=lambda m: m.update(format=99)),
             "update manifest format 99 is not supported",
         ),
-        (truncate(good, tmp_path / "truncated.deb"), "nesop-store-update_1.0.4_all.deb"),
+        (truncate(good, tmp_path / "truncated.deb"), "Could not read meta data from /var/tmp/truncated.deb"),
         (
             variant("other-root", change=lambda m: m["config"]["app"].update(root="/srv/elsewhere")),
             "targets app root '/srv/elsewhere', but 1.0.3 is installed with '/opt/nesop-store'",
@@ -106,6 +106,7 @@ def test_hostile_and_broken_packages_are_refused(
                         "rollback_sha256": None,
                     }
                 ),
+                migrations={"0002_product_stock.sql": EVIL},
             ),
             "migration 0002_product_stock differs from the one already applied on this server",
         ),
