@@ -50,6 +50,8 @@ def handle(intent: Intent, package: str) -> None:
         ctx = _installed_context(package)
         if ctx is not None:
             operations.ensure_running(ctx)
+            if kind is Kind.ABORT_UPGRADE and intent.script == "postinst":
+                operations.still_applied(ctx, intent.own_version)
     elif kind is Kind.PURGE:
         operations.purge(package)
     elif kind is Kind.UNDO_ABOVE or (

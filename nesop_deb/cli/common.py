@@ -32,6 +32,10 @@ def guarded(prog: str, debug: bool, fn: Callable[[], T]) -> T:
             raise
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(int(exc.exit_code))
+    except BrokenPipeError:
+        # `nesop-update history | head`: the reader left; that is not an error
+        sys.stderr.close()
+        sys.exit(int(ExitCode.OK))
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)
         sys.exit(130)

@@ -339,23 +339,31 @@ class Start:
 
     def __init__(self, job: Job) -> None:
         self.job = job
+        self.restarts_before: int | None = None
+        self.installed_unit: Path | None = None
 
     def apply(self) -> None:
         job, ctx = self.job, self.job.ctx
         unit_dest = ctx.host(f"/etc/systemd/system/{job.unit}")
         if ctx.app.unit_file and not unit_dest.exists() and job.manifest.full:
+            # a first install brings its unit; an undo takes it away again (see undo)
+            self.installed_unit = unit_dest
             src = ctx.app_path(ctx.app.unit_file)
             unit_dest.write_bytes(src.read_bytes())
             unit_dest.chmod(0o644)
             service.daemon_reload()
             service.enable(job.unit)
-        job_restarts = service.status(job.unit).restarts
-        self.restarts_before = job_restarts
+        self.restarts_before = service.status(job.unit).restarts
         service.start(job.unit)
 
     def undo(self) -> None:
         if service.status(self.job.unit).exists:
             service.stop(self.job.unit)
+        if self.installed_unit is not None:
+            # a failed first install must not leave an enabled unit restart-looping at boot
+            service.disable(self.job.unit)
+            self.installed_unit.unlink(missing_ok=True)
+            service.daemon_reload()
 
 
 class HealthGate:
@@ -371,7 +379,7 @@ class HealthGate:
             app.service,
             app.health_url,
             app.health_timeout,
-            restarts_before=getattr(self.start, "restarts_before", None),
+            restarts_before=self.start.restarts_before,
         )
 
     def undo(self) -> None:

@@ -83,6 +83,20 @@ def ensure_running(ctx: Context) -> None:
         service.start(ctx.app.service)
 
 
+def still_applied(ctx: Context, version: str) -> None:
+    """postinst abort-upgrade: dpkg would mark this version installed again; say so only if it is.
+
+    A version that failed (``iF``) and then saw a newer package refused must stay half-configured:
+    ``dpkg -l`` has to keep telling the truth.
+    """
+    current = state.load(ctx).current
+    if current is not None and current != version:
+        raise NesopError(
+            f"{ctx.package} {version} was never applied on this server (the app runs {current})",
+            hint=f"install {version} again once fixed, or go back with apt install {ctx.package}={current}",
+        )
+
+
 def recover(ctx: Context) -> str | None:
     """Finish an interrupted transaction (caller holds the lock). Returns what was done."""
     journal = state.read_journal(ctx)

@@ -49,7 +49,9 @@ def stage_incoming(ctx: Context, deb: Path, version: str, signed: bool) -> None:
     if deb.resolve().parent == repo_dir(ctx).resolve():
         return  # a reinstall from the repository itself
     incoming = incoming_dir(ctx)
-    incoming.mkdir(parents=True, exist_ok=True)
+    # what an earlier, refused or failed attempt left here is never published: drop it
+    shutil.rmtree(incoming, ignore_errors=True)
+    incoming.mkdir(parents=True)
     target = incoming / file_name(ctx.package, version)
     _copy(deb, target)
     from nesop_deb.signing import signature_path

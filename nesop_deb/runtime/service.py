@@ -70,6 +70,10 @@ def enable(unit: str) -> None:
     _systemctl("enable", "--", unit)
 
 
+def disable(unit: str) -> None:
+    _systemctl("disable", "--", unit)
+
+
 def journal_tail(unit: str, lines: int = 5) -> str:
     # the unit's own processes only: systemd's messages about the unit say less than the app does
     out = proc.run(

@@ -45,6 +45,7 @@ def expected_files(ctx: Context, st: state.State) -> dict[str, tuple[str | None,
             if f.renamed_from:
                 expected[f.renamed_from] = (None, None)
             if f.path in entry.kept_config:
+                expected.pop(f.path, None)  # the server's own edit stands: not ours to check
                 continue
             expected[f.path] = (None, None) if f.action is Action.DELETE else (f.sha256, f.mode)
     return expected

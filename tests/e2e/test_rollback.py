@@ -87,6 +87,15 @@ def test_apt_downgrade_out_of_a_failed_update(server: Container, example_repo: s
     assert store.apt_install(server, deb).returncode != 0
     assert store.dpkg_status(server) == ("iF", "1.0.7")
     before = store.snapshot(server)
+    # a package refused by preinst must not make dpkg call the failed 1.0.7 installed
+    wrong_base = repo.build(
+        "broken/start", "--version", "1.0.8", "--since", "v1.0.5", name="wrong-base-1.0.8"
+    )
+    refused = store.apt_install(server, wrong_base)
+    assert refused.returncode != 0
+    assert "update 1.0.8 needs base 1.0.5 but 1.0.6 is installed" in refused.stdout + refused.stderr
+    assert store.dpkg_status(server) in (("iF", "1.0.7"), ("iU", "1.0.7"))  # never "ii": not applied
+    assert store.snapshot(server) == before
 
     _apt(server, "install", "--allow-downgrades", f"{store.PACKAGE}=1.0.6")
 
