@@ -70,8 +70,14 @@ deb: venv $(EXAMPLE_REPO)/.stamp
 demo: venv package
 	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) scripts/demo.py --toolchain $(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb
 
-bench: venv package
-	$(TEST_ENV) $(VPY) bench/run.py --output docs/benchmarks.md
+# The benchmark's own pins (matplotlib for the plot) on top of the dev venv; a rebuilt venv
+# loses this stamp with everything else, so they come back.
+$(VENV)/.bench-stamp: requirements/bench.txt $(VENV)/.stamp
+	$(VPY) -m pip install -q --no-cache-dir -r requirements/bench.txt
+	touch $@
+
+bench: venv package $(VENV)/.bench-stamp
+	$(TEST_ENV) $(VPY) bench/run.py --output docs/benchmarks.md $(BENCH_ARGS)
 
 clean:
 	rm -rf build $(DIST) .mypy_cache .pytest_cache .ruff_cache
