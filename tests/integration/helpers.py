@@ -48,6 +48,9 @@ def hermetic_env(home: Path, base: Mapping[str, str] | None = None) -> dict[str,
         TZ="UTC",
     )
     env.pop("SOURCE_DATE_EPOCH", None)
+    # a make run inside the tests must not inherit the outer `make test`'s flags and level
+    for key in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(key, None)
     return env
 
 
