@@ -21,6 +21,10 @@ sys.path.insert(0, str(TOP))
 from tests.e2e import store  # noqa: E402
 from tests.e2e.testbed import BASE_PACKAGES, Container, build_base_root, cache_dir_from_env  # noqa: E402
 
+HEALTH = (
+    'python3 -c "import urllib.request;'
+    "print(urllib.request.urlopen('http://127.0.0.1:5000/health').read().decode())\""
+)
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -78,11 +82,7 @@ def main() -> int:
             box,
             f"cd /root && apt-get install -y -q ./{full.name} 2>&1 | grep -E '^(  )?(->|<-)|healthy|now at'",
         )
-        run(
-            box,
-            'curl -s http://127.0.0.1:5000/health 2>/dev/null || python3 -c "import urllib.request;'
-            "print(urllib.request.urlopen('http://127.0.0.1:5000/health').read().decode())\"",
-        )
+        run(box, HEALTH)
 
         say("2. An update with a database migration (1.0.4 -> 1.0.5)")
         run(box, f"nesop-deb inspect /root/{upd5.name}")
@@ -113,6 +113,8 @@ def main() -> int:
         run(box, "dpkg -l nesop-store-update | tail -1")
         run(box, "nesop-update history")
         run(box, "nesop-update validate", check=False)
+        say("6. The store answers /health, from inside the container, through systemd")
+        run(box, HEALTH)
         say("Done", "The store answered /health through systemd at every step that succeeded.")
     finally:
         box.stop()
