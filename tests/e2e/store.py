@@ -140,7 +140,7 @@ def install_toolchain(box: Container, toolchain: Path) -> None:
 def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
     """Deploy a release the way the original guide assumes: copy, migrate, enable the unit."""
     root = box.path(APP_ROOT)
-    root.mkdir(parents=True)
+    root.mkdir(parents=True, exist_ok=True)
     repo.extract(ref, root)
     exclude = repo.exclude()
     for path in sorted(root.rglob("*"), reverse=True):

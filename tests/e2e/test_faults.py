@@ -1,0 +1,86 @@
+"""Faults from outside: the whole machine losing power mid-update, and a full file system."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from . import store
+from .conftest import ContainerFactory
+
+JOURNAL = f"/var/lib/{store.PACKAGE}/journal.json"
+
+
+def test_power_loss_during_migrate_then_boot_and_configure_a(
+    new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
+) -> None:
+    box = new_container()
+    store.install_toolchain(box, toolchain_deb)
+    store.deploy_by_hand(box, example_repo, "v1.0.4")
+    rows = store.register_customers(box, 5)
+    deb = example_repo.build("v1.0.5")
+    box.copy_in(deb, f"/var/tmp/{deb.name}")
+    box.write_file(
+        "/etc/systemd/system/nesop-store.service.d/slow.conf", "[Service]\nExecStartPre=/bin/sleep 4\n"
+    )
+    box.run(["systemctl", "daemon-reload"])
+    box.run(["sh", "-c", f"setsid apt-get install -y -q /var/tmp/{deb.name} >/var/tmp/apt.log 2>&1 &"])
+    deadline = time.monotonic() + 60
+    steps: list[str] = []
+    while "start" not in steps:
+        assert time.monotonic() < deadline, f"the update never reached its start step ({steps})"
+        with contextlib.suppress(OSError, ValueError):
+            steps = json.loads(box.path(JOURNAL).read_text()).get("steps", [])
+        time.sleep(0.02)
+
+    box.kill_hard()  # the power goes: every process, no shutdown
+    box.boot()
+
+    assert box.path(JOURNAL).exists(), "the journal survives the power loss"
+    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert store.dpkg_status(box) == ("ii", "1.0.5")
+    store.assert_tree(box, example_repo, "v1.0.5")
+    assert store.health(box)["version"] == "1.0.5"
+    assert set(rows) <= store.customer_emails(box)
+    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
+    statuses = [(e["action"], e["status"]) for e in store.history(box)]
+    assert ("recover", "interrupted") in statuses and statuses[-1] == ("apply", "success")
+
+
+def test_full_file_system_is_refused_before_anything_changes(
+    new_container: ContainerFactory,
+    toolchain_deb: Path,
+    example_repo: store.ExampleRepo,
+    request: pytest.FixtureRequest,
+) -> None:
+    box = new_container(boot=False)
+    box._ensure_root()  # the root is there before the first boot; the mount goes in first
+    # the app root on its own small file system, mounted before boot so that the container
+    # (nspawn binds its root recursively) and the host's view of it are the same
+    app_root = box.root / store.APP_ROOT.lstrip("/")
+    app_root.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(app_root)], check=True)
+    request.addfinalizer(lambda: subprocess.run(["umount", "--lazy", str(app_root)], check=False))
+    box.boot()
+    store.install_toolchain(box, toolchain_deb)
+    store.deploy_by_hand(box, example_repo, "v1.0.4")
+    box.run(["fallocate", "-l", "20m", f"{store.APP_ROOT}/filler"])
+    pid = box.service_main_pid(store.UNIT)
+    before = store.snapshot(box)
+
+    result = store.apt_install(box, example_repo.build("v1.0.5"))
+
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "MiB free, the update needs" in output, output[-2000:]
+    assert box.service_main_pid(store.UNIT) == pid
+    assert store.snapshot(box) == before
+    assert store.dpkg_status(box)[0] in ("not-installed", "in")  # dpkg unwound the install
+    box.run(["rm", f"{store.APP_ROOT}/filler"])
+    assert store.apt_install(box, example_repo.build("v1.0.5")).returncode == 0
