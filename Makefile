@@ -16,7 +16,7 @@ TEST_ENV := HOME=$(CURDIR)/build/home LC_ALL=C.UTF-8 LANG=C.UTF-8 TZ=UTC PYTHONH
 	PYTHONDONTWRITEBYTECODE=1 GIT_CONFIG_NOSYSTEM=1 GIT_CONFIG_GLOBAL=/dev/null \
 	NESOP_DEB_TOOLCHAIN_DEB=$(CURDIR)/$(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb
 
-.PHONY: help deps venv lint test test-fast test-e2e package deb demo bench clean
+.PHONY: help deps venv lint test test-fast test-e2e reliability package deb demo bench clean
 
 help:
 	@echo "make demo     build the example store, boot it in a container, update it, fail, roll back"
@@ -47,6 +47,11 @@ test: lint package
 
 test-fast: venv
 	$(TEST_ENV) $(VPY) -m pytest tests -m "not e2e"
+
+# the fault matrix cells, writing what each ended as into docs/reliability.md
+reliability: venv package
+	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 NESOP_RELIABILITY_REPORT=$(CURDIR)/docs/reliability.md \
+		$(VPY) -m pytest tests/e2e -m fault
 
 test-e2e: venv package
 	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) -m pytest tests -m e2e

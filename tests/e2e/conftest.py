@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Protocol
 
 import pytest
 
+from . import reliability
 from .testbed import (
     BASE_PACKAGES,
     Backend,
@@ -57,6 +58,17 @@ _TIMINGS = _Timings()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "e2e: end-to-end tests in a booted systemd-nspawn container (root)")
+    config.addinivalue_line("markers", "fault(kind, step, ends_as=...): a cell of the fault matrix")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    reliability.record(item, outcome.get_result())  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    reliability.finish()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

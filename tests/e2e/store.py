@@ -165,6 +165,38 @@ def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
     box.wait_http(HEALTH, timeout=30)
 
 
+# Drop-ins that make one step of an update slow, so a test can inject a fault while it runs:
+# a slow-stopping app (the window after "stop" began) or a slow-starting one (files and schema
+# already changed, the app not yet back).
+SLOW_STEP = {
+    "stop": "[Service]\nExecStopPost=/bin/sleep 4\n",
+    "start": "[Service]\nExecStartPre=/bin/sleep 4\n",
+}
+
+
+def slow_down(box: Container, step: str) -> None:
+    box.write_file("/etc/systemd/system/nesop-store.service.d/slow.conf", SLOW_STEP[step])
+    box.run(["systemctl", "daemon-reload"])
+
+
+def wait_for_step(box: Container, step: str, timeout: float = 60) -> list[str]:
+    """Poll the write-ahead journal (from the host) until the update has begun ``step``."""
+    import time
+
+    journal = box.path(f"/var/lib/{PACKAGE}/journal.json")
+    deadline = time.monotonic() + timeout
+    steps: list[str] = []
+    while step not in steps:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the update never reached its {step} step (journal: {steps})")
+        try:
+            steps = json.loads(journal.read_text()).get("steps", [])
+        except (OSError, ValueError):
+            steps = []
+        time.sleep(0.02)
+    return steps
+
+
 def apt_install(
     box: Container, deb: Path, *, check: bool = False, extra: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:

@@ -96,20 +96,24 @@ def _failing_update(box: Container, repo: store.ExampleRepo, branch: str, step: 
     assert store.register_customers(box, 1)
 
 
+@pytest.mark.fault("step fails", "migrate", ends_as="old version whole, every row, iF")
 def test_failed_migration_restores_everything(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/migration", "migrate")
     # the first migration of the pair was applied, then rolled back with its rollback file
     assert store.db_dump(server)["migrations"][-1] == "0004_newsletter"
 
 
+@pytest.mark.fault("step fails", "start", ends_as="old version whole, every row, iF")
 def test_app_that_will_not_start_is_rolled_back(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/start", "health")
 
 
+@pytest.mark.fault("step fails", "health", ends_as="old version whole, every row, iF")
 def test_failed_health_check_is_rolled_back(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/health", "health")
 
 
+@pytest.mark.fault("step fails", "preflight", ends_as="refused, nothing changed (drift)")
 def test_drifted_file_is_refused_before_the_service_is_touched(
     server: Container, example_repo: store.ExampleRepo
 ) -> None:
@@ -127,6 +131,7 @@ def test_drifted_file_is_refused_before_the_service_is_touched(
     assert store.dpkg_status(server)[0] != "ii"
 
 
+@pytest.mark.fault("step fails", "preflight", ends_as="refused, nothing changed (base)")
 def test_wrong_base_version_is_refused(server: Container, example_repo: store.ExampleRepo) -> None:
     store.deploy_by_hand(server, example_repo, "v1.0.3")
     assert store.apt_install(server, example_repo.build("v1.0.4")).returncode == 0
@@ -142,6 +147,7 @@ def test_wrong_base_version_is_refused(server: Container, example_repo: store.Ex
     assert store.dpkg_status(server) == ("ii", "1.0.4")
 
 
+@pytest.mark.fault("step fails", "preflight", ends_as="refused, nothing changed (tampered)")
 def test_tampered_payload_is_refused(
     server: Container, example_repo: store.ExampleRepo, tmp_path: Path
 ) -> None:

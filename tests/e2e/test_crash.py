@@ -4,10 +4,10 @@ watches for in the write-ahead journal."""
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 from pathlib import Path
+
+import pytest
 
 from . import store
 from .conftest import ContainerFactory
@@ -15,8 +15,17 @@ from .conftest import ContainerFactory
 JOURNAL = "/var/lib/nesop-store-update/journal.json"
 
 
-def test_sigkill_during_start_then_configure_a(
-    new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
+@pytest.mark.parametrize(
+    "step",
+    [
+        pytest.param(
+            s, marks=pytest.mark.fault("SIGKILL", s, ends_as="new version whole after dpkg --configure -a")
+        )
+        for s in ("stop", "start")
+    ],
+)
+def test_sigkill_then_configure_a(
+    step: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:
     box = new_container()
     store.install_toolchain(box, toolchain_deb)
@@ -24,11 +33,7 @@ def test_sigkill_during_start_then_configure_a(
     rows = store.register_customers(box, 5)
     deb = example_repo.build("v1.0.5")  # carries a migration: files and schema both change
     box.copy_in(deb, f"/var/tmp/{deb.name}")
-    # a slow-starting app: the window between "files and schema changed" and "healthy" is wide
-    box.write_file(
-        "/etc/systemd/system/nesop-store.service.d/slow.conf", "[Service]\nExecStartPre=/bin/sleep 4\n"
-    )
-    box.run(["systemctl", "daemon-reload"])
+    store.slow_down(box, step)
 
     done: dict[str, int] = {}
     apt = threading.Thread(
@@ -37,19 +42,7 @@ def test_sigkill_during_start_then_configure_a(
         )
     )
     apt.start()
-    journal = box.path(JOURNAL)
-    deadline = time.monotonic() + 60
-    steps: list[str] = []
-    while time.monotonic() < deadline:
-        try:
-            steps = json.loads(journal.read_text()).get("steps", [])
-        except (OSError, ValueError):
-            steps = []
-        if "start" in steps:
-            break
-        time.sleep(0.02)
-    assert "start" in steps, f"the update never reached its start step (journal: {steps})"
-    assert "migrate" in steps
+    store.wait_for_step(box, step)
     box.run(["pkill", "-KILL", "-f", "apt-get|dpkg|nesop_deb.hooks"], check=False)
     apt.join(60)
     assert done.get("rc", 0) != 0
@@ -64,6 +57,7 @@ def test_sigkill_during_start_then_configure_a(
     store.assert_tree(box, example_repo, "v1.0.5")
     assert store.health(box)["version"] == "1.0.5"
     assert set(rows) <= store.customer_emails(box)
+    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
     statuses = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
     assert ("recover", "1.0.5", "interrupted") in statuses
     assert statuses[-1] == ("apply", "1.0.5", "success")

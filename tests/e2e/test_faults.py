@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,8 +13,17 @@ from .conftest import ContainerFactory
 JOURNAL = f"/var/lib/{store.PACKAGE}/journal.json"
 
 
-def test_power_loss_during_migrate_then_boot_and_configure_a(
-    new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
+@pytest.mark.parametrize(
+    "step",
+    [
+        pytest.param(
+            s, marks=pytest.mark.fault("power loss", s, ends_as="new version whole after boot + configure -a")
+        )
+        for s in ("stop", "start")
+    ],
+)
+def test_power_loss_then_boot_and_configure_a(
+    step: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:
     box = new_container()
     store.install_toolchain(box, toolchain_deb)
@@ -25,18 +31,9 @@ def test_power_loss_during_migrate_then_boot_and_configure_a(
     rows = store.register_customers(box, 5)
     deb = example_repo.build("v1.0.5")
     box.copy_in(deb, f"/var/tmp/{deb.name}")
-    box.write_file(
-        "/etc/systemd/system/nesop-store.service.d/slow.conf", "[Service]\nExecStartPre=/bin/sleep 4\n"
-    )
-    box.run(["systemctl", "daemon-reload"])
+    store.slow_down(box, step)
     box.run(["sh", "-c", f"setsid apt-get install -y -q /var/tmp/{deb.name} >/var/tmp/apt.log 2>&1 &"])
-    deadline = time.monotonic() + 60
-    steps: list[str] = []
-    while "start" not in steps:
-        assert time.monotonic() < deadline, f"the update never reached its start step ({steps})"
-        with contextlib.suppress(OSError, ValueError):
-            steps = json.loads(box.path(JOURNAL).read_text()).get("steps", [])
-        time.sleep(0.02)
+    store.wait_for_step(box, step)
 
     box.kill_hard()  # the power goes: every process, no shutdown
     box.boot()
@@ -53,6 +50,7 @@ def test_power_loss_during_migrate_then_boot_and_configure_a(
     assert ("recover", "interrupted") in statuses and statuses[-1] == ("apply", "success")
 
 
+@pytest.mark.fault("disk full", "preflight", ends_as="refused, nothing changed")
 def test_full_file_system_is_refused_before_anything_changes(
     new_container: ContainerFactory,
     toolchain_deb: Path,
