@@ -81,7 +81,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         click.echo(f"app:          {ctx.app.name} at {ctx.app_root}")
         click.echo(f"version:      {st.current or 'unmanaged (no update applied yet)'}")
         click.echo(f"package:      {ctx.package} {pkg_version} [{abbrev}]")
-        if abbrev.startswith("iF") or abbrev.startswith("iU"):
+        if (abbrev.startswith("iF") or abbrev.startswith("iU")) and not journal:
             click.echo("              (half-configured: the last update failed and the old app was restored;")
             click.echo(
                 "               see `nesop-update history`, then fix and `apt-get install -f` or roll back)"
