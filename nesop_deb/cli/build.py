@@ -10,21 +10,12 @@ import click
 from nesop_deb import __version__, debfile, signing
 from nesop_deb.builder.package import build_deb
 from nesop_deb.builder.plan import BuildOptions, describe, make_plan
-from nesop_deb.cli.common import guarded, setup_logging
+from nesop_deb.cli.common import group, guarded
 from nesop_deb.config import CONFIG_NAME
 from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.render import render
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="nesop-deb")
-@click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
-    """Turn an app's changes into versioned update packages (.deb)."""
-    setup_logging(verbose)
-    ctx.obj = debug
+cli = group("nesop-deb", "Turn an app's changes into versioned update packages (.deb).")
 
 
 @cli.command()

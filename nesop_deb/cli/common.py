@@ -9,9 +9,26 @@ from typing import TypeVar
 
 import click
 
+from nesop_deb import __version__
 from nesop_deb.errors import ExitCode, NesopError
 
 T = TypeVar("T")
+
+
+def group(prog: str, doc: str) -> click.Group:
+    """The top-level command of a CLI: --version, -v/--verbose, --debug; the context object is
+    the debug flag, which :func:`guarded` reads."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=doc)
+    @click.version_option(__version__, prog_name=prog)
+    @click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+    @click.pass_context
+    def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
+        setup_logging(verbose)
+        ctx.obj = debug
+
+    return cli
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,9 +9,9 @@ from typing import Any
 
 import click
 
-from nesop_deb import __version__, debfile, proc, signing
+from nesop_deb import debfile, proc, signing
 from nesop_deb.builder.plan import describe
-from nesop_deb.cli.common import guarded, setup_logging
+from nesop_deb.cli.common import group, guarded
 from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
 from nesop_deb.runtime import apps, backup, health, history, manual, repo, service, state, validate
 from nesop_deb.runtime.context import Context
@@ -21,15 +21,7 @@ app_option = click.option("--app", "app_name", metavar="NAME", help="The app, wh
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name=PROG)
-@click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
-@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
-@click.pass_context
-def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
-    """Operate the apps updated by nesop-deb packages on this server."""
-    setup_logging(verbose)
-    ctx.obj = debug
+cli = group(PROG, "Operate the apps updated by nesop-deb packages on this server.")
 
 
 def _emit(data: Any) -> None:
