@@ -112,10 +112,12 @@ def recover(ctx: Context) -> str | None:
         state.clear_journal(ctx)
         return f"undid the interrupted restore of {journal.get('backup')}"
     if journal.get("kind") == "undo":
-        raise NesopError(
-            f"a rollback to {journal.get('target')} was interrupted",
-            hint=f"finish it: apt-get install --allow-downgrades {ctx.package}={journal.get('target')}",
-        )
+        # a rollback is finished, not reversed: the operator asked for the older version
+        from nesop_deb.runtime import undo
+
+        target = str(journal.get("target"))
+        undo.undo_locked(ctx, target, resume_from=str(journal.get("version")))
+        return f"finished the interrupted rollback to {target}"
     st = state.load(ctx)
     version = str(journal.get("version"))
     if journal.get("kind") == "apply" and st.current == version:

@@ -47,57 +47,67 @@ def undo_above(ctx: Context, target: str) -> None:
     """Undo every applied version above ``target`` (a downgrade to it)."""
     runlog.setup(ctx.log_file if ctx.app_root.is_dir() else None)
     with lock.held(ctx.state_dir / "lock", f"roll back to {target}", wait=60):
-        st = state.load(ctx)
-        todo = [a for a in reversed(st.applied) if versions.compare(a.version, target) > 0]
-        if not todo:
-            return
-        known = {a.version for a in st.applied} | {a.previous for a in st.applied if a.previous}
-        if target not in known:
-            raise RefusedError(
-                f"cannot roll back to {target}: this server never ran it (applied: "
-                f"{', '.join(a.version for a in st.applied)})",
-            )
-        started = time.monotonic()
-        source = st.current
-        journal = {"kind": "undo", "version": source, "target": target, "started": time.time()}
-        state.write_journal(ctx, journal)
-        undone: list[str] = []
-        notes: list[str] = []
-        status, reason = "success", None
-        try:
-            with runlog.step(f"roll back {ctx.app.name} from {source} to {target}"):
-                with runlog.step("stop"):
-                    service.stop(ctx.app.service)
-                for entry in todo:
-                    with runlog.step(f"undo {entry.version}"):
-                        notes.append(f"{entry.version}: {_undo_one(ctx, entry)}")
-                    st.applied.remove(entry)
-                    state.save(ctx, st)
-                    undone.append(entry.version)
-                with runlog.step("start"):
-                    service.start(ctx.app.service)
-                with runlog.step("health"):
-                    health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
-        except Exception as exc:
-            status, reason = "failed", str(exc)
-            raise
-        finally:
-            history.append(
-                ctx,
-                {
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "action": "rollback",
-                    "package": ctx.package,
-                    "version": target,
-                    "from": source,
-                    "status": status,
-                    "undone": undone,
-                    "notes": notes,
-                    "reason": reason,
-                    "duration": round(time.monotonic() - started, 3),
-                },
-            )
-            if status == "success":
-                state.clear_journal(ctx)
-        repo.hold(ctx, target)
-        log.info("%s is back at %s", ctx.app.name, target)
+        journal = state.read_journal(ctx)
+        if journal is not None and journal.get("kind") == "undo" and journal.get("target") == target:
+            undo_locked(ctx, target, resume_from=str(journal.get("version")))  # a rerun after a crash
+        else:
+            undo_locked(ctx, target)
+
+
+def undo_locked(ctx: Context, target: str, *, resume_from: str | None = None) -> None:
+    """The undo itself (the caller holds the lock). ``resume_from``: finish an interrupted undo
+    that started at that version; every step is idempotent, so it simply runs again."""
+    st = state.load(ctx)
+    todo = [a for a in reversed(st.applied) if versions.compare(a.version, target) > 0]
+    if not todo and resume_from is None:
+        return
+    known = {a.version for a in st.applied} | {a.previous for a in st.applied if a.previous}
+    if target not in known and resume_from is None:
+        raise RefusedError(
+            f"cannot roll back to {target}: this server never ran it (applied: "
+            f"{', '.join(a.version for a in st.applied)})",
+        )
+    started = time.monotonic()
+    source = resume_from or st.current
+    journal = {"kind": "undo", "version": source, "target": target, "started": time.time()}
+    state.write_journal(ctx, journal)
+    undone: list[str] = []
+    notes: list[str] = []
+    status, reason = "success", None
+    try:
+        with runlog.step(f"roll back {ctx.app.name} from {source} to {target}"):
+            with runlog.step("stop"):
+                service.stop(ctx.app.service)
+            for entry in todo:
+                with runlog.step(f"undo {entry.version}"):
+                    notes.append(f"{entry.version}: {_undo_one(ctx, entry)}")
+                st.applied.remove(entry)
+                state.save(ctx, st)
+                undone.append(entry.version)
+            with runlog.step("start"):
+                service.start(ctx.app.service)
+            with runlog.step("health"):
+                health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
+    except Exception as exc:
+        status, reason = "failed", str(exc)
+        raise
+    finally:
+        history.append(
+            ctx,
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "action": "rollback",
+                "package": ctx.package,
+                "version": target,
+                "from": source,
+                "status": status,
+                "undone": undone,
+                "notes": notes,
+                "reason": reason,
+                "duration": round(time.monotonic() - started, 3),
+            },
+        )
+        if status == "success":
+            state.clear_journal(ctx)
+    repo.hold(ctx, target)
+    log.info("%s is back at %s", ctx.app.name, target)

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from nesop_deb.errors import NesopError
 from nesop_deb.runtime import backup, history, manual, operations, state, transaction
 from tests.unit.runtime_fixtures import (
     PACKAGE,
@@ -179,16 +178,24 @@ def test_recover_removes_the_new_version_of_a_kept_config_file(
     assert leftovers(server.root) == []
 
 
-def test_an_interrupted_rollback_is_not_taken_for_an_update(server: Server) -> None:
-    """The next postinst must not clear the journal of a half-done ``prerm upgrade OLDER``."""
+@pytest.mark.parametrize("entry", ["operations", "manual"])
+def test_an_interrupted_rollback_is_finished_not_reversed(server: Server, entry: str) -> None:
+    """The next postinst (or `nesop-update recover`) finishes a half-done ``prerm upgrade OLDER``:
+    the operator asked for the older version, so the undo runs on; it never passes for an apply."""
     install_base(server)
+    server.unit.active, server.unit.sub = "inactive", "dead"  # the crash came after the stop
     journal = {"kind": "undo", "version": "1.0.2", "target": "1.0.1", "started": 0.0}
     state.write_journal(server.ctx, journal)
 
-    for recover in (operations.recover, manual.recover):
-        with pytest.raises(NesopError, match=r"a rollback to 1\.0\.1 was interrupted") as err:
-            recover(server.ctx)
-        assert f"apt-get install --allow-downgrades {PACKAGE}=1.0.1" in str(err.value)
+    recover = operations.recover if entry == "operations" else manual.recover
+    assert "finished the interrupted rollback to 1.0.1" in str(recover(server.ctx))
 
-    assert state.read_journal(server.ctx) == journal
-    assert history.read(server.ctx.history_file) == []
+    assert state.read_journal(server.ctx) is None
+    assert server.systemd.is_active(UNIT)
+    last = history.read(server.ctx.history_file)[-1]
+    assert (last["action"], last["from"], last["version"], last["status"]) == (
+        "rollback",
+        "1.0.2",
+        "1.0.1",
+        "success",
+    )
