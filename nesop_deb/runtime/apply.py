@@ -65,6 +65,7 @@ class Job:
     kept_config: list[str] = field(default_factory=list)
     migrated: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
+    status_before_stop: service.ServiceStatus | None = None
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
@@ -218,6 +219,9 @@ class Stop:
         st = service.status(self.job.unit)
         self.job.service_existed = st.exists
         self.job.was_active = st.active
+        # read now, while the app still runs: a stop does not change the restart count, and
+        # every systemctl call between stop and start would lengthen the outage
+        self.job.status_before_stop = st
         if st.exists:
             service.stop(self.job.unit)
 
@@ -353,8 +357,13 @@ class Start:
             unit_dest.chmod(0o644)
             service.daemon_reload()
             service.enable(job.unit)
-        self.restarts_before = service.status(job.unit).restarts
-        service.start(job.unit)
+        before = job.status_before_stop
+        if before is not None and self.installed_unit is None:
+            self.restarts_before = before.restarts
+            service.start(job.unit, reset_failed=before.active_state == "failed")
+        else:
+            self.restarts_before = service.status(job.unit).restarts
+            service.start(job.unit)
 
     def undo(self) -> None:
         if service.status(self.job.unit).exists:

@@ -56,9 +56,12 @@ def stop(unit: str) -> None:
     _systemctl("stop", "--", unit)
 
 
-def start(unit: str) -> None:
-    # reset-failed: a unit that hit its start limit in a failed attempt must be startable again
-    proc.run(["systemctl", "reset-failed", "--", unit], check=False)
+def start(unit: str, *, reset_failed: bool = True) -> None:
+    """Start ``unit``. reset-failed first: a unit that hit its start limit in a failed attempt
+    must be startable again. The update's own start skips it when the unit was known not to be
+    failed (it runs while the app is down, and every call there is outage)."""
+    if reset_failed:
+        proc.run(["systemctl", "reset-failed", "--", unit], check=False)
     _systemctl("start", "--", unit)
 
 
