@@ -38,8 +38,12 @@ def probe(url: str, timeout: float = 2.0) -> Probe:
     return Probe(False, f"HTTP {response.status_code}: {response.text.strip()[:200]}")
 
 
-def wait_healthy(unit: str, url: str | None, timeout: float, *, restarts_before: int | None = None) -> float:
-    """Block until healthy; return the seconds it took. Raise :class:`HealthError` otherwise."""
+def wait_healthy(
+    unit: str, url: str | None, timeout: float, *, restarts_before: int | None = None, settle: bool = True
+) -> float:
+    """Block until healthy; return the seconds it took. Raise :class:`HealthError` otherwise.
+
+    ``settle=False`` skips the watch for a restart loop: for an app that has been up all along."""
     start = time.monotonic()
     deadline = start + timeout
     baseline = service.status(unit).restarts if restarts_before is None else restarts_before
@@ -67,7 +71,8 @@ def wait_healthy(unit: str, url: str | None, timeout: float, *, restarts_before:
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
     ready = time.monotonic() - start
-    _settle(unit, url, service.status(unit))
+    if settle:
+        _settle(unit, url, service.status(unit))
     log.info("healthy after %.3f s (%s)", ready, last if url else "active")
     return ready
 

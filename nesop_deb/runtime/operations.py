@@ -176,8 +176,12 @@ def configure(package: str, version: str) -> None:
         st = state.load(ctx)
         if st.current == manifest.version:
             with runlog.step(f"{package} {version} is already applied: checking it"):
+                was_running = service.status(ctx.app.service).active
                 ensure_running(ctx)
-                health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
+                # an app up all along (after a rollback's own gate) needs no second settle window
+                health.wait_healthy(
+                    ctx.app.service, ctx.app.health_url, ctx.app.health_timeout, settle=not was_running
+                )
             return
         run_apply(ctx, manifest, ctx.share, st)
 

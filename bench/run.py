@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
+
+    bench/run.py [--only outage,size,build,scaling] [--runs 5] [--scaling-runs 3]
+                 [--assets 10,100,300] [--db 1,50,200] [--large] [--output docs/benchmarks.md]
+    bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
+
+Every number is compared with a baseline measured in the same run on the same machine: a bare
+`systemctl restart` of the same app in the same container, a `--full` package and a debdelta
+of the same release, the smallest repository. Runs as root (containers); the Debian 12 root
+is built once and cached (tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
+The benchmark states whether each goal is met; nothing here fails on a slow result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import pickle
+import shutil
+import sys
+import time
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+TOP = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TOP))
+
+from bench import buildtime, outage, releases, report, scaling, size  # noqa: E402
+from bench.common import say  # noqa: E402
+from tests.e2e.testbed import missing_prerequisites  # noqa: E402
+
+BENCHMARKS = ("outage", "size", "build", "scaling")  # rollback times come with the outage runs
+LARGE_ASSETS_MIB, LARGE_DB_MIB = 1024, 500
+
+
+def _ints(text: str) -> list[int]:
+    values = sorted({int(v.replace("_", "")) for v in text.split(",") if v.strip()})
+    if not values or values[0] <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive numbers separated by commas, got {text!r}")
+    return values
+
+
+def _only(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    names = ["outage" if n == "rollback" else n for n in names]
+    unknown = sorted(set(names) - set(BENCHMARKS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}"
+        )
+    return [n for n in BENCHMARKS if n in names]
+
+
+def default_toolchain() -> Path | None:
+    configured = os.environ.get("NESOP_DEB_TOOLCHAIN_DEB")
+    if configured and Path(configured).is_file():
+        return Path(configured)
+    found = sorted(glob.glob(str(TOP / "dist" / "nesop-deb_*.deb")))
+    return Path(found[-1]) if found else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", type=Path, default=TOP / "docs" / "benchmarks.md", help="the report to write")
+    p.add_argument(
+        "--only", type=_only, default=list(BENCHMARKS), help=f"benchmarks to run: {','.join(BENCHMARKS)}"
+    )
+    p.add_argument("--runs", type=int, default=5, help="runs of each outage/rollback measurement (5)")
+    p.add_argument("--scaling-runs", type=int, default=3, help="runs of each app shape when scaling (3)")
+    p.add_argument("--assets", type=_ints, default=[10, 100, 300], help="extra assets in MiB (10,100,300)")
+    p.add_argument("--db", type=_ints, default=[1, 50, 200], help="database sizes in MiB (1,50,200)")
+    p.add_argument(
+        "--large",
+        action="store_true",
+        help=f"also {LARGE_ASSETS_MIB} MiB of assets and a {LARGE_DB_MIB} MiB database (minutes longer)",
+    )
+    p.add_argument("--asset-mib", type=int, default=size.ASSETS_MIB, help="assets in the size benchmark (24)")
+    p.add_argument("--build-sizes", type=_ints, default=[100, 1000, 10000], help="repository sizes (files)")
+    p.add_argument("--build-runs", type=int, default=5, help="timed builds per repository size (5)")
+    p.add_argument("--toolchain", type=Path, default=default_toolchain(), help="the nesop-deb toolchain .deb")
+    p.add_argument("--work", type=Path, default=TOP / "build" / "bench", help="scratch directory (emptied)")
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        metavar="PICKLE",
+        help="measure nothing: write the report again from a run's results.pickle (in its --work)",
+    )
+    args = p.parse_args(argv)
+    if args.large:
+        args.assets = sorted({*args.assets, LARGE_ASSETS_MIB})
+        args.db = sorted({*args.db, LARGE_DB_MIB})
+    if min(args.runs, args.scaling_runs, args.build_runs) < 1:
+        p.error("every run count must be at least 1")
+    return args
+
+
+def _plain(value: Any) -> Any:
+    """Results as JSON-friendly data (timelines dropped: they are in the plot)."""
+    if is_dataclass(value) and not isinstance(value, type):
+        data = asdict(value)
+        data.pop("timeline", None)
+        return {k: _plain(v) for k, v in data.items() if k != "timeline"}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if k != "timeline"}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def rewrite(args: argparse.Namespace) -> int:
+    """The report again from a finished run's results (e.g. after a change to its text)."""
+    with args.from_results.open("rb") as fh:
+        results = pickle.load(fh)  # our own file, written by main() below
+    if not isinstance(results, report.Results):
+        raise SystemExit(f"{args.from_results}: not the results of a benchmark run")
+    report.write(results, args.output)
+    say(f"wrote {args.output} from {args.from_results}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.from_results is not None:
+        return rewrite(args)
+    started = time.time()
+    clock = time.monotonic()
+    needs_server = {"outage", "scaling"} & set(args.only)
+    if needs_server:
+        problems = missing_prerequisites()
+        if problems:
+            raise SystemExit(f"bench: cannot run containers: {'; '.join(problems)}")
+        if args.toolchain is None or not args.toolchain.is_file():
+            raise SystemExit("bench: no toolchain package; run `make package` or pass --toolchain")
+    work: Path = args.work.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+
+    results = report.Results(args=args, started=started, work=work)
+    timings: dict[str, float] = {}
+    if needs_server:
+        say("building the example store's history and its packages")
+        packages = releases.build(work / "server", args.toolchain)
+        if "outage" in args.only:
+            t = time.monotonic()
+            results.outage = outage.measure(packages, args.runs)
+            timings["outage and rollback"] = time.monotonic() - t
+        if "scaling" in args.only:
+            t = time.monotonic()
+            results.scaling = scaling.measure(
+                packages, work / "scaling", args.assets, args.db, args.scaling_runs
+            )
+            timings["scaling"] = time.monotonic() - t
+    if "size" in args.only:
+        t = time.monotonic()
+        results.size = size.measure(work / "size", args.asset_mib)
+        timings["size"] = time.monotonic() - t
+    if "build" in args.only:
+        say("build time: bench/build_time.py")
+        t = time.monotonic()
+        results.build = buildtime.measure(work / "build", args.build_sizes, args.build_runs)
+        timings["build time"] = time.monotonic() - t
+
+    results.timings = timings
+    results.total_s = time.monotonic() - clock
+    output: Path = args.output
+    text = report.write(results, output)
+    with (work / "results.pickle").open("wb") as fh:
+        pickle.dump(results, fh)
+    (work / "results.json").write_text(
+        json.dumps(_plain({k: v for k, v in vars(results).items() if k != "args"}), indent=2, default=str)
+    )
+    print(text)
+    say(f"wrote {output} in {results.total_s / 60:.1f} min (raw results: {work / 'results.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
