@@ -20,7 +20,7 @@ from typing import Any
 from nesop_deb import manifest as mf
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import accounts, backup, checks, database, health, history, service, state, transaction
+from nesop_deb.runtime import accounts, backup, database, health, service, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.fsutil import (
     TMP_SUFFIX,
@@ -453,10 +453,3 @@ def history_entry(job: Job, status: str, started: float, **extra: Any) -> dict[s
         "duration": round(time.monotonic() - started, 3),
         **extra,
     }
-
-
-def new_job(ctx: Context, manifest: Manifest, source: Path, previous: str | None, backup_name: str) -> Job:
-    return Job(ctx, manifest, source, previous, backup_name)
-
-
-__all__ = ["Job", "build_steps", "checks", "context_for", "history", "history_entry", "verify_payload"]

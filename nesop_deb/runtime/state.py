@@ -41,7 +41,6 @@ class Applied:
 @dataclass
 class State:
     applied: list[Applied] = field(default_factory=list)
-    held: list[str] = field(default_factory=list)
 
     @property
     def current(self) -> str | None:
@@ -51,7 +50,7 @@ class State:
         return next((a for a in self.applied if a.version == version), None)
 
     def to_json(self) -> str:
-        data = {"format": FORMAT, "applied": [asdict(a) for a in self.applied], "held": self.held}
+        data = {"format": FORMAT, "applied": [asdict(a) for a in self.applied]}
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
@@ -65,7 +64,7 @@ def load(ctx: Context) -> State:
         return State()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return State([Applied(**a) for a in data.get("applied", [])], list(data.get("held", [])))
+        return State([Applied(**a) for a in data.get("applied", [])])
     except (OSError, ValueError, TypeError) as exc:
         raise StateError(
             f"{path}: unreadable state ({exc})", hint="restore it from a backup of /var/lib"
