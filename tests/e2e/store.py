@@ -179,11 +179,14 @@ def slow_down(box: Container, step: str) -> None:
     box.run(["systemctl", "daemon-reload"])
 
 
+JOURNAL = f"/var/lib/{PACKAGE}/journal.json"
+
+
 def wait_for_step(box: Container, step: str, timeout: float = 60) -> list[str]:
     """Poll the write-ahead journal (from the host) until the update has begun ``step``."""
     import time
 
-    journal = box.path(f"/var/lib/{PACKAGE}/journal.json")
+    journal = box.path(JOURNAL)
     deadline = time.monotonic() + timeout
     steps: list[str] = []
     while step not in steps:
@@ -306,3 +309,34 @@ def assert_tree(box: Container, repo: ExampleRepo, ref: str) -> None:
 
 def snapshot(box: Container) -> Mapping[str, Any]:
     return {"tree": live_tree(box), "db": db_dump(box)}
+
+
+def interrupt_update_at(box: Container, repo: ExampleRepo, toolchain: Path, step: str) -> list[str]:
+    """A server at 1.0.4 with rows, an update to 1.0.5 (files and a migration) running in the
+    background with ``step`` made slow; returns once the update is inside that step, with the
+    rows it wrote before. The caller injects its fault now."""
+    install_toolchain(box, toolchain)
+    deploy_by_hand(box, repo, "v1.0.4")
+    rows = register_customers(box, 5)
+    deb = repo.build("v1.0.5")
+    box.copy_in(deb, f"/var/tmp/{deb.name}")
+    slow_down(box, step)
+    box.run(["sh", "-c", f"setsid apt-get install -y -q /var/tmp/{deb.name} >/var/tmp/apt.log 2>&1 &"])
+    wait_for_step(box, step)
+    return rows
+
+
+def assert_configure_a_completes_the_update(box: Container, repo: ExampleRepo, rows: list[str]) -> None:
+    """After the fault: `dpkg --configure -a` ends with 1.0.5 whole, healthy, every row kept."""
+    assert box.path(JOURNAL).exists(), "the journal must survive the fault"
+    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not box.path(JOURNAL).exists()
+    assert dpkg_status(box) == ("ii", "1.0.5")
+    assert_tree(box, repo, "v1.0.5")
+    assert health(box)["version"] == "1.0.5"
+    assert set(rows) <= customer_emails(box)
+    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
+    statuses = [(e["action"], e["version"], e["status"]) for e in history(box)]
+    assert ("recover", "1.0.5", "interrupted") in statuses
+    assert statuses[-1] == ("apply", "1.0.5", "success")

@@ -4,7 +4,6 @@ watches for in the write-ahead journal."""
 
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import pytest
 
 from . import store
 from .conftest import ContainerFactory
-
-JOURNAL = "/var/lib/nesop-store-update/journal.json"
 
 
 @pytest.mark.parametrize(
@@ -29,39 +26,12 @@ def test_sigkill_then_configure_a(
     step: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:
     box = new_container()
-    store.install_toolchain(box, toolchain_deb)
-    store.deploy_by_hand(box, example_repo, "v1.0.4")
-    rows = store.register_customers(box, 5)
-    deb = example_repo.build("v1.0.5")  # carries a migration: files and schema both change
-    box.copy_in(deb, f"/var/tmp/{deb.name}")
-    store.slow_down(box, step)
+    rows = store.interrupt_update_at(box, example_repo, toolchain_deb, step)
 
-    done: dict[str, int] = {}
-    apt = threading.Thread(
-        target=lambda: done.setdefault(
-            "rc", box.run(["apt-get", "install", "-y", "-q", f"/var/tmp/{deb.name}"], check=False).returncode
-        )
-    )
-    apt.start()
-    store.wait_for_step(box, step)
     box.run(["pkill", "-KILL", "-f", "apt-get|dpkg|nesop_deb.hooks"], check=False)
-    apt.join(60)
-    assert done.get("rc", 0) != 0
+
     assert store.dpkg_status(box)[0] in ("iF", "iU")
-    assert box.path(JOURNAL).exists(), "the journal must survive the crash"
-
-    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert not box.path(JOURNAL).exists()
-    assert store.dpkg_status(box) == ("ii", "1.0.5")
-    store.assert_tree(box, example_repo, "v1.0.5")
-    assert store.health(box)["version"] == "1.0.5"
-    assert set(rows) <= store.customer_emails(box)
-    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
-    statuses = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
-    assert ("recover", "1.0.5", "interrupted") in statuses
-    assert statuses[-1] == ("apply", "1.0.5", "success")
+    store.assert_configure_a_completes_the_update(box, example_repo, rows)
 
 
 @pytest.mark.fault("SIGKILL", "undo (rollback)", ends_as="older version whole after configure -a + apt")
@@ -82,7 +52,7 @@ def test_sigkill_during_an_apt_rollback(
             f"setsid apt-get install -y -q --allow-downgrades {store.PACKAGE}=1.0.4 >/var/tmp/apt.log 2>&1 &",
         ]
     )
-    journal = box.path(JOURNAL)
+    journal = box.path(store.JOURNAL)
     deadline = time.monotonic() + 60
     while not (journal.exists() and '"kind": "undo"' in journal.read_text()):
         assert time.monotonic() < deadline, "the rollback never started"
@@ -98,4 +68,4 @@ def test_sigkill_during_an_apt_rollback(
     store.assert_tree(box, example_repo, "v1.0.4")
     assert store.health(box)["version"] == "1.0.4"
     assert set(rows) <= store.customer_emails(box)
-    assert not box.path(JOURNAL).exists()
+    assert not box.path(store.JOURNAL).exists()

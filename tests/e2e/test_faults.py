@@ -10,8 +10,6 @@ import pytest
 from . import store
 from .conftest import ContainerFactory
 
-JOURNAL = f"/var/lib/{store.PACKAGE}/journal.json"
-
 
 @pytest.mark.parametrize(
     "step",
@@ -26,28 +24,12 @@ def test_power_loss_then_boot_and_configure_a(
     step: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:
     box = new_container()
-    store.install_toolchain(box, toolchain_deb)
-    store.deploy_by_hand(box, example_repo, "v1.0.4")
-    rows = store.register_customers(box, 5)
-    deb = example_repo.build("v1.0.5")
-    box.copy_in(deb, f"/var/tmp/{deb.name}")
-    store.slow_down(box, step)
-    box.run(["sh", "-c", f"setsid apt-get install -y -q /var/tmp/{deb.name} >/var/tmp/apt.log 2>&1 &"])
-    store.wait_for_step(box, step)
+    rows = store.interrupt_update_at(box, example_repo, toolchain_deb, step)
 
     box.kill_hard()  # the power goes: every process, no shutdown
     box.boot()
 
-    assert box.path(JOURNAL).exists(), "the journal survives the power loss"
-    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert store.dpkg_status(box) == ("ii", "1.0.5")
-    store.assert_tree(box, example_repo, "v1.0.5")
-    assert store.health(box)["version"] == "1.0.5"
-    assert set(rows) <= store.customer_emails(box)
-    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
-    statuses = [(e["action"], e["status"]) for e in store.history(box)]
-    assert ("recover", "interrupted") in statuses and statuses[-1] == ("apply", "success")
+    store.assert_configure_a_completes_the_update(box, example_repo, rows)
 
 
 @pytest.mark.fault("disk full", "preflight", ends_as="refused, nothing changed")
