@@ -311,6 +311,19 @@ def snapshot(box: Container) -> Mapping[str, Any]:
     return {"tree": live_tree(box), "db": db_dump(box)}
 
 
+def kill_package_tools(box: Container) -> None:
+    """SIGKILL apt, dpkg and the maintainer scripts, and wait until none is left (a survivor
+    would still hold dpkg's lock when the test goes on to recover)."""
+    import time
+
+    pattern = "apt-get|dpkg|nesop_deb.hooks"
+    deadline = time.monotonic() + 30
+    while box.run(["pgrep", "-f", pattern], check=False).returncode == 0:
+        assert time.monotonic() < deadline, "apt or dpkg survived SIGKILL"
+        box.run(["pkill", "-KILL", "-f", pattern], check=False)
+        time.sleep(0.1)
+
+
 def interrupt_update_at(box: Container, repo: ExampleRepo, toolchain: Path, step: str) -> list[str]:
     """A server at 1.0.4 with rows, an update to 1.0.5 (files and a migration) running in the
     background with ``step`` made slow; returns once the update is inside that step, with the

@@ -28,7 +28,7 @@ def test_sigkill_then_configure_a(
     box = new_container()
     rows = store.interrupt_update_at(box, example_repo, toolchain_deb, step)
 
-    box.run(["pkill", "-KILL", "-f", "apt-get|dpkg|nesop_deb.hooks"], check=False)
+    store.kill_package_tools(box)
 
     assert store.dpkg_status(box)[0] in ("iF", "iU")
     store.assert_configure_a_completes_the_update(box, example_repo, rows)
@@ -57,7 +57,7 @@ def test_sigkill_during_an_apt_rollback(
     while not (journal.exists() and '"kind": "undo"' in journal.read_text()):
         assert time.monotonic() < deadline, "the rollback never started"
         time.sleep(0.02)
-    box.run(["pkill", "-KILL", "-f", "apt-get|dpkg|nesop_deb.hooks"], check=False)
+    store.kill_package_tools(box)
 
     box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)  # finishes the undo
     result = box.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{store.PACKAGE}=1.0.4"],
