@@ -3,6 +3,9 @@
 verify → record undo data → stage new files → back up → stop → snapshot DB → apply files →
 migrate → start → health gate → commit. Everything before ``stop`` happens while the old app still
 serves, so the outage is the restart plus the renames and migrations.
+
+The stage step also reserves, on the app's file system, the space an undo needs (a copy of every
+touched file and of the database): a disk that fills up during the update cannot stop the undo.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import Any
 from nesop_deb import manifest as mf
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import accounts, backup, database, health, service, state, transaction
+from nesop_deb.runtime import accounts, backup, database, health, history, service, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.fsutil import (
     TMP_SUFFIX,
@@ -66,6 +69,7 @@ class Job:
     migrated: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
     status_before_stop: service.ServiceStatus | None = None
+    started: float = field(default_factory=time.monotonic)
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
@@ -75,6 +79,10 @@ class Job:
     @property
     def unit(self) -> str:
         return self.ctx.app.service
+
+    @property
+    def reserve(self) -> Path:
+        return reserve_path(self.ctx, self.backup_name)
 
     def payload(self, rel: str) -> Path:
         return self.source / "payload" / rel
@@ -97,6 +105,19 @@ class Job:
 
 def _tmp(path: Path) -> Path:
     return path.with_name(path.name + TMP_SUFFIX)
+
+
+def reserve_path(ctx: Context, backup_name: str) -> Path:
+    return ctx.backups_dir / f".reserve-{backup_name}"
+
+
+def release_reserve(ctx: Context, backup_name: str) -> None:
+    """Give back the space held for the undo (before undoing, or once committed). It is only
+    space: when it cannot go now, retention removes it after the next update."""
+    try:
+        reserve_path(ctx, backup_name).unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", reserve_path(ctx, backup_name), exc)
 
 
 class Record:
@@ -138,6 +159,8 @@ class Prepare:
         if not ctx.app_root.exists():
             ctx.app_root.mkdir(parents=True, mode=0o755)
             os.chown(ctx.app_root, uid, gid)
+        with_db = bool(job.manifest.migrations)
+        backup.reserve(ctx, job.reserve, backup.undo_space(ctx, job.touched(), with_db=with_db))
         for path in job.manifest.config_files:
             entry = next((f for f in job.manifest.files if f.path == path and f.ships_payload), None)
             if entry is None:
@@ -178,6 +201,7 @@ class Prepare:
         return sorted(missing, key=lambda d: (len(d.parts), d))
 
     def undo(self) -> None:
+        release_reserve(self.job.ctx, self.job.backup_name)
         for f in self.job.manifest.files:
             if f.ships_payload:
                 remove(_tmp(self.job.target(f)))
@@ -395,6 +419,39 @@ class HealthGate:
         """Nothing: Start.undo stops the new app."""
 
 
+class Commit:
+    """Record the version as applied and say so in the history; undone if either fails."""
+
+    name = "commit"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job, ctx = self.job, self.job.ctx
+        st = state.load(ctx)
+        if st.current != job.manifest.version:
+            st.applied.append(
+                state.Applied(
+                    version=job.manifest.version,
+                    previous=job.previous,
+                    backup=job.backup_name,
+                    time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    migrations=list(job.migrated),
+                    kept_config=sorted(set(job.kept_config)),
+                )
+            )
+            state.save(ctx, st)
+        history.append(ctx, history_entry(job, "success", job.started))
+
+    def undo(self) -> None:
+        st = state.load(self.job.ctx)
+        entry = st.entry(self.job.manifest.version)
+        if entry is not None and entry is st.applied[-1] and entry.backup == self.job.backup_name:
+            st.applied.remove(entry)
+            state.save(self.job.ctx, st)
+
+
 def build_steps(job: Job) -> list[transaction.Step]:
     steps: list[transaction.Step] = [Record(job), Prepare(job), Backup(job), Stop(job)]
     if job.manifest.migrations and job.ctx.database_path is not None:
@@ -403,7 +460,7 @@ def build_steps(job: Job) -> list[transaction.Step]:
     if job.manifest.migrations:
         steps.append(Migrate(job))
     start = Start(job)
-    steps += [start, HealthGate(job, start)]
+    steps += [start, HealthGate(job, start), Commit(job)]
     return steps
 
 

@@ -73,6 +73,18 @@ def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, 
         raise BackupError(f"backup {target} already exists")
     tmp = ctx.backups_dir / f".{name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write(ctx, tmp, name, paths, meta)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written backup only takes space
+        raise
+    tmp.rename(target)
+    target.chmod(0o700)
+    fsync_dir(ctx.backups_dir)
+    return target
+
+
+def _write(ctx: Context, tmp: Path, name: str, paths: Iterable[str], meta: dict[str, Any]) -> None:
     (tmp / "files").mkdir(parents=True)
     files: list[dict[str, Any]] = []
     absent: list[str] = []
@@ -95,10 +107,36 @@ def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, 
         )
     data = {"name": name, "created": stamp(), "files": files, "absent": absent, "database": None, **meta}
     write_json_atomic(tmp / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
-    tmp.rename(target)
-    target.chmod(0o700)
-    fsync_dir(ctx.backups_dir)
-    return target
+
+
+def undo_space(ctx: Context, paths: Iterable[str], *, with_db: bool) -> int:
+    """Bytes an undo writes on the app's file system: a copy of each touched file that exists,
+    and with migrations the database twice (the replaced one is kept beside the snapshot)."""
+    need = 1 << 20
+    for rel in set(paths):
+        with contextlib.suppress(OSError):
+            need += (ctx.app_root / rel).lstat().st_size
+    db = ctx.database_path
+    if with_db and db is not None:
+        with contextlib.suppress(OSError):
+            need += 2 * db.stat().st_size
+    return need
+
+
+def reserve(ctx: Context, path: Path, size: int) -> None:
+    """Hold ``size`` bytes in ``path`` (root only), so the undo finds them free on a full disk."""
+    ctx.backups_dir.mkdir(parents=True, exist_ok=True)
+    ctx.backups_dir.chmod(0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise BackupError(
+            f"{ctx.app_root}: cannot set aside {size >> 20} MiB for a possible undo ({exc.strerror})"
+        ) from None
+    os.close(fd)
 
 
 def add_database(ctx: Context, backup_dir: Path) -> None:

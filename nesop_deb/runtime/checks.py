@@ -115,10 +115,16 @@ def app_accounts(ctx: Context) -> None:
 
 
 def disk_space(ctx: Context, manifest: Manifest) -> None:
+    """The new files (staged, then backed up when replaced), the database snapshot, and the space
+    set aside for an undo must fit, with a margin."""
+    from nesop_deb.runtime import backup
+
     need = sum(f.size for f in manifest.files) * 2 + MARGIN
     db = ctx.database_path
     if manifest.migrations and db is not None and db.exists():
         need += db.stat().st_size
+    touched = [f.path for f in manifest.files] + [f.renamed_from for f in manifest.files if f.renamed_from]
+    need += backup.undo_space(ctx, touched, with_db=bool(manifest.migrations))
     free = free_bytes(ctx.app_root)
     if free < need:
         raise RefusedError(

@@ -26,3 +26,13 @@ def append(ctx: Context, entry: dict[str, Any]) -> None:
     entries = read(ctx.history_file)
     entries.append(entry)
     write_json_atomic(ctx.history_file, json.dumps(entries, indent=2, ensure_ascii=False) + "\n", mode=0o640)
+
+
+def note(ctx: Context, entry: dict[str, Any]) -> None:
+    """:func:`append` where a failure must not hide the error being reported (a full disk)."""
+    try:
+        append(ctx, entry)
+    except OSError as exc:
+        from nesop_deb.runtime.log import log
+
+        log.error("cannot write %s (%s); this attempt: %s", ctx.history_file, exc, json.dumps(entry))

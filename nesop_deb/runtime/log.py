@@ -23,6 +23,18 @@ class _Indent(logging.Filter):
         return True
 
 
+class _LogFile(logging.FileHandler):
+    """The update log; a write that fails (a full disk) is said once on stderr, not per line."""
+
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            self.failed = True
+            exc = sys.exc_info()[1]
+            sys.stderr.write(f"warning: cannot write to {self.baseFilename}: {exc}\n")
+
+
 def setup(log_file: Path | None, *, verbose: bool = False) -> None:
     """Send the runtime's log to stderr and (when given) to the update log file."""
     root = logging.getLogger("nesop_deb")
@@ -35,7 +47,7 @@ def setup(log_file: Path | None, *, verbose: bool = False) -> None:
     root.addHandler(stderr)
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8")
+        handler = _LogFile(log_file, encoding="utf-8")
         handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%dT%H:%M:%S%z"))
         root.addHandler(handler)
     if not any(isinstance(f, _Indent) for f in log.filters):

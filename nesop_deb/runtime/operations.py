@@ -121,7 +121,24 @@ def recover(ctx: Context) -> str | None:
     st = state.load(ctx)
     version = str(journal.get("version"))
     if journal.get("kind") == "apply" and st.current == version:
-        state.clear_journal(ctx)  # it had committed; only the journal's removal was lost
+        # it had committed; only the journal's removal (and maybe its history line) was lost
+        apply.release_reserve(ctx, str(journal.get("backup")))
+        last = (history.read(ctx.history_file) or [{}])[-1]
+        if (last.get("status"), last.get("version")) != ("success", version):
+            history.note(
+                ctx,
+                {
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "action": "recover",
+                    "package": ctx.package,
+                    "version": version,
+                    "from": journal.get("from"),
+                    "status": "committed",
+                    "reason": "the process was killed while committing; the update had been recorded",
+                    "backup": journal.get("backup"),
+                },
+            )
+        state.clear_journal(ctx)
         return f"{version} had been applied; nothing to undo"
     with runlog.step(f"recover: undo the interrupted {journal.get('kind')} of {version}"):
         started = time.monotonic()
@@ -129,7 +146,8 @@ def recover(ctx: Context) -> str | None:
         job = apply.Job(ctx, manifest, ctx.share, journal.get("from"), str(journal["backup"]))
         job.kept_config = list(journal.get("kept_config", []))
         job.created_dirs = list(journal.get("created_dirs", []))
-        errors = transaction.undo_from_journal(ctx, journal, lambda _j: apply.build_steps(job))
+        release = lambda: apply.release_reserve(ctx, job.backup_name)  # noqa: E731
+        errors = transaction.undo_from_journal(ctx, journal, lambda _j: apply.build_steps(job), release)
         ensure_running(ctx)
         healthy = _healthy(ctx)
         entry = apply.history_entry(
@@ -142,7 +160,7 @@ def recover(ctx: Context) -> str | None:
             undo_errors=errors,
             old_app_healthy=healthy,
         )
-        history.append(ctx, entry)
+        history.note(ctx, entry)
         if errors:
             raise NesopError(f"recovery of {version} incomplete: {'; '.join(errors)}")
         state.clear_journal(ctx)
@@ -188,14 +206,16 @@ def configure(package: str, version: str) -> None:
 
 def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -> None:
     started = time.monotonic()
-    job = apply.Job(ctx, manifest, source, st.current, backup.new_name("pre_update", manifest.version))
+    job = apply.Job(
+        ctx, manifest, source, st.current, backup.new_name("pre_update", manifest.version), started=started
+    )
     with runlog.step(f"apply {manifest.package} {manifest.version} (live: {st.current or 'unmanaged'})"):
         try:
             with runlog.step("verify"):
                 checks.preflight(ctx, manifest)
                 apply.verify_payload(job)
         except RefusedError as exc:
-            history.append(
+            history.note(
                 ctx,
                 apply.history_entry(
                     job, "refused", started, failed_step="preflight", reason=str(exc), backup=None
@@ -214,10 +234,12 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
         }
         job.persist = lambda: state.write_journal(ctx, journal)
         try:
-            transaction.run(ctx, journal, apply.build_steps(job))
+            transaction.run(
+                ctx, journal, apply.build_steps(job), lambda: apply.release_reserve(ctx, job.backup_name)
+            )
         except transaction.TransactionFailed as exc:
             healthy = _healthy(ctx)
-            history.append(
+            history.note(
                 ctx,
                 apply.history_entry(
                     job,
@@ -241,24 +263,7 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
                 else "the previous app is NOT healthy",
             )
             raise
-        commit(ctx, job, started)
-
-
-def commit(ctx: Context, job: apply.Job, started: float) -> None:
-    with runlog.step("commit"):
-        st = state.load(ctx)
-        st.applied.append(
-            state.Applied(
-                version=job.manifest.version,
-                previous=job.previous,
-                backup=job.backup_name,
-                time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                migrations=list(job.migrated),
-                kept_config=sorted(set(job.kept_config)),
-            )
-        )
-        state.save(ctx, st)
-        history.append(ctx, apply.history_entry(job, "success", started))
+        apply.release_reserve(ctx, job.backup_name)
         state.clear_journal(ctx)
     _after_commit(ctx, job.manifest.version)
     log.info("%s is now at %s", ctx.app.name, job.manifest.version)

@@ -23,7 +23,11 @@ def protected(ctx: Context) -> set[str]:
 
 
 def prune(ctx: Context) -> list[str]:
-    """Delete the oldest unprotected backups beyond ``keep``; return their names."""
+    """Delete the oldest unprotected backups beyond ``keep``; return their names. Space an undo
+    reserved and could not give back (no transaction is in flight now) goes too."""
+    if ctx.backups_dir.is_dir() and state.read_journal(ctx) is None:
+        for stale in ctx.backups_dir.glob(".reserve-*"):
+            stale.unlink(missing_ok=True)
     backups = backup.list_backups(ctx)
     excess = len(backups) - ctx.app.keep_backups
     if excess <= 0:

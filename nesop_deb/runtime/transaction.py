@@ -73,31 +73,52 @@ def undo_steps(steps: Sequence[Step]) -> list[str]:
     return errors
 
 
-def run(ctx: Context, journal: dict[str, Any], steps: Sequence[Step]) -> None:
-    """Run ``steps`` in order with a durable journal; on failure undo and raise TransactionFailed."""
+def run(
+    ctx: Context,
+    journal: dict[str, Any],
+    steps: Sequence[Step],
+    before_undo: Callable[[], None] = lambda: None,
+) -> None:
+    """Run ``steps`` in order with a durable journal; on failure undo and raise TransactionFailed.
+
+    ``before_undo`` runs first when undoing (it frees the space the undo reserved)."""
     journal.setdefault("steps", [])
     journal["phase"] = "applying"
     started: list[Step] = []
     with signals_raise():
         for s in steps:
-            journal["steps"].append(s.name)
-            state.write_journal(ctx, journal)
-            started.append(s)
+            started.append(s)  # a failed journal write fails this step; its undo is idempotent
             try:
+                journal["steps"].append(s.name)
+                state.write_journal(ctx, journal)
                 with log_step(s.name):
                     s.apply()
             except BaseException as exc:
                 journal["phase"] = "undoing"
                 journal["failed_step"] = s.name
                 journal["reason"] = str(exc)
-                state.write_journal(ctx, journal)
+                try:
+                    state.write_journal(ctx, journal)
+                except OSError as journal_exc:  # a full or broken disk: undo all the same
+                    log.error("cannot write the journal (%s); undoing anyway", journal_exc)
                 log.error("%s failed: %s; undoing %d step(s)", s.name, exc, len(started))
-                errors = undo_steps(started)
+                errors = _release(before_undo) + undo_steps(started)
                 raise TransactionFailed(s.name, exc, errors) from exc
 
 
+def _release(before_undo: Callable[[], None]) -> list[str]:
+    try:
+        before_undo()
+    except Exception as exc:
+        return [f"before the undo: {exc}"]
+    return []
+
+
 def undo_from_journal(
-    ctx: Context, journal: dict[str, Any], build: Callable[[dict[str, Any]], list[Step]]
+    ctx: Context,
+    journal: dict[str, Any],
+    build: Callable[[dict[str, Any]], list[Step]],
+    before_undo: Callable[[], None] = lambda: None,
 ) -> list[str]:
     """Finish an interrupted transaction: undo every step it started (idempotent undos)."""
     names = list(journal.get("steps", []))
@@ -105,4 +126,4 @@ def undo_from_journal(
     journal["phase"] = "undoing"
     journal["recovered_at"] = time.time()
     state.write_journal(ctx, journal)
-    return undo_steps(steps)
+    return _release(before_undo) + undo_steps(steps)

@@ -92,7 +92,7 @@ def undo_locked(ctx: Context, target: str, *, resume_from: str | None = None) ->
         status, reason = "failed", str(exc)
         raise
     finally:
-        history.append(
+        history.note(
             ctx,
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

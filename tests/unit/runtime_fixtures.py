@@ -457,7 +457,7 @@ def leftovers(root: Path) -> list[str]:
     """Temporary files a finished operation must not leave behind."""
     return sorted(
         str(p.relative_to(root))
-        for pattern in ("*.nesop-tmp", "*.partial", "*.part")
+        for pattern in ("*.nesop-tmp", "*.partial", "*.part", ".reserve-*")
         for p in root.rglob(pattern)
     )
 

@@ -121,7 +121,7 @@ def test_an_edited_config_file_is_not_drift(server: Server) -> None:
 def test_not_enough_disk_space(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     install_base(server)
     monkeypatch.setattr(checks, "free_bytes", lambda _path: 3 << 20)
-    assert_refused(server, release_101(server), f"{server.app_root}: 3 MiB free, the update needs 16 MiB")
+    assert_refused(server, release_101(server), f"{server.app_root}: 3 MiB free, the update needs 17 MiB")
 
 
 def test_a_package_built_by_a_newer_nesop_deb(server: Server) -> None:

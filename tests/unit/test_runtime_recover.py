@@ -27,7 +27,9 @@ from tests.unit.runtime_fixtures import (
     tree,
 )
 
-STEPS = ["record", "stage", "backup", "stop", "snapshot-db", "apply-files", "migrate", "start", "health"]
+STEPS = [
+    "record", "stage", "backup", "stop", "snapshot-db", "apply-files", "migrate", "start", "health", "commit"
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ class Crash(BaseException):
 
 
 def crashing_run(at: str, *, journaled_only: bool) -> Callable[..., None]:
-    def run(ctx: Any, journal: dict[str, Any], steps: Sequence[transaction.Step]) -> None:
+    def run(ctx: Any, journal: dict[str, Any], steps: Sequence[transaction.Step], *_: Any) -> None:
         journal.setdefault("steps", [])
         journal["phase"] = "applying"
         for s in steps:
@@ -63,8 +65,14 @@ def crash(server: Server, monkeypatch: pytest.MonkeyPatch, at: str, *, journaled
             operations.run_apply(ctx, release_101(server), ctx.share, state.load(ctx))
 
 
-@pytest.mark.parametrize("journaled_only", [False, True], ids=["after-step", "before-step"])
-@pytest.mark.parametrize("at", STEPS)
+# a crash after the commit's work is a committed update (the next test)
+CRASHES = [(at, only) for at in STEPS for only in (False, True) if (at, only) != ("commit", False)]
+
+
+@pytest.mark.parametrize(
+    ("at", "journaled_only"),
+    [pytest.param(at, only, id=f"{at}-{'before' if only else 'after'}-step") for at, only in CRASHES],
+)
 def test_recover_after_a_crash_restores_the_snapshot(
     server: Server, monkeypatch: pytest.MonkeyPatch, at: str, journaled_only: bool
 ) -> None:
@@ -88,6 +96,23 @@ def test_recover_after_a_crash_restores_the_snapshot(
     assert (last["action"], last["status"], last["failed_step"]) == ("recover", "interrupted", at)
     assert last["undo_errors"] == []
     assert last["old_app_healthy"] is True
+
+
+def test_a_crash_after_the_commit_keeps_the_update(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_base(server)
+    before = tree(server.app_root)
+    crash(server, monkeypatch, "commit", journaled_only=False)
+    journal = state.read_journal(server.ctx)
+    assert journal is not None and journal["steps"][-1] == "commit"
+
+    assert operations.recover(server.ctx) == "1.0.1 had been applied; nothing to undo"
+
+    assert tree(server.app_root) == expected_after_101(before)
+    assert server.applied() == ["1.0.1"]
+    assert state.read_journal(server.ctx) is None
+    assert leftovers(server.root) == []
+    assert not list(server.ctx.backups_dir.glob(".reserve-*"))
+    assert history.read(server.ctx.history_file)[-1]["status"] == "success"
 
 
 @pytest.mark.parametrize("at", ["stage", "apply-files", "migrate", "health"])

@@ -95,6 +95,7 @@ def test_the_steps_are_the_documented_sequence() -> None:
         "migrate",
         "start",
         "health",
+        "commit",
     ]
 
 
@@ -373,3 +374,49 @@ def test_a_database_yoyo_never_managed_comes_back_without_its_tables(
         run_apply(server, manifest)
 
     assert db_dump(server.db) == db_before
+
+
+def test_the_space_an_undo_needs_is_set_aside_until_the_end(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_base(server)
+    manifest = release_101(server)
+    seen: list[int] = []
+    real = STEP_CLASSES["backup"].apply
+
+    def watching(self: Any) -> None:
+        seen.extend(p.stat().st_blocks * 512 for p in server.ctx.backups_dir.glob(".reserve-*"))
+        real(self)
+
+    monkeypatch.setattr(STEP_CLASSES["backup"], "apply", watching)
+    run_apply(server, manifest)
+
+    touched = sum(len(b) for b in (APP_V1, b"DEBUG = False\n")) + server.db.stat().st_size
+    assert len(seen) == 1 and seen[0] >= touched + server.db.stat().st_size
+    assert leftovers(server.root) == []
+
+
+@pytest.mark.parametrize("step", ["stage", "apply-files", "commit"])
+def test_a_journal_that_cannot_be_written_fails_the_step_and_undoes(
+    server: Server, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    install_base(server)
+    manifest = release_101(server)
+    tree_before, db_before = tree(server.app_root), db_dump(server.db)
+    real = state.write_journal
+
+    def full_disk(ctx: Context, data: dict[str, Any]) -> None:
+        if data.get("steps", [None])[-1] == step:
+            raise OSError(28, "No space left on device")
+        real(ctx, data)
+
+    monkeypatch.setattr(state, "write_journal", full_disk)
+    with pytest.raises(transaction.TransactionFailed) as failed:
+        run_apply(server, manifest)
+
+    assert failed.value.step == step
+    assert failed.value.undo_errors == []
+    assert tree(server.app_root) == tree_before
+    assert db_dump(server.db) == db_before
+    assert server.systemd.is_active(UNIT)
+    assert server.applied() == []
