@@ -6,6 +6,12 @@ serves, so the outage is the restart plus the renames and migrations.
 
 The stage step also reserves, on the app's file system, the space an undo needs (a copy of every
 touched file and of the database): a disk that fills up during the update cannot stop the undo.
+
+    @property
+verify → record undo data → stage new files → back up (and copy the DB) → stop → snapshot DB →
+apply files → migrate → start → health gate → commit. Everything before ``stop`` happens while the
+old app still serves, so the outage is the restart plus the renames and migrations; the snapshot
+adds to it only when the database was written to between its early copy and the stop.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -70,6 +77,9 @@ class Job:
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
     status_before_stop: service.ServiceStatus | None = None
     started: float = field(default_factory=time.monotonic)
+    # the database copy taken before the stop, with its open connection; never journaled, so a
+    # job rebuilt after a crash has none and copies the database again
+    early_db: database.HeldSnapshot | None = field(default=None, repr=False)
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
@@ -83,6 +93,11 @@ class Job:
     @property
     def reserve(self) -> Path:
         return reserve_path(self.ctx, self.backup_name)
+
+    @property
+    def snapshots_database(self) -> bool:
+        """Only an update with migrations can change the database, so only it takes a snapshot."""
+        return bool(self.manifest.migrations) and self.ctx.database_path is not None
 
     def payload(self, rel: str) -> Path:
         return self.source / "payload" / rel
@@ -211,7 +226,17 @@ class Prepare:
                 (self.job.ctx.app_root / rel).rmdir()
 
 
+def _mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
 class Backup:
+    """The touched files; for an update with migrations also a first copy of the database.
+
+    The copy is taken here, while the old app still serves, so that the outage pays for it only
+    when the app wrote to the database before it stopped (see :class:`SnapshotDatabase`).
+    """
+
     name = "backup"
 
     def __init__(self, job: Job) -> None:
@@ -228,9 +253,29 @@ class Backup:
             "created_dirs": sorted(set(job.created_dirs)),
         }
         backup.create_files(job.ctx, job.backup_name, job.touched(), meta)
+        if job.snapshots_database:
+            started = time.monotonic()
+            try:
+                job.early_db = backup.copy_database_early(job.ctx, job.backup_dir)
+            except sqlite3.Error as exc:
+                log.warning("could not copy the database before the stop (%s): it is copied after it", exc)
+                return
+            if job.early_db is not None:
+                log.info(
+                    "database copied before the stop (%s in %.3f s)",
+                    _mib(job.early_db.size),
+                    time.monotonic() - started,
+                )
 
     def undo(self) -> None:
-        """The backup stays: it is the record of what was there (retention prunes it)."""
+        """The backup stays: it is the record of what was there (retention prunes it).
+
+        Only a database copy that never became its snapshot goes: it records nothing.
+        """
+        if self.job.early_db is not None:
+            self.job.early_db.close()
+            self.job.early_db = None
+        backup.drop_early_database(self.job.backup_dir)
 
 
 class Stop:
@@ -255,13 +300,38 @@ class Stop:
 
 
 class SnapshotDatabase:
+    """After the stop: the database as it is now, in the backup, for Migrate.undo and rollbacks.
+
+    The copy :class:`Backup` took is kept when the database provably did not change since: same
+    file, and ``PRAGMA data_version`` on the copy's still-open connection unchanged (it moves
+    with every commit of any other connection, the app's last writes while stopping included).
+    Otherwise, or when there is no such connection to ask (a job rebuilt after a crash), the
+    database is copied again now, while the app is stopped.
+    """
+
     name = "snapshot-db"
 
     def __init__(self, job: Job) -> None:
         self.job = job
 
     def apply(self) -> None:
-        backup.add_database(self.job.ctx, self.job.backup_dir)
+        job = self.job
+        early, job.early_db = job.early_db, None
+        if early is not None and early.unchanged() and early.path.is_file():
+            backup.keep_early_database(job.ctx, job.backup_dir, early)
+            log.info("database unchanged since the copy taken before the stop (%s): kept", _mib(early.size))
+            return
+        # the stale copy goes first: the backup never holds two copies (the preflight counts one)
+        backup.drop_early_database(job.backup_dir)
+        started = time.monotonic()
+        if backup.add_database(job.ctx, job.backup_dir) is None:
+            return  # no database (yet): nothing an undo could restore
+        size = (job.backup_dir / backup.DB_FILE).stat().st_size
+        took = f"{_mib(size)} in {time.monotonic() - started:.3f} s"
+        if early is None:
+            log.info("database copied after the stop (%s): no copy taken before it could be checked", took)
+        else:
+            log.info("database changed after the copy taken before the stop: copied again (%s)", took)
 
     def undo(self) -> None:
         """Nothing to undo: the snapshot is read by Migrate.undo."""
@@ -454,7 +524,7 @@ class Commit:
 
 def build_steps(job: Job) -> list[transaction.Step]:
     steps: list[transaction.Step] = [Record(job), Prepare(job), Backup(job), Stop(job)]
-    if job.manifest.migrations and job.ctx.database_path is not None:
+    if job.snapshots_database:
         steps.append(SnapshotDatabase(job))
     steps.append(ApplyFiles(job))
     if job.manifest.migrations:

@@ -24,6 +24,7 @@ from nesop_deb.runtime.fsutil import confined, copy_preserving, fsync_dir, live_
 
 MANIFEST = "backup_manifest.json"
 DB_FILE = "database.sqlite3"
+DB_EARLY = DB_FILE + ".before-stop"  # a copy taken while the app ran, not yet known to be exact
 
 
 class BackupError(NesopError):
@@ -118,8 +119,9 @@ def undo_space(ctx: Context, paths: Iterable[str], *, with_db: bool) -> int:
             need += (ctx.app_root / rel).lstat().st_size
     db = ctx.database_path
     if with_db and db is not None:
-        with contextlib.suppress(OSError):
-            need += 2 * db.stat().st_size
+        for part in (db, db.with_name(db.name + "-wal")):  # a snapshot holds what the WAL holds
+            with contextlib.suppress(OSError):
+                need += 2 * part.stat().st_size
     return need
 
 
@@ -139,12 +141,44 @@ def reserve(ctx: Context, path: Path, size: int) -> None:
     os.close(fd)
 
 
-def add_database(ctx: Context, backup_dir: Path) -> None:
-    """Snapshot the app's database into an existing backup and record it."""
+def add_database(ctx: Context, backup_dir: Path) -> str | None:
+    """Snapshot the app's database into an existing backup and record it; its sha256, if any."""
     db = ctx.database_path
     if db is None or not db.exists():
-        return
+        return None
     digest = database.snapshot(db, backup_dir / DB_FILE)
+    _record_database(ctx, backup_dir, digest)
+    return digest
+
+
+def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot | None:
+    """Copy the database into the backup while the app still runs, keeping the way to check it.
+
+    The copy goes under a name no restore reads (:data:`DB_EARLY`) and is not recorded: it becomes
+    the backup's snapshot only through :func:`keep_early_database`, once the app is stopped and
+    nothing was committed since.
+    """
+    db = ctx.database_path
+    if db is None or not db.exists():
+        return None
+    return database.snapshot_held(db, backup_dir / DB_EARLY)
+
+
+def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnapshot) -> None:
+    """Make an early copy the backup's snapshot (the database is known unchanged since)."""
+    early.path.replace(backup_dir / DB_FILE)
+    fsync_dir(backup_dir)
+    _record_database(ctx, backup_dir, early.sha256)
+
+
+def drop_early_database(backup_dir: Path) -> None:
+    """Remove an early copy that did not become the snapshot (idempotent)."""
+    (backup_dir / DB_EARLY).unlink(missing_ok=True)
+
+
+def _record_database(ctx: Context, backup_dir: Path, digest: str) -> None:
+    db = ctx.database_path
+    assert db is not None
     data = read_manifest(backup_dir)
     data["database"] = {"file": DB_FILE, "sha256": digest, "source": str(db.relative_to(ctx.root))}
     write_json_atomic(backup_dir / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -122,7 +122,10 @@ def disk_space(ctx: Context, manifest: Manifest) -> None:
     need = sum(f.size for f in manifest.files) * 2 + MARGIN
     db = ctx.database_path
     if manifest.migrations and db is not None and db.exists():
-        need += db.stat().st_size
+        # one snapshot at a time (a copy taken before the stop is removed before copying again);
+        # it holds what the WAL holds too, so the WAL's size counts as well
+        wal = db.with_name(db.name + "-wal")
+        need += db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
     touched = [f.path for f in manifest.files] + [f.renamed_from for f in manifest.files if f.renamed_from]
     need += backup.undo_space(ctx, touched, with_db=bool(manifest.migrations))
     free = free_bytes(ctx.app_root)

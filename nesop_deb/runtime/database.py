@@ -11,6 +11,7 @@ import os
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +25,112 @@ class MigrationError(NesopError):
 
 def snapshot(db: Path, dest: Path) -> str:
     """Copy a live SQLite database consistently (the online backup API); return its sha256."""
+    tmp = _part(dest)
+    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        _backup(src, tmp)
+    finally:
+        src.close()
+    return _finish(tmp, dest)
+
+
+def _part(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".part")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    return tmp
+
+
+def _backup(src: sqlite3.Connection, tmp: Path) -> None:
+    out = sqlite3.connect(tmp)
     try:
-        out = sqlite3.connect(tmp)
-        try:
-            src.backup(out)
-        finally:
-            out.close()
+        src.backup(out)
     finally:
-        src.close()
+        out.close()
+
+
+def _finish(tmp: Path, dest: Path) -> str:
+    """Make the copy durable and root-only under its final name; return its sha256."""
     with tmp.open("rb") as fh:
         os.fsync(fh.fileno())
     tmp.chmod(0o600)
     tmp.replace(dest)
     fsync_dir(dest.parent)
     return sha256_file(dest)
+
+
+@dataclass
+class HeldSnapshot:
+    """A snapshot taken while the app runs, and the open connection that can tell if it still holds.
+
+    ``PRAGMA data_version`` on one connection changes whenever another connection (of any process)
+    has committed to the database since the last time this connection read it; it never changes
+    for the connection's own writes, and this one writes nothing.
+    """
+
+    db: Path
+    path: Path
+    sha256: str
+    size: int
+    data_version: int
+    file_id: tuple[int, int]  # (st_dev, st_ino) of the database before the copy
+    conn: sqlite3.Connection | None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = None
+
+    def unchanged(self) -> bool:
+        """Whether the database is still exactly what the snapshot holds (closes the connection).
+
+        False whenever that cannot be shown: the connection is gone, the database file was
+        replaced or removed, or SQLite could not answer.
+        """
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return False
+        try:
+            if _file_id(self.db) != self.file_id:
+                return False
+            return int(conn.execute("PRAGMA data_version").fetchone()[0]) == self.data_version
+        except (OSError, sqlite3.Error):
+            return False
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino
+
+
+def snapshot_held(db: Path, dest: Path) -> HeldSnapshot:
+    """:func:`snapshot`, keeping the connection open to check later whether anything was committed.
+
+    The version number is read inside the same read transaction as the copy, so it belongs to
+    exactly the copied state: a commit that lands right after the copy, before the number could
+    be read in a transaction of its own, still changes it. In WAL mode the read transaction does
+    not hold up the app's writers; with a rollback journal they wait for the copy, as they do for
+    any reader.
+    """
+    file_id = _file_id(db)  # before the connection opens: a later replacement shows as a change
+    tmp = _part(dest)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        _backup(conn, tmp)
+        conn.execute("COMMIT")
+        digest = _finish(tmp, dest)
+    except BaseException:
+        conn.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return HeldSnapshot(db, dest, digest, dest.stat().st_size, version, file_id, conn)
 
 
 def restore(snapshot_file: Path, db: Path, keep_current_as: Path | None) -> None:

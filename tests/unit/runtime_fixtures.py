@@ -66,6 +66,7 @@ class FakeSystemd:
         self.calls: list[list[str]] = []
         self.fail_starts = 0  # this many coming ``start`` calls fail (the unit ends up failed)
         self.on_start: Callable[[str], None] | None = None
+        self.on_stop: Callable[[str], None] | None = None  # the app's last acts while it stops
         self.passthrough: Path | None = None  # commands below this directory really run
         self.unexpected: list[list[str]] = []
         self._next_pid = 1000
@@ -128,6 +129,8 @@ class FakeSystemd:
         if unit is None:
             return result(5, err=f"Failed to {verb} {name}: Unit {name} not found.")
         if verb == "stop":
+            if self.on_stop is not None and unit.active == "active":
+                self.on_stop(name)
             unit.active, unit.sub, unit.pid = "inactive", "dead", 0
         elif verb == "reset-failed":
             if unit.active == "failed":
@@ -457,7 +460,7 @@ def leftovers(root: Path) -> list[str]:
     """Temporary files a finished operation must not leave behind."""
     return sorted(
         str(p.relative_to(root))
-        for pattern in ("*.nesop-tmp", "*.partial", "*.part", ".reserve-*")
+        for pattern in ("*.nesop-tmp", "*.partial", "*.part", ".reserve-*", "*.before-stop")
         for p in root.rglob(pattern)
     )
 

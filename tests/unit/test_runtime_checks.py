@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 from nesop_deb import __version__, versions
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import checks, history, operations, state
+from nesop_deb.runtime import backup, checks, history, operations, state
 from nesop_deb.runtime.context import AppSettings
 from tests.unit.runtime_fixtures import (
     M2,
@@ -122,6 +123,29 @@ def test_not_enough_disk_space(server: Server, monkeypatch: pytest.MonkeyPatch) 
     install_base(server)
     monkeypatch.setattr(checks, "free_bytes", lambda _path: 3 << 20)
     assert_refused(server, release_101(server), f"{server.app_root}: 3 MiB free, the update needs 17 MiB")
+
+
+def test_disk_space_counts_what_the_database_holds_in_its_wal(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_base(server)
+    app = sqlite3.connect(server.db)
+    app.execute("PRAGMA journal_mode=WAL")
+    app.execute("PRAGMA wal_autocheckpoint=0")
+    app.execute("INSERT INTO items (name) VALUES (?)", ("x" * (4 << 20),))
+    app.commit()
+    manifest = release_101(server)
+    wal = server.db.with_name(server.db.name + "-wal")
+    assert wal.stat().st_size > 4 << 20 > server.db.stat().st_size
+    files = sum(f.size for f in manifest.files) * 2 + checks.MARGIN
+    need = files + server.db.stat().st_size + wal.stat().st_size
+    touched = [f.path for f in manifest.files]
+    need += backup.undo_space(server.ctx, touched, with_db=True)  # the space an undo is sure of
+    monkeypatch.setattr(checks, "free_bytes", lambda _path: need - 1)
+    assert_refused(server, manifest, f"needs {need >> 20} MiB")
+    monkeypatch.setattr(checks, "free_bytes", lambda _path: need)
+    checks.disk_space(server.ctx, manifest)
+    app.close()
 
 
 def test_a_package_built_by_a_newer_nesop_deb(server: Server) -> None:
