@@ -139,7 +139,7 @@ def test_disk_space_counts_what_the_database_holds_in_its_wal(
     assert wal.stat().st_size > 4 << 20 > server.db.stat().st_size
     files = sum(f.size for f in manifest.files) * 2 + checks.MARGIN
     need = files + server.db.stat().st_size + wal.stat().st_size
-    touched = [f.path for f in manifest.files]
+    touched = [f.path for f in manifest.files] + [f.renamed_from for f in manifest.files if f.renamed_from]
     need += backup.undo_space(server.ctx, touched, with_db=True)  # the space an undo is sure of
     monkeypatch.setattr(checks, "free_bytes", lambda _path: need - 1)
     assert_refused(server, manifest, f"needs {need >> 20} MiB")
