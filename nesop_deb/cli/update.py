@@ -47,7 +47,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         abbrev, pkg_version = _package_state(ctx.package)
         svc = service.status(ctx.app.service)
         probe = health.probe(ctx.app.health_url) if ctx.app.health_url else None
-        entries = history.read(ctx.history_file)
+        entries = history.entries(ctx)
         journal = state.read_journal(ctx)
         data = {
             "app": ctx.app.name,
@@ -204,7 +204,7 @@ def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
 
     def run() -> None:
         ctx = apps.select(app_name)
-        entries = history.read(ctx.history_file)
+        entries = history.entries(ctx)
         dpkg_lines = _dpkg_log(ctx)
         apt_lines = _apt_history(ctx)
         if as_json:

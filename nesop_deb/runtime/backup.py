@@ -172,8 +172,15 @@ def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnap
 
 
 def drop_early_database(backup_dir: Path) -> None:
-    """Remove an early copy that did not become the snapshot (idempotent)."""
-    (backup_dir / DB_EARLY).unlink(missing_ok=True)
+    """Remove an early copy that did not become the snapshot (idempotent). It records nothing, so
+    a copy that cannot go now (a read-only or broken backups dir) only costs space until retention
+    prunes its backup."""
+    try:
+        (backup_dir / DB_EARLY).unlink(missing_ok=True)
+    except OSError as exc:
+        from nesop_deb.runtime.log import log
+
+        log.warning("cannot remove %s: %s", backup_dir / DB_EARLY, exc)
 
 
 def _record_database(ctx: Context, backup_dir: Path, digest: str) -> None:

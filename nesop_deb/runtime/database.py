@@ -29,9 +29,12 @@ def snapshot(db: Path, dest: Path) -> str:
     src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         _backup(src, tmp)
+        return _finish(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not also keep half a copy
+        raise
     finally:
         src.close()
-    return _finish(tmp, dest)
 
 
 def _part(dest: Path) -> Path:

@@ -83,6 +83,9 @@ def stage(tmp: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1, *, du
         if uid != -1 or gid != -1:
             os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a write that failed (a full disk) leaves nothing behind
+        raise
     finally:
         os.close(fd)
 

@@ -22,17 +22,37 @@ def read(path: Path) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else []
 
 
+def _pending(ctx: Context) -> Path:
+    return ctx.state_dir / "history-pending.json"
+
+
+def entries(ctx: Context) -> list[dict[str, Any]]:
+    """Every attempt, the ones still waiting to be written included."""
+    return read(ctx.history_file) + read(_pending(ctx))
+
+
 def append(ctx: Context, entry: dict[str, Any]) -> None:
+    """Add ``entry``, after any entries that could not be written before (see :func:`note`)."""
     entries = read(ctx.history_file)
-    entries.append(entry)
+    pending = read(_pending(ctx))
+    entries += [*pending, entry]
     write_json_atomic(ctx.history_file, json.dumps(entries, indent=2, ensure_ascii=False) + "\n", mode=0o640)
+    if pending:
+        _pending(ctx).unlink(missing_ok=True)
 
 
 def note(ctx: Context, entry: dict[str, Any]) -> None:
-    """:func:`append` where a failure must not hide the error being reported (a full disk)."""
+    """:func:`append` where a failure must not hide the error being reported: when the app's file
+    system is full, the entry waits in the state directory and goes in with the next one."""
+    from nesop_deb.runtime.log import log
+
     try:
         append(ctx, entry)
     except OSError as exc:
-        from nesop_deb.runtime.log import log
-
-        log.error("cannot write %s (%s); this attempt: %s", ctx.history_file, exc, json.dumps(entry))
+        log.error("cannot write %s (%s): the entry is kept in %s until it can be", ctx.history_file, exc,
+                  _pending(ctx))  # fmt: skip
+        try:
+            pending = [*read(_pending(ctx)), entry]
+            write_json_atomic(_pending(ctx), json.dumps(pending, indent=2, ensure_ascii=False) + "\n")
+        except OSError as again:
+            log.error("cannot keep it in %s either (%s): %s", _pending(ctx), again, json.dumps(entry))

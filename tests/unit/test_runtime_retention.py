@@ -66,3 +66,19 @@ def test_prune_never_goes_below_keep(server: Server) -> None:
     _apply_series(server, 4)
     assert retention.prune(server.ctx) == []
     assert len(backup.list_backups(server.ctx)) == 4
+
+
+def test_space_an_undo_could_not_give_back_goes_with_the_next_prune(server: Server) -> None:
+    install_base(server)
+    ctx = server.ctx
+    ctx.backups_dir.mkdir(parents=True, exist_ok=True)
+    stale = ctx.backups_dir / ".reserve-pre_update_1.0.1_20260101T000000Z"
+    stale.write_bytes(b"\0" * 4096)
+    state.write_journal(ctx, {"kind": "apply", "version": "1.0.1", "steps": ["stage"]})
+
+    retention.prune(ctx)
+    assert stale.exists(), "a transaction in flight may still need it"
+
+    state.clear_journal(ctx)
+    retention.prune(ctx)
+    assert not stale.exists()

@@ -21,6 +21,7 @@ from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import apply, backup, history, operations, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
+from nesop_deb.runtime.fsutil import write_json_atomic
 from tests.unit.runtime_fixtures import (
     APP_V1,
     M2,
@@ -420,3 +421,29 @@ def test_a_journal_that_cannot_be_written_fails_the_step_and_undoes(
     assert db_dump(server.db) == db_before
     assert server.systemd.is_active(UNIT)
     assert server.applied() == []
+
+
+def test_a_failure_the_full_app_disk_cannot_record_waits_in_the_state_dir(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_base(server)
+    manifest = release_101(server)
+    ctx = server.ctx
+
+    def full(path: Path, text: str, mode: int = 0o600) -> None:
+        if path == ctx.history_file:
+            raise OSError(28, "No space left on device")
+        write_json_atomic(path, text, mode)
+
+    with monkeypatch.context() as m:
+        inject(m, "migrate", "after")
+        m.setattr(history, "write_json_atomic", full)
+        with pytest.raises(transaction.TransactionFailed):
+            run_apply(server, manifest)
+    assert history.read(ctx.history_file) == []
+    assert [(e["status"], e["failed_step"]) for e in history.entries(ctx)] == [("failed", "migrate")]
+
+    run_apply(server, manifest)
+
+    assert [e["status"] for e in history.read(ctx.history_file)] == ["failed", "success"]
+    assert history.entries(ctx) == history.read(ctx.history_file)
