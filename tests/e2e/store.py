@@ -165,39 +165,7 @@ def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
     box.wait_http(HEALTH, timeout=30)
 
 
-# Drop-ins that make one step of an update slow, so a test can inject a fault while it runs:
-# a slow-stopping app (the window after "stop" began) or a slow-starting one (files and schema
-# already changed, the app not yet back).
-SLOW_STEP = {
-    "stop": "[Service]\nExecStopPost=/bin/sleep 4\n",
-    "start": "[Service]\nExecStartPre=/bin/sleep 4\n",
-}
-
-
-def slow_down(box: Container, step: str) -> None:
-    box.write_file("/etc/systemd/system/nesop-store.service.d/slow.conf", SLOW_STEP[step])
-    box.run(["systemctl", "daemon-reload"])
-
-
 JOURNAL = f"/var/lib/{PACKAGE}/journal.json"
-
-
-def wait_for_step(box: Container, step: str, timeout: float = 60) -> list[str]:
-    """Poll the write-ahead journal (from the host) until the update has begun ``step``."""
-    import time
-
-    journal = box.path(JOURNAL)
-    deadline = time.monotonic() + timeout
-    steps: list[str] = []
-    while step not in steps:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the update never reached its {step} step (journal: {steps})")
-        try:
-            steps = json.loads(journal.read_text()).get("steps", [])
-        except (OSError, ValueError):
-            steps = []
-        time.sleep(0.02)
-    return steps
 
 
 def apt_install(
@@ -311,37 +279,16 @@ def snapshot(box: Container) -> Mapping[str, Any]:
     return {"tree": live_tree(box), "db": db_dump(box)}
 
 
-def kill_package_tools(box: Container) -> None:
-    """SIGKILL apt, dpkg and the maintainer scripts, and wait until none is left (a survivor
-    would still hold dpkg's lock when the test goes on to recover)."""
-    import time
+def assert_configure_a_completes_the_update(
+    box: Container, repo: ExampleRepo, rows: list[str], *, before: str = "interrupted"
+) -> None:
+    """After the fault: `dpkg --configure -a` ends with 1.0.5 whole, healthy, every row kept.
 
-    pattern = "apt-get|dpkg|nesop_deb.hooks"
-    deadline = time.monotonic() + 30
-    while box.run(["pgrep", "-f", pattern], check=False).returncode == 0:
-        assert time.monotonic() < deadline, "apt or dpkg survived SIGKILL"
-        box.run(["pkill", "-KILL", "-f", pattern], check=False)
-        time.sleep(0.1)
-
-
-def interrupt_update_at(box: Container, repo: ExampleRepo, toolchain: Path, step: str) -> list[str]:
-    """A server at 1.0.4 with rows, an update to 1.0.5 (files and a migration) running in the
-    background with ``step`` made slow; returns once the update is inside that step, with the
-    rows it wrote before. The caller injects its fault now."""
-    install_toolchain(box, toolchain)
-    deploy_by_hand(box, repo, "v1.0.4")
-    rows = register_customers(box, 5)
-    deb = repo.build("v1.0.5")
-    box.copy_in(deb, f"/var/tmp/{deb.name}")
-    slow_down(box, step)
-    box.run(["sh", "-c", f"setsid apt-get install -y -q /var/tmp/{deb.name} >/var/tmp/apt.log 2>&1 &"])
-    wait_for_step(box, step)
-    return rows
-
-
-def assert_configure_a_completes_the_update(box: Container, repo: ExampleRepo, rows: list[str]) -> None:
-    """After the fault: `dpkg --configure -a` ends with 1.0.5 whole, healthy, every row kept."""
-    assert box.path(JOURNAL).exists(), "the journal must survive the fault"
+    ``before``: what the history says of the attempt the fault broke ("interrupted": a crash the
+    recovery undid; "failed": a step that failed and was undone; "any": a crash while committing,
+    undone or kept depending on the instant)."""
+    if before == "interrupted":
+        assert box.path(JOURNAL).exists(), "the journal must survive the fault"
     result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not box.path(JOURNAL).exists()
@@ -351,5 +298,49 @@ def assert_configure_a_completes_the_update(box: Container, repo: ExampleRepo, r
     assert set(rows) <= customer_emails(box)
     assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
     statuses = [(e["action"], e["version"], e["status"]) for e in history(box)]
-    assert ("recover", "1.0.5", "interrupted") in statuses
-    assert statuses[-1] == ("apply", "1.0.5", "success")
+    if before == "interrupted":
+        assert ("recover", "1.0.5", "interrupted") in statuses
+    elif before == "failed":
+        assert ("apply", "1.0.5", "failed") in statuses
+    assert statuses[-1] in (("apply", "1.0.5", "success"), ("recover", "1.0.5", "committed")), statuses
+    assert leftovers(box) == []
+
+
+def leftovers(box: Container) -> list[str]:
+    """What a finished update must not leave: staged files, partial backups, reserved space."""
+    root = box.path(APP_ROOT)
+    return sorted(
+        str(p.relative_to(root))
+        for pattern in ("*.nesop-tmp", ".*.partial", ".reserve-*", "*.part")
+        for p in root.rglob(pattern)
+    )
+
+
+def assert_old_version_whole(
+    box: Container,
+    repo: ExampleRepo,
+    rows: list[str],
+    failed_at: tuple[str, ...] | None,
+    *,
+    clean: bool = True,
+) -> dict[str, Any]:
+    """A failed update to 1.0.5: 1.0.4 whole and healthy, every row, `iF`, the history naming
+    the step that failed (one of ``failed_at``; None: the history could not be written yet).
+    Returns that history entry. ``clean``: nothing left behind (not when the fault left the
+    backups dir read-only)."""
+    assert_tree(box, repo, "v1.0.4")
+    assert health(box)["version"] == "1.0.4"
+    assert set(rows) <= customer_emails(box)
+    assert dpkg_status(box) == ("iF", "1.0.5")
+    assert not box.path(JOURNAL).exists()
+    last: dict[str, Any] = {}
+    if failed_at is not None:
+        last = history(box)[-1]
+        said = (last["action"], last["version"], last["status"])
+        assert said == ("apply", "1.0.5", "failed"), json.dumps(last)
+        assert last["failed_step"] in failed_at, json.dumps(last)
+        assert last["undo_errors"] == [] and last["old_app_healthy"] is True, json.dumps(last)
+    if clean:
+        left = leftovers(box)
+        assert left == [], left
+    return last

@@ -71,6 +71,26 @@ def test_guide_scenarios_apply_in_turn(server: Container, example_repo: store.Ex
     checks = json.loads(server.run(["nesop-update", "validate", "--json"], check=False).stdout)
     failed = [c for c in checks if not c["ok"]]
     assert failed == [], failed
+    _assert_permissions(server)
+
+
+def _assert_permissions(box: Container) -> None:
+    """Backups, database snapshots and state are root's alone; nothing is world-writable."""
+    root = box.path(store.APP_ROOT)
+    for private in (root / "backups", box.path(f"/var/lib/{store.PACKAGE}")):
+        st = private.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (0, 0o700), private
+    each = [d for d in (root / "backups").iterdir() if d.is_dir()]
+    assert each and all((d.stat().st_uid, d.stat().st_mode & 0o777) == (0, 0o700) for d in each)
+    secret = [*(root / "backups").glob("*/*.sqlite3"), *(root / "backups").glob("*/backup_manifest.json")]
+    assert any(p.name == "database.sqlite3" for p in secret)
+    assert all((p.stat().st_uid, p.stat().st_mode & 0o777) == (0, 0o600) for p in secret), secret
+    history = (root / "logs/update_history.json").stat()
+    assert (history.st_uid, history.st_mode & 0o777) == (0, 0o640)
+    writable = [p for p in root.rglob("*") if not p.is_symlink() and p.stat().st_mode & 0o002]
+    assert writable == []
+    check = box.run(["nesop-update", "validate", "--check", "permissions"], check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def _failing_update(box: Container, repo: store.ExampleRepo, branch: str, step: str) -> None:

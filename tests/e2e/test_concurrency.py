@@ -8,31 +8,22 @@ import threading
 import time
 from pathlib import Path
 
-from . import store
+from . import faults, store
 from .conftest import ContainerFactory
 from .testbed import Container
 
 LOCK = f"/var/lib/{store.PACKAGE}/lock"
-HOLD = (
-    "import sys, time; from pathlib import Path; from nesop_deb.runtime import lock\n"
-    "with lock.held(Path(sys.argv[1]), 'manual backup'):\n"
-    "    Path(sys.argv[2]).touch(); time.sleep(float(sys.argv[3]))\n"
-)
 
 
-def _hold_lock(box: Container, seconds: float) -> subprocess.Popen[str]:
-    """Hold the app's lock inside the container the way a long manual backup does."""
-    ready = "/var/tmp/lock-held"
-    proc = subprocess.Popen(
-        ["nsenter", "--target", str(box.pid), "--all", "--",
-         "/opt/venvs/nesop-deb/bin/python3", "-c", HOLD, LOCK, ready, str(seconds)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not box.path(ready).exists():
-        assert time.monotonic() < deadline, "the lock holder did not start"
+def _long_manual_backup(box: Container) -> faults.Background:
+    """A real `nesop-update backup`, made long from outside (each of its fsyncs takes 5 s); returns
+    once it holds the app's lock."""
+    backup = faults.Background(box, "nesop-update backup", "nesop-update", slow_fsync_us=5_000_000)
+    deadline = time.monotonic() + 60
+    while "manual backup" not in (box.path(LOCK).read_text() if box.path(LOCK).exists() else ""):
+        assert time.monotonic() < deadline, f"the backup never took the lock: {backup.output()}"
         time.sleep(0.05)
-    return proc
+    return backup
 
 
 def test_update_during_a_manual_backup_is_refused_naming_the_holder(
@@ -44,7 +35,7 @@ def test_update_during_a_manual_backup_is_refused_naming_the_holder(
     assert store.apt_install(box, example_repo.build("v1.0.4")).returncode == 0
     pid = box.service_main_pid(store.UNIT)
     before = store.snapshot(box)
-    holder = _hold_lock(box, 30)
+    holder = _long_manual_backup(box)
     try:
         result = store.apt_install(box, example_repo.build("v1.0.5"))
         output = result.stdout + result.stderr
@@ -58,7 +49,8 @@ def test_update_during_a_manual_backup_is_refused_naming_the_holder(
         assert second.returncode == 3
         assert second.stderr.startswith("nesop-update: error: manual backup: another operation holds")
     finally:
-        holder.wait(timeout=60)  # the "backup" ends and releases the lock
+        holder.wait(timeout=120)  # the backup ends and releases the lock
+    assert "backup written" in holder.output() or "manual_" in holder.output(), holder.output()
     # once the holder is gone, the same update goes through
     assert store.apt_install(box, example_repo.build("v1.0.5")).returncode == 0
     assert store.dpkg_status(box) == ("ii", "1.0.5")
