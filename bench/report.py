@@ -168,29 +168,29 @@ def _snapshot_why(points: list[scaling.Point]) -> str:
         return statistics.median(op.steps("apply ").get(what, 0.0) for op in p.migration)
 
     mib = (large.db_actual - small.db_actual) / 1024 / 1024
-    snap_rate = mib / max(med(large, "snapshot-db") - med(small, "snapshot-db"), 1e-9)  # MiB/s
+    copy_rate = mib / max(med(large, "backup") - med(small, "backup"), 1e-9)  # MiB/s, before the stop
     outage_per_100 = (med(large, "outage") - med(small, "outage")) / mib * 100
     one_file = [Stat.of(op.outage_s for op in p.one_file).millis() for p in (small, large)]
+    small_db, large_db = small.label.split(" + ")[1], large.label.split(" + ")[1]
     return (
-        "How the database snapshot scales: only an update that carries migrations takes one, and it "
-        "takes it after the `stop`, so that no row written after the snapshot can be lost if the "
-        "snapshot is ever restored. It copies the whole database with SQLite's online backup API, "
-        "page by page, so it grows linearly with the database and all of it is outage: here "
-        f"{snap_rate:.0f} MiB/s, and the migrating update's outage grew by {outage_per_100 * 1000:.0f} ms "
-        f"per 100 MiB of database ({med(small, 'outage') * 1000:.0f} ms at {small.label.split(' + ')[1]}, "
-        f"{med(large, 'outage') * 1000:.0f} ms at {large.label.split(' + ')[1]}). At that rate a 1 GiB "
-        f"database adds about {1024 / snap_rate:.1f} s to every update with a migration, a 10 GiB one "
-        f"about {10 * 1024 / snap_rate:.0f} s (more once it no longer fits in the page cache). An "
-        "update without migrations takes no snapshot and no step of it reads the database: its "
-        f"outage was {one_file[0]} at the smallest database and {one_file[1]} at the largest, "
-        "differences within the run-to-run spread of the restarts in §1.\n\n"
-        "A product change that would take the snapshot out of the outage: in "
-        "`nesop_deb/runtime/database.py`, take the snapshot before the stop (the online backup API "
-        "gives a consistent copy while the app writes), keep its connection open and read "
-        "`PRAGMA data_version` there; after the stop read it again on the same connection (it "
-        "changes when any other connection has committed) and copy again only if it changed. A "
-        "store that took no write in those seconds pays nothing during the outage, any other "
-        "keeps today's guarantee.\n"
+        "How the database snapshot scales: only an update that carries migrations takes one. The "
+        "copy (SQLite's online backup API, page by page) is taken in the `backup` step while the old "
+        "app still serves, so it grows linearly with the database but none of it is outage: here "
+        f"{copy_rate:.0f} MiB/s (`backup` {med(small, 'backup') * 1000:.0f} ms at {small_db}, "
+        f"{med(large, 'backup') * 1000:.0f} ms at {large_db}). After the stop, `snapshot-db` asks "
+        "SQLite, on the copy's still-open connection, whether anything was committed since "
+        "(`PRAGMA data_version`); nothing writes in those seconds here, so it kept the copy: "
+        f"{med(small, 'snapshot-db') * 1000:.0f} ms at {small_db}, "
+        f"{med(large, 'snapshot-db') * 1000:.0f} ms at {large_db}. The migrating update's outage "
+        f"changed by {outage_per_100 * 1000:+.0f} ms per 100 MiB of database "
+        f"({med(small, 'outage') * 1000:.0f} ms at {small_db}, {med(large, 'outage') * 1000:.0f} ms at "
+        f"{large_db}). When the app does commit between the copy and the stop, the database is copied "
+        "again after the stop, at the rate above: a 1 GiB database then adds about "
+        f"{1024 / copy_rate:.1f} s to the outage (more once it no longer fits in the page cache); the "
+        "snapshot is always the database as it was at the stop. An update without migrations takes "
+        f"no snapshot and no step of it reads the database: its outage was {one_file[0]} at the "
+        f"smallest database and {one_file[1]} at the largest, differences within the run-to-run "
+        "spread of the restarts in §1.\n"
     )
 
 

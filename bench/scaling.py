@@ -5,8 +5,9 @@ One server; for each app shape (assets of 10 MB to 1 GB, a database of 1 MB to 5
 back to 1.0.0, ``runs`` times, and reads each step's duration from update.log.
 
 What should hold: backup and apply-files follow the files the update touches, so they stay flat
-as the assets grow; the database snapshot (only for updates with migrations, after the stop) and
-so the outage of a migration follow the database's size.
+as the assets grow; the database copy (only for updates with migrations, in the backup step,
+before the stop) follows the database's size, and the outage does not unless the app wrote
+between that copy and the stop.
 """
 
 from __future__ import annotations
