@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from nesop_deb import __version__, versions
@@ -124,8 +125,10 @@ def disk_space(ctx: Context, manifest: Manifest) -> None:
     if manifest.migrations and db is not None and db.exists():
         # one snapshot at a time (a copy taken before the stop is removed before copying again);
         # it holds what the WAL holds too, so the WAL's size counts as well
-        wal = db.with_name(db.name + "-wal")
-        need += db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+        # (the running app may remove its WAL at any moment: a missing one counts nothing)
+        for part in (db, db.with_name(db.name + "-wal")):
+            with contextlib.suppress(FileNotFoundError):
+                need += part.stat().st_size
     touched = [f.path for f in manifest.files] + [f.renamed_from for f in manifest.files if f.renamed_from]
     need += backup.undo_space(ctx, touched, with_db=bool(manifest.migrations))
     free = free_bytes(ctx.app_root)
