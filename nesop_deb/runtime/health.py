@@ -16,6 +16,7 @@ from nesop_deb.runtime import service
 from nesop_deb.runtime.log import log
 
 SETTLE_SECONDS = 1.0
+STATUS_EVERY = 0.1  # seconds between systemd status reads while waiting for the app
 
 
 class HealthError(NesopError):
@@ -49,23 +50,28 @@ def wait_healthy(
     baseline = service.status(unit).restarts if restarts_before is None else restarts_before
     delay = 0.01
     last = "not checked yet"
+    ask_systemd = start  # when systemd is asked next; an answer from the app asks it at once
     while True:
-        st = service.status(unit)
-        if st.restarts > baseline or st.active_state == "failed":
-            raise HealthError(
-                f"{unit} failed to start ({st.active_state}/{st.sub_state}, "
-                f"restarted {st.restarts - baseline}x)",
-                hint=f"its log says: {service.journal_tail(unit)}",
-            )
-        if st.active:
-            if url is None:
-                break
+        # The HTTP probe is cheap; `systemctl show` is a process and a D-Bus call that compete
+        # with the starting app for the CPUs, so systemd is asked every STATUS_EVERY seconds, or
+        # as soon as the app answers (to confirm it is the unit's process, not restarting).
+        answered = None
+        if url is not None:
             result = probe(url)
-            last = result.detail
-            if result.ok:
+            last, answered = result.detail, result.ok
+        if answered is not False or time.monotonic() >= ask_systemd:
+            ask_systemd = time.monotonic() + STATUS_EVERY
+            st = service.status(unit)
+            if st.restarts > baseline or st.active_state == "failed":
+                raise HealthError(
+                    f"{unit} failed to start ({st.active_state}/{st.sub_state}, "
+                    f"restarted {st.restarts - baseline}x)",
+                    hint=f"its log says: {service.journal_tail(unit)}",
+                )
+            if st.active and answered is not False:
                 break
-        else:
-            last = f"{unit} is {st.active_state}/{st.sub_state}"
+            if not st.active:
+                last = f"{unit} is {st.active_state}/{st.sub_state}"
         if time.monotonic() >= deadline:
             raise HealthError(f"{url or unit} not healthy after {timeout:g} s: {last}")
         time.sleep(delay)
