@@ -379,3 +379,56 @@ def test_rollback_fault(
         ("rollback", "1.0.4", "success"),
         ("apply", "1.0.4", "success"),
     ), last
+
+
+# --- the undo of a failed update ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(k, marks=pytest.mark.fault(k, "undo (failed update)", ends_as=e), id=k)
+        for k, e in {
+            "SIGKILL": "old version whole after configure -a (undo finished; the retry fails again)",
+            "power loss": "old version whole after boot + configure -a (likewise)",
+        }.items()
+    ],
+)
+def test_crash_while_a_failed_update_is_undone(
+    kind: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
+) -> None:
+    """An update whose app will not start is being undone (its files going back) when the fault
+    hits: the next `dpkg --configure -a` finishes that undo before anything else."""
+    box = new_container()
+    store.install_toolchain(box, toolchain_deb)
+    store.deploy_by_hand(box, example_repo, "v1.0.5")
+    assert store.apt_install(box, example_repo.build("v1.0.6")).returncode == 0
+    rows = store.register_customers(box, 5)
+    deb = example_repo.build("broken/start", "--version", "1.0.7", "--since", "v1.0.6")
+    box.copy_in(deb, f"/var/tmp/{deb.name}")
+    apt = faults.BackgroundApt(box, f"install -y -q /var/tmp/{deb.name}")
+    apt.pause_when(LOG_DIR, faults.log_says(box, f"{LOG_DIR}/update.log", "-> undo apply-files"), "its undo")
+
+    if kind == "SIGKILL":
+        apt.kill()
+    else:
+        box.kill_hard()
+        apt.untrace()
+        box.boot()
+
+    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    assert result.returncode != 0  # the undo is finished, then 1.0.7 is tried again and fails again
+    store.assert_tree(box, example_repo, "v1.0.6")
+    assert store.health(box)["version"] == "1.0.6"
+    assert set(rows) <= store.customer_emails(box)
+    assert store.dpkg_status(box) == ("iF", "1.0.7")
+    assert not box.path(store.JOURNAL).exists()
+    statuses = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
+    assert ("recover", "1.0.7", "interrupted") in statuses and statuses[-1] == ("apply", "1.0.7", "failed")
+    # and back to a clean dpkg: the live version from the local repository
+    back = box.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{store.PACKAGE}=1.0.6"],
+                   check=False, timeout=300)  # fmt: skip
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert store.dpkg_status(box) == ("ii", "1.0.6")
+    assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
+    store.assert_tree(box, example_repo, "v1.0.6")
