@@ -77,7 +77,7 @@ def _state(pid: int) -> str:
 
 
 PACKAGE_TOOLS = ("apt-get", "dpkg", "nesop_deb.hooks")
-SLOW_FSYNC_US = 25_000
+SLOW_FSYNC_US = 40_000
 
 
 class Background:

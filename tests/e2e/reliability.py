@@ -59,7 +59,7 @@ def write(path: Path) -> None:
         "`apt install nesop-store-update=1.0.4` from 1.0.5. The host watches the runtime's write-ahead",
         "journal (the step in progress) with inotify and stops the whole apt process group with SIGSTOP",
         "the moment it names the step; strace, attached from the host, makes each fsync of the run slow",
-        "(25 ms) so that even the millisecond steps are caught inside, and the test checks they were.",
+        "(40 ms) so that even the millisecond steps are caught inside, and the test checks they were.",
         "Then: **SIGKILL** kills apt, dpkg and the maintainer script; **power loss** kills every process",
         "of the machine at once and boots it again on the same root; **step fails** breaks what the step",
         "needs (a read-only directory, a staged file removed, a refused stop, a state file that cannot be",
