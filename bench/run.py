@@ -2,7 +2,7 @@
 """`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
 
     bench/run.py [--only outage,size,build,scaling] [--runs 5] [--scaling-runs 3]
-                 [--assets 10,100,300] [--db 1,50,200] [--large] [--output docs/benchmarks.md]
+                 [--assets 10,100,1024] [--db 1,50,500] [--output docs/benchmarks.md]
     bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
 
 Every number is compared with a baseline measured in the same run on the same machine: a bare
@@ -34,7 +34,6 @@ from bench.common import say  # noqa: E402
 from tests.e2e.testbed import missing_prerequisites  # noqa: E402
 
 BENCHMARKS = ("outage", "size", "build", "scaling")  # rollback times come with the outage runs
-LARGE_ASSETS_MIB, LARGE_DB_MIB = 1024, 500
 
 
 def _ints(text: str) -> list[int]:
@@ -71,13 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--runs", type=int, default=5, help="runs of each outage/rollback measurement (5)")
     p.add_argument("--scaling-runs", type=int, default=3, help="runs of each app shape when scaling (3)")
-    p.add_argument("--assets", type=_ints, default=[10, 100, 300], help="extra assets in MiB (10,100,300)")
-    p.add_argument("--db", type=_ints, default=[1, 50, 200], help="database sizes in MiB (1,50,200)")
-    p.add_argument(
-        "--large",
-        action="store_true",
-        help=f"also {LARGE_ASSETS_MIB} MiB of assets and a {LARGE_DB_MIB} MiB database (minutes longer)",
-    )
+    p.add_argument("--assets", type=_ints, default=[10, 100, 1024], help="extra assets in MiB (10,100,1024)")
+    p.add_argument("--db", type=_ints, default=[1, 50, 500], help="database sizes in MiB (1,50,500)")
     p.add_argument("--asset-mib", type=int, default=size.ASSETS_MIB, help="assets in the size benchmark (24)")
     p.add_argument("--build-sizes", type=_ints, default=[100, 1000, 10000], help="repository sizes (files)")
     p.add_argument("--build-runs", type=int, default=5, help="timed builds per repository size (5)")
@@ -90,9 +84,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure nothing: write the report again from a run's results.pickle (in its --work)",
     )
     args = p.parse_args(argv)
-    if args.large:
-        args.assets = sorted({*args.assets, LARGE_ASSETS_MIB})
-        args.db = sorted({*args.db, LARGE_DB_MIB})
     if min(args.runs, args.scaling_runs, args.build_runs) < 1:
         p.error("every run count must be at least 1")
     return args
