@@ -80,6 +80,8 @@ class Job:
     # the database copy taken before the stop, with its open connection; never journaled, so a
     # job rebuilt after a crash has none and copies the database again
     early_db: database.HeldSnapshot | None = field(default=None, repr=False)
+    # the migrations, parsed before the stop (yoyo imported); likewise never journaled
+    migrations: Any = field(default=None, repr=False)
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
@@ -98,6 +100,11 @@ class Job:
     def snapshots_database(self) -> bool:
         """Only an update with migrations can change the database, so only it takes a snapshot."""
         return bool(self.manifest.migrations) and self.ctx.database_path is not None
+
+    @property
+    def recorded_migrations(self) -> Path:
+        """The recorded copy of the version's migrations (the undo data, see :class:`Record`)."""
+        return state.version_dir(self.ctx, self.manifest.version) / "migrations"
 
     def payload(self, rel: str) -> Path:
         return self.source / "payload" / rel
@@ -202,6 +209,9 @@ class Prepare:
                 stage_symlink(_tmp(target), f.link_target)
             else:
                 stage(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
+        if job.manifest.migrations:
+            # parsed now, while the app serves: after the stop only the migrations themselves run
+            job.migrations = database.read(job.recorded_migrations, [m.id for m in job.manifest.migrations])
 
     def _missing_dirs(self) -> list[Path]:
         """The directories the new files need that do not exist yet, parents first."""
@@ -386,16 +396,12 @@ class Migrate:
     def __init__(self, job: Job) -> None:
         self.job = job
 
-    @property
-    def directory(self) -> Path:
-        return state.version_dir(self.job.ctx, self.job.manifest.version) / "migrations"
-
     def apply(self) -> None:
         job = self.job
         url = job.ctx.database_url
         assert url is not None
         ids = [m.id for m in job.manifest.migrations]
-        job.migrated = database.apply(url, self.directory, ids)
+        job.migrated = database.apply(url, job.recorded_migrations, ids, job.migrations)
         db = job.ctx.database_path
         if db is not None:
             for suffix in ("", "-wal", "-shm"):
@@ -418,7 +424,7 @@ class Migrate:
         # yoyo created in a database it never managed, and any half-run non-transactional step
         if applied and not irreversible:
             try:
-                database.rollback(url, self.directory, ids)
+                database.rollback(url, job.recorded_migrations, ids)
                 return
             except database.MigrationError as exc:
                 if not snapshot.exists():

@@ -19,7 +19,7 @@ import pytest
 from nesop_deb import __version__
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import apply, backup, history, operations, state, transaction
+from nesop_deb.runtime import apply, backup, database, history, operations, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.fsutil import write_json_atomic
 from tests.unit.runtime_fixtures import (
@@ -276,6 +276,30 @@ def test_a_tampered_payload_is_refused_before_any_change(server: Server) -> None
     assert server.systemd.verbs() == []
     assert history.read(server.ctx.history_file)[-1]["status"] == "refused"
     assert state.read_journal(server.ctx) is None
+
+
+def test_the_migrations_are_read_once_and_before_the_stop(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing yoyo and parsing the migrations cost no outage: only running them does."""
+    install_base(server)
+    manifest = release_101(server)
+    reads: list[list[str]] = []  # the systemctl verbs called by the time of each read
+    real_read = database.read
+
+    def read(directory: Path, ids: list[str]) -> Any:
+        reads.append(server.systemd.verbs())
+        return real_read(directory, ids)
+
+    monkeypatch.setattr(database, "read", read)
+    run_apply(server, manifest)
+
+    assert reads == [[]]  # one read, before the stop
+    assert "stop" in server.systemd.verbs()
+    assert state.load(server.ctx).current == "1.0.1"
+    with sqlite3.connect(server.db) as conn:
+        applied = {r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration")}
+    assert {m.id for m in manifest.migrations} <= applied
 
 
 def test_database_files_keep_their_owner_after_migrating(server: Server) -> None:
