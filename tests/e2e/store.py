@@ -231,11 +231,13 @@ def dpkg_status(box: Container) -> tuple[str, str]:
 
 
 def history(box: Container) -> list[dict[str, Any]]:
-    path = box.path(f"{APP_ROOT}/logs/update_history.json")
-    if not path.exists():
-        return []
-    data: list[dict[str, Any]] = json.loads(path.read_text())
-    return data
+    """The update history, with any entries still waiting in the state directory (what
+    `nesop-update history` shows): an entry the full app file system could not take waits there."""
+    entries: list[dict[str, Any]] = []
+    for path in (f"{APP_ROOT}/logs/update_history.json", f"/var/lib/{PACKAGE}/history-pending.json"):
+        if box.path(path).exists():
+            entries += json.loads(box.path(path).read_text())
+    return entries
 
 
 def health(box: Container) -> dict[str, Any]:

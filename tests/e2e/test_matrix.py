@@ -384,22 +384,31 @@ def test_rollback_fault(
 # --- the undo of a failed update ----------------------------------------------------------------
 
 
+UNDO_FAULTS = {
+    "SIGKILL": "old version whole after configure -a (undo finished; the retry fails again)",
+    "power loss": "old version whole after boot + configure -a (likewise)",
+    "step fails": "apt fails, journal kept; after the fix configure -a finishes the undo (likewise)",
+    "disk full": "apt fails, journal kept; after freeing space configure -a finishes the undo (likewise)",
+}
+
+
 @pytest.mark.parametrize(
     "kind",
     [
         pytest.param(k, marks=pytest.mark.fault(k, "undo (failed update)", ends_as=e), id=k)
-        for k, e in {
-            "SIGKILL": "old version whole after configure -a (undo finished; the retry fails again)",
-            "power loss": "old version whole after boot + configure -a (likewise)",
-        }.items()
+        for k, e in UNDO_FAULTS.items()
     ],
 )
-def test_crash_while_a_failed_update_is_undone(
-    kind: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
+def test_fault_while_a_failed_update_is_undone(
+    kind: str,
+    new_container: ContainerFactory,
+    toolchain_deb: Path,
+    example_repo: store.ExampleRepo,
+    request: pytest.FixtureRequest,
 ) -> None:
     """An update whose app will not start is being undone (its files going back) when the fault
     hits: the next `dpkg --configure -a` finishes that undo before anything else."""
-    box = new_container()
+    box = small_app_fs(new_container, request) if kind == "disk full" else new_container()
     store.install_toolchain(box, toolchain_deb)
     store.deploy_by_hand(box, example_repo, "v1.0.5")
     assert store.apt_install(box, example_repo.build("v1.0.6")).returncode == 0
@@ -409,12 +418,32 @@ def test_crash_while_a_failed_update_is_undone(
     apt = faults.BackgroundApt(box, f"install -y -q /var/tmp/{deb.name}")
     apt.pause_when(LOG_DIR, faults.log_says(box, f"{LOG_DIR}/update.log", "-> undo apply-files"), "its undo")
 
+    dropin = "/etc/systemd/system/nesop-store.service.d/broken.conf"
     if kind == "SIGKILL":
         apt.kill()
-    else:
+    elif kind == "power loss":
         box.kill_hard()
         apt.untrace()
         box.boot()
+    else:
+        if kind == "step fails":  # the old app, its files back, will not start either
+            box.write_file(dropin, "[Service]\nExecStartPre=/bin/false\n")
+            box.run(["systemctl", "daemon-reload"])
+        else:
+            filler = faults.fill(box.path(BACKUPS))
+        apt.resume()
+        assert apt.wait() != 0, apt.output()[-2000:]
+        # the undo could not finish: it says so, and leaves its journal for the next run
+        failed = store.history(box)[-1]
+        assert (failed["action"], failed["version"], failed["status"]) == ("apply", "1.0.7", "failed"), failed
+        assert failed["undo_errors"] and failed["old_app_healthy"] is False, failed
+        assert box.path(store.JOURNAL).exists()
+        assert store.dpkg_status(box) == ("iF", "1.0.7")
+        if kind == "step fails":
+            box.run(["rm", dropin])
+            box.run(["systemctl", "daemon-reload"])
+        else:
+            filler.unlink()
 
     result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
     assert result.returncode != 0  # the undo is finished, then 1.0.7 is tried again and fails again
