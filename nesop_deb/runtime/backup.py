@@ -21,6 +21,7 @@ from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.runtime import database
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import confined, copy_preserving, fsync_dir, live_digest, write_json_atomic
+from nesop_deb.runtime.log import log
 
 MANIFEST = "backup_manifest.json"
 DB_FILE = "database.sqlite3"
@@ -178,8 +179,6 @@ def drop_early_database(backup_dir: Path) -> None:
     try:
         (backup_dir / DB_EARLY).unlink(missing_ok=True)
     except OSError as exc:
-        from nesop_deb.runtime.log import log
-
         log.warning("cannot remove %s: %s", backup_dir / DB_EARLY, exc)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import write_json_atomic
+from nesop_deb.runtime.log import log
 
 
 def read(path: Path) -> list[dict[str, Any]]:
@@ -44,8 +45,6 @@ def append(ctx: Context, entry: dict[str, Any]) -> None:
 def note(ctx: Context, entry: dict[str, Any]) -> None:
     """:func:`append` where a failure must not hide the error being reported: when the app's file
     system is full, the entry waits in the state directory and goes in with the next one."""
-    from nesop_deb.runtime.log import log
-
     try:
         append(ctx, entry)
     except OSError as exc:

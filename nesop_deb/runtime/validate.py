@@ -12,13 +12,14 @@ import json
 import os
 import sqlite3
 import stat
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from nesop_deb import proc
-from nesop_deb.errors import NesopError
+from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.manifest import Action
 from nesop_deb.runtime import accounts, database, health, history, service, state
 from nesop_deb.runtime.context import Context
@@ -69,6 +70,9 @@ def check_files(ctx: Context) -> CheckResult:
     return CheckResult("files", not problems, f"{n} files of {st.current} checked by sha256", problems)
 
 
+RESTART_WATCH = 0.5  # seconds between the two looks at the service
+
+
 def check_service(ctx: Context) -> CheckResult:
     unit = ctx.app.service
     first = service.status(unit)
@@ -76,9 +80,7 @@ def check_service(ctx: Context) -> CheckResult:
         return CheckResult("service", False, f"{unit} is not installed")
     if not first.active:
         return CheckResult("service", False, f"{unit} is {first.active_state}/{first.sub_state}")
-    import time
-
-    time.sleep(0.5)
+    time.sleep(RESTART_WATCH)  # a unit in a restart loop can look active at any one moment
     second = service.status(unit)
     if second.restarts != first.restarts or second.main_pid != first.main_pid:
         return CheckResult(
@@ -271,8 +273,6 @@ def run(ctx: Context, selected: list[str] | None = None) -> list[CheckResult]:
     wanted = selected or names(ctx)
     unknown = [n for n in wanted if n not in BUILTIN and n not in custom]
     if unknown:
-        from nesop_deb.errors import UsageError
-
         raise UsageError(f"--check {unknown[0]}: no such check", hint=f"choose from {', '.join(names(ctx))}")
     results = []
     for n in wanted:
