@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 import textwrap
@@ -58,6 +59,13 @@ def main() -> int:
 
     say("Building the example store's release history and its update packages")
     work = Path(tempfile.mkdtemp(prefix="nesop-demo-", dir="/var/tmp"))
+    try:
+        return _demo(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _demo(args: argparse.Namespace, work: Path) -> int:
     repo = store.ExampleRepo.create(work)
     full = build(repo, "v1.0.4", "--full", name="full-1.0.4")
     upd5 = build(repo, "v1.0.5")
