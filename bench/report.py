@@ -115,8 +115,9 @@ def _outage_why(results: outage.OutageResults) -> str:
         "health gate compares was read before the stop, and `reset-failed` runs only after a "
         "failure). While the app starts, the health gate probes it over HTTP and asks systemd "
         f"(`systemctl show`, {ms['show']:.0f} ms here) at most every 100 ms, on the same two CPUs. "
-        "Staging, verification, the backup and the database copy run before the stop and cost no "
-        "outage.\n\n"
+        "Staging, verification, parsing the migrations (yoyo's import included), the backup and the "
+        "database copy run before the stop and cost no outage; a rollback parses its down-migrations "
+        "before its stop too.\n\n"
         + "\n".join(lines)
         + "\n\nWhat is left is the price of crash safety and the measurement's noise: the journal "
         "writes are what lets `dpkg --configure -a` undo a half-applied update after a power loss "

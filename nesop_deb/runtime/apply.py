@@ -104,7 +104,7 @@ class Job:
     @property
     def recorded_migrations(self) -> Path:
         """The recorded copy of the version's migrations (the undo data, see :class:`Record`)."""
-        return state.version_dir(self.ctx, self.manifest.version) / "migrations"
+        return state.recorded_migrations(self.ctx, self.manifest.version)
 
     def payload(self, rel: str) -> Path:
         return self.source / "payload" / rel

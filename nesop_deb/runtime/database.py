@@ -230,10 +230,12 @@ def apply(url: str, directory: Path, ids: Sequence[str], migrations: Any = None)
             raise MigrationError(f"the database migration lock is held: {exc}") from exc
 
 
-def rollback(url: str, directory: Path, ids: Sequence[str]) -> list[str]:
-    """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back."""
+def rollback(url: str, directory: Path, ids: Sequence[str], migrations: Any = None) -> list[str]:
+    """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back.
+
+    ``migrations``: as for :func:`apply`."""
     with _backend(url) as backend, backend.lock():
-        todo = backend.to_rollback(read(directory, ids))
+        todo = backend.to_rollback(read(directory, ids) if migrations is None else migrations)
         done: list[str] = []
         for m in sorted(todo, key=lambda m: m.id, reverse=True):
             try:

@@ -85,6 +85,11 @@ def version_dir(ctx: Context, version: str) -> Path:
     return ctx.state_dir / "versions" / version
 
 
+def recorded_migrations(ctx: Context, version: str) -> Path:
+    """The copy of a version's migrations (with their rollbacks) kept by :func:`record_version`."""
+    return version_dir(ctx, version) / "migrations"
+
+
 def record_version(ctx: Context, manifest: Manifest, migrations_src: Path) -> None:
     """Keep a version's manifest and migrations (its undo data) in the state directory."""
     vdir = version_dir(ctx, manifest.version)

@@ -7,6 +7,7 @@ rollbacks live on the server, so this code need not know what later versions did
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
@@ -16,8 +17,27 @@ from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
 
 
-def _undo_one(ctx: Context, entry: state.Applied) -> str:
-    """Put the app back to what it was before ``entry`` was applied; the service is stopped."""
+def _read_migrations(ctx: Context, todo: list[state.Applied]) -> dict[str, Any]:
+    """Each version's recorded migrations, parsed while the app still serves (yoyo imported), so
+    that the outage pays only for running the rollbacks. One that cannot be read now is read
+    again after the stop, where its error is reported as before."""
+    parsed: dict[str, Any] = {}
+    if ctx.database_url is None:
+        return parsed
+    for entry in todo:
+        if entry.migrations:
+            try:
+                directory = state.recorded_migrations(ctx, entry.version)
+                parsed[entry.version] = database.read(directory, entry.migrations)
+            except Exception as exc:  # yoyo raises its own errors for unreadable migrations
+                log.warning("cannot read the migrations of %s before the stop: %s", entry.version, exc)
+    return parsed
+
+
+def _undo_one(ctx: Context, entry: state.Applied, migrations: Any = None) -> str:
+    """Put the app back to what it was before ``entry`` was applied; the service is stopped.
+
+    ``migrations``: the version's migrations as :func:`_read_migrations` parsed them, if it could."""
     manifest = state.stored_manifest(ctx, entry.version)
     if entry.backup is None or not (ctx.backups_dir / entry.backup).is_dir():
         raise NesopError(f"the backup taken before {entry.version} ({entry.backup}) is missing")
@@ -35,9 +55,8 @@ def _undo_one(ctx: Context, entry: state.Applied) -> str:
                 )
             how += f"; database snapshot restored (the replaced database is kept as {kept})"
         else:
-            done = database.rollback(
-                url, state.version_dir(ctx, entry.version) / "migrations", entry.migrations
-            )
+            directory = state.recorded_migrations(ctx, entry.version)
+            done = database.rollback(url, directory, entry.migrations, migrations)
             how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
     backup.restore_files(ctx, bdir)
     return how
@@ -76,11 +95,12 @@ def undo_locked(ctx: Context, target: str, *, resume_from: str | None = None) ->
     status, reason = "success", None
     try:
         with runlog.step(f"roll back {ctx.app.name} from {source} to {target}"):
+            parsed = _read_migrations(ctx, todo)
             with runlog.step("stop"):
                 service.stop(ctx.app.service)
             for entry in todo:
                 with runlog.step(f"undo {entry.version}"):
-                    notes.append(f"{entry.version}: {_undo_one(ctx, entry)}")
+                    notes.append(f"{entry.version}: {_undo_one(ctx, entry, parsed.get(entry.version))}")
                 st.applied.remove(entry)
                 state.save(ctx, st)
                 undone.append(entry.version)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import history, operations, state, undo
+from nesop_deb.runtime import database, history, operations, state, undo
 from tests.unit.runtime_fixtures import (
     APP_V2,
     M2,
@@ -80,6 +81,42 @@ def test_undo_above_rolls_back_a_reversible_migration_and_keeps_new_rows(server:
     assert "migrations rolled back: 0002_orders" in last["notes"][0]
     assert state.read_journal(server.ctx) is None
     assert leftovers(server.root) == []
+
+
+def test_undo_above_reads_the_rollbacks_before_the_stop(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Importing yoyo and parsing cost no outage; a version whose migrations cannot be read
+    before the stop is read again after it, as before."""
+    install_base(server)
+    apply_now(server, server.package("1.0.1", changes_101()))
+    db_101 = db_dump(server.db)
+    apply_now(server, release_102(server, [M2]))
+    reads: list[list[str]] = []  # the systemctl verbs called by the time of each read
+    failures = [OSError("not now")]
+    real_read = database.read
+
+    def read(directory: Path, ids: list[str]) -> Any:
+        reads.append(server.systemd.verbs())
+        if failures:
+            raise failures.pop()
+        return real_read(directory, ids)
+
+    monkeypatch.setattr(database, "read", read)
+    before = len(server.systemd.verbs())
+    undo.undo_above(server.ctx, "1.0.1")
+
+    assert [r[before:] for r in reads] == [[], ["stop"]]  # tried before the stop; again after it
+    assert db_dump(server.db)["schema"] == db_101["schema"]
+    assert server.applied() == ["1.0.1"]
+
+    # and read once, before the stop, when it can be
+    apply_now(server, release_102(server, [M2]))
+    reads.clear()
+    before = len(server.systemd.verbs())
+    undo.undo_above(server.ctx, "1.0.1")
+    assert [r[before:] for r in reads] == [[]]
+    assert db_dump(server.db)["schema"] == db_101["schema"]
 
 
 def test_undo_above_restores_the_snapshot_for_an_irreversible_migration(server: Server) -> None:
