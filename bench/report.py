@@ -82,11 +82,14 @@ def _outage_why(results: outage.OutageResults) -> str:
     phases, costs = results.phases, results.costs
     base = outage.baseline(phases).median
     restarts = [op for p in phases for op in p.restarts]
+    stop_starts = [op for p in phases for op in p.stop_starts]
+    least = outage.floor(phases).median
     spread = Stat.of(op.outage_s for op in restarts)
     ms = {k: v * 1000 for k, v in costs.items()}
     lines = []
     for p in phases:
         extra = (p.apply_outage().median - base) * 1000
+        over_floor = (p.compared().median - least) * 1000
         delta = {
             k: (_median_service(p.applies, k) - _median_service(restarts, k)) * 1000
             for k in ("stop", "gap", "startup")
@@ -99,13 +102,20 @@ def _outage_why(results: outage.OutageResults) -> str:
             )
         lines.append(
             f"- {p.update}: {extra:+.0f} ms against the restart. Stopping {delta['stop']:+.0f} ms, "
-            f"Stopped→Started {delta['gap']:+.0f} ms{inside}, start-up {delta['startup']:+.0f} ms."
+            f"Stopped→Started {delta['gap']:+.0f} ms{inside}, start-up {delta['startup']:+.0f} ms. "
+            f"Against `systemctl stop` + `systemctl start`: {over_floor:+.0f} ms"
+            + (" (outage − migrate)." if p.migrates else ".")
         )
     return (
         "Why: the store is down from `Stopping` to its first answer after `Started`, in a restart "
         "and in an update alike. Stopping takes the same time in both. Most of the difference is "
         "the time between `Stopped` and `Started`: in a bare restart systemd forks the new process "
-        f"within the same job ({_median_service(restarts, 'gap') * 1000:.0f} ms); in an update the "
+        f"within the same job ({_median_service(restarts, 'gap') * 1000:.0f} ms). Two commands, "
+        "`systemctl stop` and then `systemctl start`, already widen that to "
+        f"{_median_service(stop_starts, 'gap') * 1000:.0f} ms (a new process and its D-Bus round "
+        "trip after the first has returned), and their outage is "
+        f"{least * 1000:.0f} ms, {least / base:.2f}x the restart: any update that changes the app "
+        "while it is stopped pays that. In an update the "
         "runtime's own steps run there, each starting with a journal write "
         f"({ms['journal']:.1f} ms here: write, fsync, rename, fsync of the directory): the end of "
         "`stop`, for a migration `snapshot-db` (a `PRAGMA data_version` on the connection kept from "
@@ -119,7 +129,8 @@ def _outage_why(results: outage.OutageResults) -> str:
         "database copy run before the stop and cost no outage; a rollback parses its down-migrations "
         "before its stop too.\n\n"
         + "\n".join(lines)
-        + "\n\nWhat is left is the price of crash safety and the measurement's noise: the journal "
+        + "\n\nWhat is left beyond stop-and-start is the price of crash safety and the "
+        "measurement's noise: the journal "
         "writes are what lets `dpkg --configure -a` undo a half-applied update after a power loss "
         "(see [reliability.md](reliability.md)), so they stay; the bare restarts alone spread over "
         f"{spread.low * 1000:.0f}–{spread.high * 1000:.0f} ms, as wide as the gaps to the goal.\n"

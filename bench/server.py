@@ -229,6 +229,14 @@ class Server:
         """The baseline: a bare ``systemctl restart`` of the same app."""
         return self._timed("systemctl restart", ["systemctl", "restart", store.UNIT])
 
+    def stop_start(self) -> OpResult:
+        """The floor of any update that changes the app while it is down: ``systemctl stop`` and
+        then ``systemctl start``, two commands, with nothing in between."""
+        unit = store.UNIT
+        return self._timed(
+            "systemctl stop, start", ["sh", "-c", f"systemctl stop {unit} && systemctl start {unit}"]
+        )
+
     def version(self) -> str:
         return store.dpkg_status(self.box)[1]
 
