@@ -126,14 +126,18 @@ def check_web(ctx: Context) -> CheckResult:
     if not result.ok:
         problems.append(f"{url}: {result.detail}")
     base = url.split("/", 3)
+    answered = 0
     for page in ctx.app.health_pages:
         page_url = page if page.startswith("http") else f"{base[0]}//{base[2]}/{page.lstrip('/')}"
         r = health.probe(page_url, timeout=5)
-        if not r.ok:
+        if r.ok:
+            answered += 1
+        else:
             problems.append(f"{page_url}: {r.detail}")
-    return CheckResult(
-        "web", not problems, f"{url}: {result.detail}; {len(ctx.app.health_pages)} pages", problems
-    )
+    summary = f"{url}: {result.detail}"
+    if ctx.app.health_pages:
+        summary += f"; {answered} of {len(ctx.app.health_pages)} more pages answered 2xx"
+    return CheckResult("web", not problems, summary, problems)
 
 
 def check_permissions(ctx: Context) -> CheckResult:

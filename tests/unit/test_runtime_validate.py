@@ -124,6 +124,18 @@ def test_each_check_finds_its_problem(
     assert expected in " | ".join([result.summary, *result.problems])
 
 
+def test_web_requests_the_configured_pages_too(app: Validated) -> None:
+    (good,) = validate.run(app.server.ctx, ["web"])
+    assert good.ok and good.summary.endswith(": HTTP 200"), good  # no pages configured
+
+    app.server.configure(pages=["/cart", "http://127.0.0.1:1/admin"])
+    (web,) = validate.run(app.server.ctx, ["web"])
+
+    assert not web.ok
+    assert web.summary.endswith("; 1 of 2 more pages answered 2xx"), web
+    assert len(web.problems) == 1 and web.problems[0].startswith("http://127.0.0.1:1/admin: no answer"), web
+
+
 def test_a_waiting_nesop_new_file_is_reported(app: Validated) -> None:
     (app.server.app_root / "config.py.nesop-new").write_bytes(b"DEBUG = False\n")
     [result] = validate.run(app.server.ctx, ["config"])
