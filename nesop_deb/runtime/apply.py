@@ -1,17 +1,13 @@
 """postinst configure: apply an update as one transaction, or restore everything and fail.
 
-verify → record undo data → stage new files → back up → stop → snapshot DB → apply files →
-migrate → start → health gate → commit. Everything before ``stop`` happens while the old app still
-serves, so the outage is the restart plus the renames and migrations.
+verify → record undo data → stage new files (and parse the migrations) → back up (and copy the
+DB) → stop → snapshot DB → apply files → migrate → start → health gate → commit. Everything
+before ``stop`` happens while the old app still serves, so the outage is the restart plus the
+renames and running the migrations; the snapshot adds to it only when the database was written
+to between its early copy and the stop.
 
 The stage step also reserves, on the app's file system, the space an undo needs (a copy of every
 touched file and of the database): a disk that fills up during the update cannot stop the undo.
-
-    @property
-verify → record undo data → stage new files → back up (and copy the DB) → stop → snapshot DB →
-apply files → migrate → start → health gate → commit. Everything before ``stop`` happens while the
-old app still serves, so the outage is the restart plus the renames and migrations; the snapshot
-adds to it only when the database was written to between its early copy and the stop.
 """
 
 from __future__ import annotations
@@ -81,7 +77,7 @@ class Job:
     # job rebuilt after a crash has none and copies the database again
     early_db: database.HeldSnapshot | None = field(default=None, repr=False)
     # the migrations, parsed before the stop (yoyo imported); likewise never journaled
-    migrations: Any = field(default=None, repr=False)
+    migrations: database.Migrations = field(default=None, repr=False)
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
 
     @property
@@ -209,8 +205,13 @@ class Prepare:
                 stage_symlink(_tmp(target), f.link_target)
             else:
                 stage(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
-        if job.manifest.migrations:
-            # parsed now, while the app serves: after the stop only the migrations themselves run
+        self._read_migrations()
+
+    def _read_migrations(self) -> None:
+        """Parsed now, while the app serves: after the stop only the migrations themselves run,
+        and one that cannot be parsed fails the update before it."""
+        job = self.job
+        if job.manifest.migrations and job.ctx.database_url is not None:
             job.migrations = database.read(job.recorded_migrations, [m.id for m in job.manifest.migrations])
 
     def _missing_dirs(self) -> list[Path]:

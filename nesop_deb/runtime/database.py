@@ -169,17 +169,30 @@ def _backend(url: str) -> Iterator[Any]:
             backend.connection.close()
 
 
-def read(directory: Path, ids: Sequence[str]) -> Any:
-    """The migrations ``ids`` of ``directory``, parsed (yoyo's MigrationList).
+Migrations = Any  # yoyo's MigrationList, every migration in it loaded
+
+
+def read(directory: Path, ids: Sequence[str]) -> Migrations:
+    """The migrations ``ids`` of ``directory``, read and parsed (rollbacks included).
 
     Importing yoyo and parsing take tens of milliseconds: an update does both before the stop
-    and hands the result to :func:`apply`, so that the outage pays only for the migrations.
+    and hands the result to :func:`apply` (a rollback to :func:`rollback`), so that the outage
+    pays only for running them, and a migration that cannot be parsed fails the update while
+    the old app still serves.
     """
     from yoyo import read_migrations
 
-    migrations = read_migrations(str(directory))
     wanted = set(ids)
-    return migrations.filter(lambda m: m.id in wanted)
+    migrations = read_migrations(str(directory)).filter(lambda m: m.id in wanted)
+    missing = sorted(wanted - {m.id for m in migrations})
+    if missing:
+        raise MigrationError(f"{directory}: migration(s) {', '.join(missing)} not found")
+    for m in migrations:
+        try:
+            m.load()  # yoyo reads a migration's files only when first asked for its steps
+        except Exception as exc:  # yoyo's own BadMigration, or whatever a malformed file raises
+            raise MigrationError(f"cannot read migration {m.id}: {exc!r}") from exc
+    return migrations
 
 
 def applied_ids(url: str) -> list[str]:
@@ -207,7 +220,7 @@ def _has_table(db: Path, name: str) -> bool:
         conn.close()
 
 
-def apply(url: str, directory: Path, ids: Sequence[str], migrations: Any = None) -> list[str]:
+def apply(url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None) -> list[str]:
     """Apply those of ``ids`` not yet applied, in name order; return the ids applied now.
 
     ``migrations``: what :func:`read` returned for the same ``directory`` and ``ids``, if the
@@ -230,7 +243,7 @@ def apply(url: str, directory: Path, ids: Sequence[str], migrations: Any = None)
             raise MigrationError(f"the database migration lock is held: {exc}") from exc
 
 
-def rollback(url: str, directory: Path, ids: Sequence[str], migrations: Any = None) -> list[str]:
+def rollback(url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None) -> list[str]:
     """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back.
 
     ``migrations``: as for :func:`apply`."""

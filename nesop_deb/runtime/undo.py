@@ -7,37 +7,40 @@ rollbacks live on the server, so this code need not know what later versions did
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
+from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import backup, database, health, history, lock, repo, service, state
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
 
 
-def _read_migrations(ctx: Context, todo: list[state.Applied]) -> dict[str, Any]:
-    """Each version's recorded migrations, parsed while the app still serves (yoyo imported), so
-    that the outage pays only for running the rollbacks. One that cannot be read now is read
-    again after the stop, where its error is reported as before."""
-    parsed: dict[str, Any] = {}
+def _irreversible(manifest: Manifest, entry: state.Applied) -> list[str]:
+    """The migrations of ``entry`` that have no rollback: undone by restoring its snapshot."""
+    by_id = {m.id: m for m in manifest.migrations}
+    return [i for i in entry.migrations if not by_id.get(i) or not by_id[i].reversible]
+
+
+def _read_migrations(ctx: Context, todo: list[state.Applied]) -> dict[str, database.Migrations]:
+    """The rollbacks each version will run, parsed while the app still serves (yoyo imported):
+    the outage pays only for running them, and one that cannot be parsed fails the rollback
+    before the stop."""
+    parsed: dict[str, database.Migrations] = {}
     if ctx.database_url is None:
         return parsed
     for entry in todo:
-        if entry.migrations:
-            try:
-                directory = state.recorded_migrations(ctx, entry.version)
-                parsed[entry.version] = database.read(directory, entry.migrations)
-            except Exception as exc:  # yoyo raises its own errors for unreadable migrations
-                log.warning("cannot read the migrations of %s before the stop: %s", entry.version, exc)
+        if entry.migrations and not _irreversible(state.stored_manifest(ctx, entry.version), entry):
+            directory = state.recorded_migrations(ctx, entry.version)
+            parsed[entry.version] = database.read(directory, entry.migrations)
     return parsed
 
 
-def _undo_one(ctx: Context, entry: state.Applied, migrations: Any = None) -> str:
+def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migrations = None) -> str:
     """Put the app back to what it was before ``entry`` was applied; the service is stopped.
 
-    ``migrations``: the version's migrations as :func:`_read_migrations` parsed them, if it could."""
+    ``migrations``: the version's migrations as :func:`_read_migrations` parsed them."""
     manifest = state.stored_manifest(ctx, entry.version)
     if entry.backup is None or not (ctx.backups_dir / entry.backup).is_dir():
         raise NesopError(f"the backup taken before {entry.version} ({entry.backup}) is missing")
@@ -45,8 +48,7 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: Any = None) -> str
     how = "files restored"
     url = ctx.database_url
     if entry.migrations and url is not None:
-        by_id = {m.id: m for m in manifest.migrations}
-        irreversible = [i for i in entry.migrations if not by_id.get(i) or not by_id[i].reversible]
+        irreversible = _irreversible(manifest, entry)
         if irreversible:
             kept = backup.restore_database(ctx, bdir, keep_current=True)
             if kept is None:

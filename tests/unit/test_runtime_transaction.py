@@ -288,8 +288,10 @@ def test_the_migrations_are_read_once_and_before_the_stop(
     real_read = database.read
 
     def read(directory: Path, ids: list[str]) -> Any:
+        migrations = real_read(directory, ids)
+        assert all(m.loaded for m in migrations)  # parsed, not only listed
         reads.append(server.systemd.verbs())
-        return real_read(directory, ids)
+        return migrations
 
     monkeypatch.setattr(database, "read", read)
     run_apply(server, manifest)
@@ -300,6 +302,22 @@ def test_the_migrations_are_read_once_and_before_the_stop(
     with sqlite3.connect(server.db) as conn:
         applied = {r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration")}
     assert {m.id for m in manifest.migrations} <= applied
+
+
+def test_a_migration_that_cannot_be_parsed_fails_the_update_before_the_stop(server: Server) -> None:
+    install_base(server)
+    bad = Migration("0003_bad", "-- transactional: maybe\nCREATE TABLE t (x INT);")
+    manifest = server.package("1.0.1", changes_101(), [M2, bad])
+    tree_before, db_before = tree(server.app_root), db_dump(server.db)
+
+    with pytest.raises(transaction.TransactionFailed) as failed:
+        run_apply(server, manifest)
+
+    assert failed.value.step == "stage"
+    assert "cannot read migration 0003_bad" in str(failed.value)
+    assert "stop" not in server.systemd.verbs()
+    assert tree(server.app_root) == tree_before
+    assert db_dump(server.db) == db_before
 
 
 def test_database_files_keep_their_owner_after_migrating(server: Server) -> None:

@@ -83,40 +83,48 @@ def test_undo_above_rolls_back_a_reversible_migration_and_keeps_new_rows(server:
     assert leftovers(server.root) == []
 
 
-def test_undo_above_reads_the_rollbacks_before_the_stop(
+def test_undo_above_parses_the_rollbacks_before_the_stop(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Importing yoyo and parsing cost no outage; a version whose migrations cannot be read
-    before the stop is read again after it, as before."""
+    """Importing yoyo and parsing cost no outage: the rollbacks are read once, before the stop."""
     install_base(server)
     apply_now(server, server.package("1.0.1", changes_101()))
     db_101 = db_dump(server.db)
     apply_now(server, release_102(server, [M2]))
     reads: list[list[str]] = []  # the systemctl verbs called by the time of each read
-    failures = [OSError("not now")]
     real_read = database.read
 
     def read(directory: Path, ids: list[str]) -> Any:
+        migrations = real_read(directory, ids)
+        assert all(m.loaded for m in migrations)
         reads.append(server.systemd.verbs())
-        if failures:
-            raise failures.pop()
-        return real_read(directory, ids)
+        return migrations
 
     monkeypatch.setattr(database, "read", read)
     before = len(server.systemd.verbs())
     undo.undo_above(server.ctx, "1.0.1")
 
-    assert [r[before:] for r in reads] == [[], ["stop"]]  # tried before the stop; again after it
+    assert [r[before:] for r in reads] == [[]]
     assert db_dump(server.db)["schema"] == db_101["schema"]
     assert server.applied() == ["1.0.1"]
 
-    # and read once, before the stop, when it can be
+
+def test_undo_above_a_rollback_that_cannot_be_parsed_fails_before_the_stop(server: Server) -> None:
+    install_base(server)
+    apply_now(server, server.package("1.0.1", changes_101()))
     apply_now(server, release_102(server, [M2]))
-    reads.clear()
+    rollback = state.recorded_migrations(server.ctx, "1.0.2") / f"{M2.id}.rollback.sql"
+    rollback.write_bytes(b"\xff\xfe not text")
     before = len(server.systemd.verbs())
-    undo.undo_above(server.ctx, "1.0.1")
-    assert [r[before:] for r in reads] == [[]]
-    assert db_dump(server.db)["schema"] == db_101["schema"]
+
+    with pytest.raises(database.MigrationError, match=f"cannot read migration {M2.id}"):
+        undo.undo_above(server.ctx, "1.0.1")
+
+    assert "stop" not in server.systemd.verbs()[before:]
+    assert server.systemd.is_active(UNIT)
+    assert server.applied() == ["1.0.1", "1.0.2"]
+    last = history.read(server.ctx.history_file)[-1]
+    assert (last["action"], last["status"]) == ("rollback", "failed"), last
 
 
 def test_undo_above_restores_the_snapshot_for_an_irreversible_migration(server: Server) -> None:
