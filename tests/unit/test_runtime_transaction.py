@@ -248,17 +248,29 @@ def test_a_restart_loop_fails_the_gate(server: Server, monkeypatch: pytest.Monke
     assert tree(server.app_root) == tree_before
 
 
-def test_a_failing_migration_rolls_back_the_ones_before_it(server: Server) -> None:
+@pytest.mark.parametrize(
+    ("sql", "step", "says"),
+    [
+        # fails when it runs: the migration before it is rolled back, the files restored
+        ("INSERT INTO no_such_table VALUES (1)", "migrate", "migration 0003_bad failed"),
+        # cannot even be parsed: found while staging, before the stop
+        ("-- transactional: maybe\nCREATE TABLE t (x INT);", "stage", "cannot read migration 0003_bad"),
+    ],
+    ids=["fails", "unparseable"],
+)
+def test_a_bad_migration_leaves_the_app_and_database_as_they_were(
+    server: Server, sql: str, step: str, says: str
+) -> None:
     install_base(server)
-    bad = Migration("0003_bad", "INSERT INTO no_such_table VALUES (1)")
-    manifest = server.package("1.0.1", changes_101(), [M2, bad])
+    manifest = server.package("1.0.1", changes_101(), [M2, Migration("0003_bad", sql)])
     tree_before, db_before = tree(server.app_root), db_dump(server.db)
 
     with pytest.raises(transaction.TransactionFailed) as failed:
         run_apply(server, manifest)
 
-    assert failed.value.step == "migrate"
-    assert "0003_bad" in str(failed.value)
+    assert failed.value.step == step
+    assert says in str(failed.value)
+    assert ("stop" in server.systemd.verbs()) == (step == "migrate")
     assert tree(server.app_root) == tree_before
     assert db_dump(server.db) == db_before
 
@@ -302,22 +314,6 @@ def test_the_migrations_are_read_once_and_before_the_stop(
     with sqlite3.connect(server.db) as conn:
         applied = {r[0] for r in conn.execute("SELECT migration_id FROM _yoyo_migration")}
     assert {m.id for m in manifest.migrations} <= applied
-
-
-def test_a_migration_that_cannot_be_parsed_fails_the_update_before_the_stop(server: Server) -> None:
-    install_base(server)
-    bad = Migration("0003_bad", "-- transactional: maybe\nCREATE TABLE t (x INT);")
-    manifest = server.package("1.0.1", changes_101(), [M2, bad])
-    tree_before, db_before = tree(server.app_root), db_dump(server.db)
-
-    with pytest.raises(transaction.TransactionFailed) as failed:
-        run_apply(server, manifest)
-
-    assert failed.value.step == "stage"
-    assert "cannot read migration 0003_bad" in str(failed.value)
-    assert "stop" not in server.systemd.verbs()
-    assert tree(server.app_root) == tree_before
-    assert db_dump(server.db) == db_before
 
 
 def test_database_files_keep_their_owner_after_migrating(server: Server) -> None:
