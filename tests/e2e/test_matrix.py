@@ -308,6 +308,37 @@ def test_disk_full(
     assert any(s in failed["reason"] for s in FULL_DISK), str(failed)
 
 
+# --- faults while an undo runs -------------------------------------------------------------------
+
+BROKEN_UNIT = "/etc/systemd/system/nesop-store.service.d/broken.conf"
+
+
+def break_the_undo(box: Container, apt: faults.BackgroundApt, kind: str) -> Callable[[], None] | None:
+    """Hit the paused apt run with ``kind``. SIGKILL and power loss end it; returns None. For
+    step fails (the app will not start) and disk full, apt goes on and fails; returns the fix."""
+    if kind == "SIGKILL":
+        apt.kill()
+        return None
+    if kind == "power loss":
+        box.kill_hard()
+        apt.untrace()
+        box.boot()
+        return None
+    if kind == "step fails":
+        box.write_file(BROKEN_UNIT, "[Service]\nExecStartPre=/bin/false\n")
+        box.run(["systemctl", "daemon-reload"])
+
+        def fix() -> None:
+            box.run(["rm", BROKEN_UNIT])
+            box.run(["systemctl", "daemon-reload"])
+
+    else:
+        fix = faults.fill(box.path(BACKUPS)).unlink
+    apt.resume()
+    assert apt.wait() != 0, apt.output()[-2000:]
+    return fix
+
+
 # --- the undo of an apt rollback ----------------------------------------------------------------
 
 ROLLBACK_FAULTS = {
@@ -343,26 +374,11 @@ def test_rollback_fault(
     apt = faults.BackgroundApt(box, f"install -y -q --allow-downgrades {store.PACKAGE}=1.0.4")
     apt.pause_when(STATE_DIR, faults.journal_at(box, store.JOURNAL, "", kind="undo"), "its undo")
 
-    dropin = "/etc/systemd/system/nesop-store.service.d/broken.conf"
-    if kind == "SIGKILL":
-        apt.kill()
-    elif kind == "power loss":
-        box.kill_hard()
-        apt.untrace()
-        box.boot()
-    elif kind == "step fails":
-        box.write_file(dropin, "[Service]\nExecStartPre=/bin/false\n")  # the app will not start
-        box.run(["systemctl", "daemon-reload"])
-        apt.resume()
-        assert apt.wait() != 0, apt.output()[-2000:]
-        assert store.history(box)[-1]["status"] == "failed"
-        box.run(["rm", dropin])
-        box.run(["systemctl", "daemon-reload"])
-    else:
-        filler = faults.fill(box.path(BACKUPS))
-        apt.resume()
-        assert apt.wait() != 0, apt.output()[-2000:]
-        filler.unlink()
+    fix = break_the_undo(box, apt, kind)
+    if fix is not None:
+        if kind == "step fails":
+            assert store.history(box)[-1]["status"] == "failed"
+        fix()
 
     box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)  # finishes the undo
     result = box.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{store.PACKAGE}=1.0.4"],
@@ -418,32 +434,15 @@ def test_fault_while_a_failed_update_is_undone(
     apt = faults.BackgroundApt(box, f"install -y -q /var/tmp/{deb.name}")
     apt.pause_when(LOG_DIR, faults.log_says(box, f"{LOG_DIR}/update.log", "-> undo apply-files"), "its undo")
 
-    dropin = "/etc/systemd/system/nesop-store.service.d/broken.conf"
-    if kind == "SIGKILL":
-        apt.kill()
-    elif kind == "power loss":
-        box.kill_hard()
-        apt.untrace()
-        box.boot()
-    else:
-        if kind == "step fails":  # the old app, its files back, will not start either
-            box.write_file(dropin, "[Service]\nExecStartPre=/bin/false\n")
-            box.run(["systemctl", "daemon-reload"])
-        else:
-            filler = faults.fill(box.path(BACKUPS))
-        apt.resume()
-        assert apt.wait() != 0, apt.output()[-2000:]
+    fix = break_the_undo(box, apt, kind)  # step fails: the old app, its files back, will not start
+    if fix is not None:
         # the undo could not finish: it says so, and leaves its journal for the next run
         failed = store.history(box)[-1]
         assert (failed["action"], failed["version"], failed["status"]) == ("apply", "1.0.7", "failed"), failed
         assert failed["undo_errors"] and failed["old_app_healthy"] is False, failed
         assert box.path(store.JOURNAL).exists()
         assert store.dpkg_status(box) == ("iF", "1.0.7")
-        if kind == "step fails":
-            box.run(["rm", dropin])
-            box.run(["systemctl", "daemon-reload"])
-        else:
-            filler.unlink()
+        fix()
 
     result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
     assert result.returncode != 0  # the undo is finished, then 1.0.7 is tried again and fails again
