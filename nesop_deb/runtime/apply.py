@@ -425,7 +425,7 @@ class Migrate:
         # yoyo created in a database it never managed, and any half-run non-transactional step
         if applied and not irreversible:
             try:
-                database.rollback(url, job.recorded_migrations, ids)
+                database.rollback(url, job.recorded_migrations, ids, job.migrations)
                 return
             except database.MigrationError as exc:
                 if not snapshot.exists():

@@ -417,6 +417,22 @@ def fake_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ser
 Entry = tuple[str, bytes | str | None, int, int, int]  # kind, content, mode, uid, gid
 
 
+def watch_migration_reads(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Each ``database.read`` from now on appends the systemctl verbs called by then (and checks
+    that the migrations it returns are parsed, not only listed)."""
+    reads: list[list[str]] = []
+    real_read = database.read
+
+    def read(directory: Path, ids: Sequence[str]) -> Any:
+        migrations = real_read(directory, ids)
+        assert all(m.loaded for m in migrations)
+        reads.append(server.systemd.verbs())
+        return migrations
+
+    monkeypatch.setattr(database, "read", read)
+    return reads
+
+
 def tree(root: Path, skip: Sequence[str] = ("backups", "logs", DB_REL)) -> dict[str, Entry]:
     """Every path below ``root`` with its kind, content, mode and owner (SQLite files left out)."""
     found: dict[str, Entry] = {}

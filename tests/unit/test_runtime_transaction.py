@@ -19,7 +19,7 @@ import pytest
 from nesop_deb import __version__
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import apply, backup, database, history, operations, state, transaction
+from nesop_deb.runtime import apply, backup, history, operations, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.fsutil import write_json_atomic
 from tests.unit.runtime_fixtures import (
@@ -39,6 +39,7 @@ from tests.unit.runtime_fixtures import (
     leftovers,
     release_101,
     tree,
+    watch_migration_reads,
 )
 
 
@@ -296,16 +297,7 @@ def test_the_migrations_are_read_once_and_before_the_stop(
     """Importing yoyo and parsing the migrations cost no outage: only running them does."""
     install_base(server)
     manifest = release_101(server)
-    reads: list[list[str]] = []  # the systemctl verbs called by the time of each read
-    real_read = database.read
-
-    def read(directory: Path, ids: list[str]) -> Any:
-        migrations = real_read(directory, ids)
-        assert all(m.loaded for m in migrations)  # parsed, not only listed
-        reads.append(server.systemd.verbs())
-        return migrations
-
-    monkeypatch.setattr(database, "read", read)
+    reads = watch_migration_reads(server, monkeypatch)
     run_apply(server, manifest)
 
     assert reads == [[]]  # one read, before the stop

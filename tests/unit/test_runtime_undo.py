@@ -5,7 +5,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +28,7 @@ from tests.unit.runtime_fixtures import (
     leftovers,
     modify,
     tree,
+    watch_migration_reads,
 )
 
 APP_V3 = b"print('v3')\n"
@@ -91,16 +91,7 @@ def test_undo_above_parses_the_rollbacks_before_the_stop(
     apply_now(server, server.package("1.0.1", changes_101()))
     db_101 = db_dump(server.db)
     apply_now(server, release_102(server, [M2]))
-    reads: list[list[str]] = []  # the systemctl verbs called by the time of each read
-    real_read = database.read
-
-    def read(directory: Path, ids: list[str]) -> Any:
-        migrations = real_read(directory, ids)
-        assert all(m.loaded for m in migrations)
-        reads.append(server.systemd.verbs())
-        return migrations
-
-    monkeypatch.setattr(database, "read", read)
+    reads = watch_migration_reads(server, monkeypatch)
     before = len(server.systemd.verbs())
     undo.undo_above(server.ctx, "1.0.1")
 
