@@ -94,6 +94,8 @@ class Background:
             assert time.monotonic() < deadline, f"{name} did not start"
             for pid in _host_pids_in(box):
                 argv = _cmdline(pid)
+                if not argv:
+                    continue  # gone between the listing and the read
                 # the command itself (or the script its interpreter runs), once setsid made it
                 # the leader of its own process group: not setsid on its way to exec it
                 script = len(argv) > 1 and "python" in argv[0] and argv[1].endswith(name)
