@@ -43,3 +43,9 @@ def ensure_system_user(ctx: Context, user: str, group: str, home: str) -> bool:
         )  # fmt: skip
         created = True
     return created
+
+
+def app_owner(ctx: Context) -> tuple[int, int] | None:
+    """(uid, gid) of the app's account, which its database belongs to; None if either is missing."""
+    u, g = uid(ctx, ctx.app.user), gid(ctx, ctx.app.group)
+    return None if u is None or g is None else (u, g)

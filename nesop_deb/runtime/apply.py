@@ -12,7 +12,6 @@ touched file and of the database): a disk that fills up during the update cannot
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
@@ -26,19 +25,11 @@ from typing import Any
 from nesop_deb import manifest as mf
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import accounts, backup, database, health, history, service, state, transaction
+from nesop_deb.runtime import accounts, backup, database, health, history, safefs, service, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
-from nesop_deb.runtime.fsutil import (
-    TMP_SUFFIX,
-    confined,
-    fsync_dir,
-    live_digest,
-    remove,
-    sha256_file,
-    stage,
-    stage_symlink,
-)
+from nesop_deb.runtime.fsutil import sha256_file, write_atomic
 from nesop_deb.runtime.log import log
+from nesop_deb.runtime.safefs import TMP_SUFFIX
 
 NEW_SUFFIX = ".nesop-new"
 
@@ -85,12 +76,20 @@ class Job:
         return self.ctx.backups_dir / self.backup_name
 
     @property
+    def owner(self) -> tuple[int, int] | None:
+        """Who the migrations run as: the app's account (see :func:`database._as_owner`)."""
+        if self.uid == -1:
+            uid, gid = accounts.uid(self.ctx, self.ctx.app.user), accounts.gid(self.ctx, self.ctx.app.group)
+            return None if uid is None or gid is None else (uid, gid)
+        return self.uid, self.gid
+
+    @property
     def unit(self) -> str:
         return self.ctx.app.service
 
     @property
-    def reserve(self) -> Path:
-        return reserve_path(self.ctx, self.backup_name)
+    def reserve(self) -> str:
+        return reserve_name(self.backup_name)
 
     @property
     def snapshots_database(self) -> bool:
@@ -105,10 +104,13 @@ class Job:
     def payload(self, rel: str) -> Path:
         return self.source / "payload" / rel
 
-    def target(self, f: FileEntry) -> Path:
-        """Where a shipped file goes: its path, or beside a locally edited config file."""
-        live = confined(self.ctx.app_root, f.path)
-        return live.with_name(live.name + NEW_SUFFIX) if f.path in self.kept_config else live
+    def target(self, f: FileEntry) -> str:
+        """Where a shipped file goes (app-relative): its path, or beside a locally edited config file."""
+        return f.path + NEW_SUFFIX if f.path in self.kept_config else f.path
+
+    def app(self) -> safefs.Tree:
+        """The app tree, opened for one step: every write there goes through it."""
+        return safefs.Tree.open(self.ctx.app_root)
 
     def touched(self) -> list[str]:
         paths: set[str] = set()
@@ -121,21 +123,22 @@ class Job:
         return sorted(paths)
 
 
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + TMP_SUFFIX)
+def _tmp(rel: str) -> str:
+    return rel + TMP_SUFFIX
 
 
-def reserve_path(ctx: Context, backup_name: str) -> Path:
-    return ctx.backups_dir / f".reserve-{backup_name}"
+def reserve_name(backup_name: str) -> str:
+    """The file in ``backups/`` holding the space an undo needs."""
+    return f".reserve-{backup_name}"
 
 
 def release_reserve(ctx: Context, backup_name: str) -> None:
     """Give back the space held for the undo (before undoing, or once committed). It is only
     space: when it cannot go now, retention removes it after the next update."""
     try:
-        reserve_path(ctx, backup_name).unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("cannot remove %s: %s", reserve_path(ctx, backup_name), exc)
+        backup.release(ctx, reserve_name(backup_name))
+    except (OSError, NesopError) as exc:
+        log.warning("cannot remove %s: %s", ctx.backups_dir / reserve_name(backup_name), exc)
 
 
 class Record:
@@ -179,32 +182,35 @@ class Prepare:
             os.chown(ctx.app_root, uid, gid)
         with_db = bool(job.manifest.migrations)
         backup.reserve(ctx, job.reserve, backup.undo_space(ctx, job.touched(), with_db=with_db))
-        for path in job.manifest.config_files:
-            entry = next((f for f in job.manifest.files if f.path == path and f.ships_payload), None)
-            if entry is None:
-                continue
-            live = live_digest(confined(ctx.app_root, path))
-            if live is not None and live not in (entry.preimage_sha256, entry.sha256):
-                job.kept_config.append(path)
-                log.warning(
-                    "%s was edited on this server: kept; the new version goes to %s%s", path, path, NEW_SUFFIX
-                )
-        missing = self._missing_dirs()
-        job.created_dirs.extend(str(d.relative_to(ctx.app_root)) for d in missing)
-        # the journal names the kept config files and the new directories before anything is
-        # written, so an undo after a crash in this step knows every path it has to remove
-        job.persist()
-        for d in missing:
-            d.mkdir(mode=0o755)
-            os.chown(d, uid, gid)
-        for f in job.manifest.files:
-            if not f.ships_payload:
-                continue
-            target = job.target(f)
-            if f.link_target is not None:
-                stage_symlink(_tmp(target), f.link_target)
-            else:
-                stage(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
+        with job.app() as app:
+            for path in job.manifest.config_files:
+                entry = next((f for f in job.manifest.files if f.path == path and f.ships_payload), None)
+                if entry is None:
+                    continue
+                live = app.digest(path)
+                if live is not None and live not in (entry.preimage_sha256, entry.sha256):
+                    job.kept_config.append(path)
+                    log.warning(
+                        "%s was edited on this server: kept; the new version goes to %s%s",
+                        path,
+                        path,
+                        NEW_SUFFIX,
+                    )
+            missing = self._missing_dirs(app)
+            job.created_dirs.extend(missing)
+            # the journal names the kept config files and the new directories before anything is
+            # written, so an undo after a crash in this step knows every path it has to remove
+            job.persist()
+            for d in missing:
+                app.mkdirs(d, mode=0o755, uid=uid, gid=gid)
+            for f in job.manifest.files:
+                if not f.ships_payload:
+                    continue
+                target = job.target(f)
+                if f.link_target is not None:
+                    app.symlink_new(_tmp(target), f.link_target)
+                else:
+                    app.write_new(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
         self._read_migrations()
 
     def _read_migrations(self) -> None:
@@ -214,27 +220,26 @@ class Prepare:
         if job.manifest.migrations and job.ctx.database_url is not None:
             job.migrations = database.read(job.recorded_migrations, [m.id for m in job.manifest.migrations])
 
-    def _missing_dirs(self) -> list[Path]:
-        """The directories the new files need that do not exist yet, parents first."""
-        root = self.job.ctx.app_root
-        missing: set[Path] = set()
+    def _missing_dirs(self, app: safefs.Tree) -> list[str]:
+        """The directories the new files need that do not exist yet (app-relative), parents first."""
+        missing: set[str] = set()
         for f in self.job.manifest.files:
             if f.ships_payload:
-                directory = self.job.target(f).parent
-                while directory != root and not directory.exists():
+                directory = safefs.parent_of(self.job.target(f))
+                while directory and app.lstat(directory) is None:
                     missing.add(directory)
-                    directory = directory.parent
-        return sorted(missing, key=lambda d: (len(d.parts), d))
+                    directory = safefs.parent_of(directory)
+        return sorted(missing, key=lambda d: (d.count("/"), d))
 
     def undo(self) -> None:
         release_reserve(self.job.ctx, self.job.backup_name)
-        for f in self.job.manifest.files:
-            if f.ships_payload:
-                remove(_tmp(self.job.target(f)))
-        # the directories made for new files go too, deepest first (ApplyFiles.undo emptied them)
-        for rel in sorted(set(self.job.created_dirs), key=lambda r: r.count("/"), reverse=True):
-            with contextlib.suppress(OSError):
-                (self.job.ctx.app_root / rel).rmdir()
+        with self.job.app() as app:
+            for f in self.job.manifest.files:
+                if f.ships_payload:
+                    app.unlink(_tmp(self.job.target(f)))
+            # the directories made for new files go too, deepest first (ApplyFiles.undo emptied them)
+            for rel in sorted(set(self.job.created_dirs), key=lambda r: r.count("/"), reverse=True):
+                app.rmdir(rel)
 
 
 def _mib(size: int) -> str:
@@ -255,8 +260,9 @@ class Backup:
 
     def apply(self) -> None:
         job = self.job
-        if job.backup_dir.exists():
-            return  # a rerun of a recovered transaction
+        with backup.open_backups(job.ctx, create=True) as backups:
+            if backups.exists(job.backup_name):
+                return  # a rerun of a recovered transaction
         meta = {
             "kind": "pre_update",
             "version": job.previous,
@@ -286,7 +292,7 @@ class Backup:
         if self.job.early_db is not None:
             self.job.early_db.close()
             self.job.early_db = None
-        backup.drop_early_database(self.job.backup_dir)
+        backup.drop_early_database(self.job.ctx, self.job.backup_dir)
 
 
 class Stop:
@@ -328,16 +334,16 @@ class SnapshotDatabase:
     def apply(self) -> None:
         job = self.job
         early, job.early_db = job.early_db, None
-        if early is not None and early.unchanged() and early.path.is_file():
+        if early is not None and early.unchanged():
             backup.keep_early_database(job.ctx, job.backup_dir, early)
             log.info("database unchanged since the copy taken before the stop (%s): kept", _mib(early.size))
             return
         # the stale copy goes first: the backup never holds two copies (the preflight counts one)
-        backup.drop_early_database(job.backup_dir)
+        backup.drop_early_database(job.ctx, job.backup_dir)
         started = time.monotonic()
         if backup.add_database(job.ctx, job.backup_dir) is None:
             return  # no database (yet): nothing an undo could restore
-        size = (job.backup_dir / backup.DB_FILE).stat().st_size
+        size = backup.database_size(job.ctx, job.backup_dir)
         took = f"{_mib(size)} in {time.monotonic() - started:.3f} s"
         if early is None:
             log.info("database copied after the stop (%s): no copy taken before it could be checked", took)
@@ -356,38 +362,47 @@ class ApplyFiles:
 
     def apply(self) -> None:
         job = self.job
-        parents: set[Path] = set()
-        for f in job.manifest.files:
-            if f.action is Action.DELETE or f.action is Action.RENAME:
-                old = confined(job.ctx.app_root, f.path if f.action is Action.DELETE else str(f.renamed_from))
-                edited = live_digest(old) not in (f.preimage_sha256, None)
-                if f.path in job.manifest.config_files and f.action is Action.DELETE and edited:
-                    job.kept_config.append(f.path)
-                    log.warning("%s was edited on this server: kept although the update deletes it", f.path)
-                    continue
-                if old.is_symlink() or old.is_file():
-                    old.unlink()
-                    parents.add(old.parent)
-            if f.ships_payload:
-                target = job.target(f)
-                staged = _tmp(target)
-                if not staged.is_symlink() and not staged.exists():
-                    if live_digest(target) == f.sha256:
-                        continue  # already in place (a rerun)
-                    raise NesopError(f"{staged} vanished before it could be renamed into place")
-                if target.is_dir() and not target.is_symlink():
-                    raise RefusedError(
-                        f"{target} is a directory on this server; the update ships a file there"
-                    )
-                staged.replace(target)
-                parents.add(target.parent)
-        for p in parents:
-            fsync_dir(p)
+        parents: set[str] = set()
+        with job.app() as app:
+            for f in job.manifest.files:
+                if f.action is Action.DELETE or f.action is Action.RENAME:
+                    old = f.path if f.action is Action.DELETE else str(f.renamed_from)
+                    edited = app.digest(old) not in (f.preimage_sha256, None)
+                    if f.path in job.manifest.config_files and f.action is Action.DELETE and edited:
+                        job.kept_config.append(f.path)
+                        log.warning(
+                            "%s was edited on this server: kept although the update deletes it", f.path
+                        )
+                        continue
+                    if not app.is_dir(old) and app.unlink(old, durable=False):
+                        parents.add(safefs.parent_of(old))
+                if f.ships_payload:
+                    target = job.target(f)
+                    staged = _tmp(target)
+                    if app.lstat(staged) is None:
+                        if app.digest(target) == f.sha256:
+                            continue  # already in place (a rerun)
+                        raise NesopError(
+                            f"{app.path / staged} vanished before it could be renamed into place"
+                        )
+                    if app.is_dir(target):
+                        raise RefusedError(
+                            f"{app.path / target} is a directory on this server; the update ships a file"
+                        )
+                    app.replace(staged, target, durable=False)
+                    parents.add(safefs.parent_of(target))
+            for p in parents:
+                if p:
+                    with app.subdir(p) as d:
+                        d.fsync()
+                else:
+                    app.fsync()
 
     def undo(self) -> None:
-        for f in self.job.manifest.files:
-            if f.ships_payload:
-                remove(_tmp(self.job.target(f)))
+        with self.job.app() as app:
+            for f in self.job.manifest.files:
+                if f.ships_payload:
+                    app.unlink(_tmp(self.job.target(f)))
         backup.restore_files(self.job.ctx, self.job.backup_dir)
 
 
@@ -402,39 +417,34 @@ class Migrate:
         url = job.ctx.database_url
         assert url is not None
         ids = [m.id for m in job.manifest.migrations]
-        job.migrated = database.apply(url, job.recorded_migrations, ids, job.migrations)
-        db = job.ctx.database_path
-        if db is not None:
-            for suffix in ("", "-wal", "-shm"):
-                p = db.with_name(db.name + suffix)
-                if p.exists():
-                    os.chown(p, job.uid, job.gid)
+        # as the app's account: every file SQLite makes is the app's, and no link is followed as root
+        job.migrated = database.apply(url, job.recorded_migrations, ids, job.migrations, owner=job.owner)
 
     def undo(self) -> None:
         job = self.job
         url, db = job.ctx.database_url, job.ctx.database_path
         if url is None or db is None:
             return
-        snapshot = job.backup_dir / backup.DB_FILE
+        snapshot = backup.has_database(job.ctx, job.backup_dir)
         ids = [m.id for m in job.manifest.migrations]
         if not db.exists():
             return
-        applied = set(database.applied_ids(url)) & set(ids)
+        applied = set(database.applied_ids(url, owner=job.owner)) & set(ids)
         irreversible = [m.id for m in job.manifest.migrations if m.id in applied and not m.reversible]
         # nothing recorded: the snapshot (when there is one) also takes back the tracking tables
         # yoyo created in a database it never managed, and any half-run non-transactional step
         if applied and not irreversible:
             try:
-                database.rollback(url, job.recorded_migrations, ids, job.migrations)
+                database.rollback(url, job.recorded_migrations, ids, job.migrations, owner=job.owner)
                 return
             except database.MigrationError as exc:
-                if not snapshot.exists():
+                if not snapshot:
                     raise
                 log.warning("%s; restoring the database snapshot instead", exc)
-        if snapshot.exists():
+        if snapshot:
             # the app was stopped since the snapshot: nothing written after it can be lost
             kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
-            log.info("database restored from %s (the replaced one is kept as %s)", snapshot, kept)
+            log.info("database restored from %s (the replaced one is kept as %s)", job.backup_dir, kept)
         elif applied:
             raise NesopError(f"cannot undo migrations {sorted(applied)}: no rollback and no snapshot")
 
@@ -453,9 +463,9 @@ class Start:
         if ctx.app.unit_file and not unit_dest.exists() and job.manifest.full:
             # a first install brings its unit; an undo takes it away again (see undo)
             self.installed_unit = unit_dest
-            src = ctx.app_path(ctx.app.unit_file)
-            unit_dest.write_bytes(src.read_bytes())
-            unit_dest.chmod(0o644)
+            # the copy dpkg unpacked, not the one in the app tree (which the app's account could change)
+            unit_dest.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(unit_dest, job.payload(ctx.app.unit_file).read_bytes(), 0o644)
             service.daemon_reload()
             service.enable(job.unit)
         before = job.status_before_stop

@@ -8,24 +8,27 @@ them with their sha256. Restoring one puts every file back and removes the ones 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import os
-import shutil
+import re
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nesop_deb.errors import NesopError, UsageError
-from nesop_deb.runtime import database
+from nesop_deb.errors import NesopError, RefusedError, UsageError
+from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
+from nesop_deb.runtime import database, safefs, state
 from nesop_deb.runtime.context import Context
-from nesop_deb.runtime.fsutil import confined, copy_preserving, fsync_dir, live_digest, write_json_atomic
 from nesop_deb.runtime.log import log
+from nesop_deb.runtime.safefs import TMP_SUFFIX, Tree
 
 MANIFEST = "backup_manifest.json"
 DB_FILE = "database.sqlite3"
 DB_EARLY = DB_FILE + ".before-stop"  # a copy taken while the app ran, not yet known to be exact
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:~-]{0,200}")
 
 
 class BackupError(NesopError):
@@ -59,87 +62,137 @@ def new_name(kind: str, version: str | None) -> str:
 def unused_name(ctx: Context, kind: str, version: str | None) -> str:
     """:func:`new_name`, made unique: a retry within the same second must not collide."""
     base = name = new_name(kind, version)
-    n = 1
-    while (ctx.backups_dir / name).exists():
-        n += 1
-        name = f"{base}-{n}"
+    with open_backups(ctx, create=True) as backups:
+        n = 1
+        while backups.exists(name):
+            n += 1
+            name = f"{base}-{n}"
+    return name
+
+
+def open_backups(ctx: Context, *, create: bool = False) -> Tree:
+    """``<root>/backups``, root's own (see :func:`safefs.records`); made when ``create``."""
+    tree = safefs.records(ctx.app_root, "backups", create=create)
+    if tree is None:
+        raise BackupError(f"{ctx.backups_dir} does not exist: no backup was taken on this server")
+    return tree
+
+
+def exists(ctx: Context, name: str) -> bool:
+    tree = safefs.records(ctx.app_root, "backups", create=False)
+    if tree is None:
+        return False
+    with tree:
+        return tree.is_dir(check_name(name))
+
+
+def check_name(name: str) -> str:
+    """A backup's name is one plain directory name below ``backups/``."""
+    if not _NAME.fullmatch(name):
+        raise UsageError(
+            f"{name!r} is not a backup name", hint="use a name `nesop-update list-backups` shows"
+        )
     return name
 
 
 def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, Any]) -> Path:
     """Back up ``paths`` (app-relative). Returns the backup directory; the DB is added separately."""
-    ctx.backups_dir.mkdir(parents=True, exist_ok=True)
-    ctx.backups_dir.chmod(0o700)
-    target = ctx.backups_dir / name
-    if target.exists():
-        raise BackupError(f"backup {target} already exists")
-    tmp = ctx.backups_dir / f".{name}.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write(ctx, tmp, name, paths, meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)  # a half-written backup only takes space
-        raise
-    tmp.rename(target)
-    target.chmod(0o700)
-    fsync_dir(ctx.backups_dir)
-    return target
+    check_name(name)
+    tmp = f".{name}.partial"
+    with open_backups(ctx, create=True) as backups, safefs.Tree.open(ctx.app_root) as app:
+        if backups.exists(name):
+            raise BackupError(f"backup {backups.path / name} already exists")
+        backups.rmtree(tmp)
+        try:
+            backups.mkdirs(f"{tmp}/files", mode=0o700)
+            _write(ctx, app, backups, tmp, name, paths, meta)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                backups.rmtree(tmp)  # a half-written backup only takes space
+            raise
+        backups.replace(tmp, name)
+        return backups.path / name
 
 
-def _write(ctx: Context, tmp: Path, name: str, paths: Iterable[str], meta: dict[str, Any]) -> None:
-    (tmp / "files").mkdir(parents=True)
+def _write(
+    ctx: Context, app: Tree, backups: Tree, tmp: str, name: str, paths: Iterable[str], meta: dict[str, Any]
+) -> None:
     files: list[dict[str, Any]] = []
     absent: list[str] = []
     for rel in sorted(set(paths)):
-        live = confined(ctx.app_root, rel)
-        if not live.exists() and not live.is_symlink():
+        st = app.lstat(rel)
+        if st is None:
             absent.append(rel)
             continue
-        st = live.lstat()
-        copy_preserving(live, tmp / "files" / rel)
+        link_target = None
+        copy = f"{tmp}/files/{rel}"
+        backups.mkdirs(str(Path(copy).parent), mode=0o700)
+        if stat.S_ISLNK(st.st_mode):
+            link_target = app.readlink(rel)
+            backups.symlink_new(copy, link_target)
+        elif stat.S_ISREG(st.st_mode):
+            # the copy is root's: the manifest says whose the live file was
+            backups.copy_from(app, rel, copy, 0o600)
+        else:
+            raise safefs.LinkRefused(app.path / rel, "not a regular file or symlink")
         files.append(
             {
                 "path": rel,
-                "sha256": live_digest(live),
+                "sha256": backups.digest(copy),
                 "mode": st.st_mode & 0o7777,
                 "uid": st.st_uid,
                 "gid": st.st_gid,
-                "link_target": os.readlink(live) if live.is_symlink() else None,
+                "link_target": link_target,
             }
         )
     data = {"name": name, "created": stamp(), "files": files, "absent": absent, "database": None, **meta}
-    write_json_atomic(tmp / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    _write_manifest(ctx, backups, tmp, name, data)
+
+
+def _write_manifest(ctx: Context, backups: Tree, directory: str, name: str, data: dict[str, Any]) -> None:
+    """Write a backup's manifest and seal it: its sha256 goes to root's state, and a restore
+    reads back only a manifest with that hash."""
+    text = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    state.seal_backup(ctx, name, hashlib.sha256(text).hexdigest())
+    backups.write_new(f"{directory}/{MANIFEST}.tmp", text, 0o600)
+    backups.replace(f"{directory}/{MANIFEST}.tmp", f"{directory}/{MANIFEST}")
 
 
 def undo_space(ctx: Context, paths: Iterable[str], *, with_db: bool) -> int:
     """Bytes an undo writes on the app's file system: a copy of each touched file that exists,
     and with migrations the database twice (the replaced one is kept beside the snapshot)."""
     need = 1 << 20
-    for rel in set(paths):
-        with contextlib.suppress(OSError):
-            need += (ctx.app_root / rel).lstat().st_size
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel in set(paths):
+            with contextlib.suppress(OSError, RefusedError):
+                st = app.lstat(rel)
+                need += st.st_size if st is not None else 0
     db = ctx.database_path
     if with_db and db is not None:
         for part in (db, db.with_name(db.name + "-wal")):  # a snapshot holds what the WAL holds
             with contextlib.suppress(OSError):
-                need += 2 * part.stat().st_size
+                need += 2 * part.lstat().st_size
     return need
 
 
-def reserve(ctx: Context, path: Path, size: int) -> None:
-    """Hold ``size`` bytes in ``path`` (root only), so the undo finds them free on a full disk."""
-    ctx.backups_dir.mkdir(parents=True, exist_ok=True)
-    ctx.backups_dir.chmod(0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise BackupError(
-            f"{ctx.app_root}: cannot set aside {size >> 20} MiB for a possible undo ({exc.strerror})"
-        ) from None
-    os.close(fd)
+def reserve(ctx: Context, name: str, size: int) -> None:
+    """Hold ``size`` bytes in ``backups/<name>`` (root only), so the undo finds them free on a
+    full disk."""
+    with open_backups(ctx, create=True) as backups:
+        try:
+            backups.reserve(name, size)
+        except OSError as exc:
+            raise BackupError(
+                f"{ctx.app_root}: cannot set aside {size >> 20} MiB for a possible undo ({exc.strerror})"
+            ) from None
+
+
+def release(ctx: Context, name: str) -> None:
+    """Remove a reserve or a stale file from ``backups/`` (nothing there is fine)."""
+    tree = safefs.records(ctx.app_root, "backups", create=False)
+    if tree is not None:
+        with tree:
+            tree.unlink(name)
 
 
 def add_database(ctx: Context, backup_dir: Path) -> str | None:
@@ -147,7 +200,8 @@ def add_database(ctx: Context, backup_dir: Path) -> str | None:
     db = ctx.database_path
     if db is None or not db.exists():
         return None
-    digest = database.snapshot(db, backup_dir / DB_FILE)
+    with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
+        digest = database.snapshot(db, bdir, DB_FILE)
     _record_database(ctx, backup_dir, digest)
     return digest
 
@@ -162,113 +216,191 @@ def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot
     db = ctx.database_path
     if db is None or not db.exists():
         return None
-    return database.snapshot_held(db, backup_dir / DB_EARLY)
+    with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
+        return database.snapshot_held(db, bdir, DB_EARLY)
 
 
 def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnapshot) -> None:
     """Make an early copy the backup's snapshot (the database is known unchanged since)."""
-    early.path.replace(backup_dir / DB_FILE)
-    fsync_dir(backup_dir)
+    with open_backups(ctx) as backups:
+        backups.replace(f"{check_name(backup_dir.name)}/{DB_EARLY}", f"{backup_dir.name}/{DB_FILE}")
     _record_database(ctx, backup_dir, early.sha256)
 
 
-def drop_early_database(backup_dir: Path) -> None:
+def drop_early_database(ctx: Context, backup_dir: Path) -> None:
     """Remove an early copy that did not become the snapshot (idempotent). It records nothing, so
     a copy that cannot go now (a read-only or broken backups dir) only costs space until retention
     prunes its backup."""
     try:
-        (backup_dir / DB_EARLY).unlink(missing_ok=True)
-    except OSError as exc:
+        tree = safefs.records(ctx.app_root, "backups", create=False)
+        if tree is not None:
+            with tree:
+                tree.unlink(f"{check_name(backup_dir.name)}/{DB_EARLY}")
+    except (OSError, NesopError) as exc:
         log.warning("cannot remove %s: %s", backup_dir / DB_EARLY, exc)
+
+
+def database_size(ctx: Context, backup_dir: Path) -> int:
+    with open_backups(ctx) as backups:
+        st = backups.lstat(f"{check_name(backup_dir.name)}/{DB_FILE}")
+        return 0 if st is None else st.st_size
+
+
+def has_database(ctx: Context, backup_dir: Path) -> bool:
+    try:
+        return database_size(ctx, backup_dir) > 0
+    except BackupError:
+        return False
 
 
 def _record_database(ctx: Context, backup_dir: Path, digest: str) -> None:
     db = ctx.database_path
     assert db is not None
-    data = read_manifest(backup_dir)
+    data = read_manifest(ctx, backup_dir)
     data["database"] = {"file": DB_FILE, "sha256": digest, "source": str(db.relative_to(ctx.root))}
-    write_json_atomic(backup_dir / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open_backups(ctx) as backups:
+        _write_manifest(ctx, backups, backup_dir.name, backup_dir.name, data)
 
 
-def read_manifest(backup_dir: Path) -> dict[str, Any]:
+def read_manifest(ctx: Context, backup_dir: Path, *, verify: bool = True) -> dict[str, Any]:
+    """A backup's manifest; with ``verify``, only the one root sealed when it took the backup,
+    and only with paths and modes a package could carry."""
+    name = check_name(backup_dir.name)
     try:
-        data = json.loads((backup_dir / MANIFEST).read_text(encoding="utf-8"))
+        with open_backups(ctx) as backups:
+            text = backups.read_bytes(f"{name}/{MANIFEST}")
+        data = json.loads(text)
     except (OSError, ValueError) as exc:
         raise BackupError(f"{backup_dir}: not a readable backup ({exc})") from None
     if not isinstance(data, dict):
         raise BackupError(f"{backup_dir}: not a readable backup")
+    if verify:
+        seal = state.backup_seal(ctx, name)
+        if seal is None or seal != hashlib.sha256(text).hexdigest():
+            why = "none was recorded" if seal is None else "it was changed since"
+            raise RefusedError(
+                f"backup {name}: its manifest is not the one recorded when it was taken ({why}):"
+                " refusing to restore it",
+                hint="restore a backup this server took, see `nesop-update list-backups`",
+            )
+        _validate(name, data)
     return data
+
+
+def _validate(name: str, data: dict[str, Any]) -> None:
+    """The same rules as a package's manifest: relative paths that stay below the app root,
+    no setuid, setgid or world-writable modes, links that stay inside."""
+
+    def bad(what: str) -> BackupError:
+        return BackupError(f"backup {name}: {what}; refusing to restore it")
+
+    try:
+        for f in data["files"]:
+            rel = f["path"]
+            if safe_relative(rel) != rel:
+                raise bad(f"path {rel!r} is not normalised")
+            mode, uid, gid = f["mode"], f["uid"], f["gid"]
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (mode, uid, gid)):
+                raise bad(f"{rel}: owner or mode is not a number")
+            link = f["link_target"]
+            if mode & ~0o7777 or (link is None and mode & 0o6000):
+                raise bad(f"{rel}: mode {mode:o} is setuid or setgid")
+            if link is not None and (not isinstance(link, str) or not link_stays_inside(rel, link)):
+                raise bad(f"{rel}: symlink target {link!r} leaves the app root")
+        for rel in list(data["absent"]) + list(data.get("created_dirs") or []):
+            if safe_relative(str(rel)) != rel:
+                raise bad(f"path {rel!r} is not normalised")
+    except UnsafePath as exc:
+        raise bad(str(exc)) from None
+    except (KeyError, TypeError) as exc:
+        raise bad(f"malformed manifest ({exc!r})") from None
 
 
 def restore_files(ctx: Context, backup_dir: Path) -> None:
     """Put every backed-up file back as it was and remove those that did not exist (idempotent)."""
-    data = read_manifest(backup_dir)
-    for f in data["files"]:
-        rel = f["path"]
-        live = confined(ctx.app_root, rel)
-        if live_digest(live) == f["sha256"] and not live.is_symlink() and f["link_target"] is None:
-            st = live.lstat()
-            if (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (f["mode"], f["uid"], f["gid"]):
-                continue
-        live.parent.mkdir(parents=True, exist_ok=True)
-        tmp = live.with_name(live.name + ".nesop-tmp")
-        copy_preserving(backup_dir / "files" / rel, tmp)
-        if f["link_target"] is None:
-            os.chown(tmp, f["uid"], f["gid"])
-            tmp.chmod(f["mode"])
-        if live.is_dir() and not live.is_symlink():
-            shutil.rmtree(live)
-        tmp.replace(live)
-        fsync_dir(live.parent)
-    # A backup taken before an update names the directories the update made; only those go, so an
-    # empty directory the app had before (an uploads dir) survives. Older backups: prune upwards.
-    created = data.get("created_dirs")
-    for rel in data["absent"]:
-        live = confined(ctx.app_root, rel)
-        if live.is_symlink() or live.is_file():
-            live.unlink()
-            fsync_dir(live.parent)
-            if created is None:
-                _prune_empty_dirs(ctx.app_root, live.parent)
-    for rel in sorted(created or [], key=lambda r: str(r).count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            (ctx.app_root / str(rel)).rmdir()
+    data = read_manifest(ctx, backup_dir)
+    name = backup_dir.name
+    with open_backups(ctx) as backups, backups.subdir(name) as bdir, safefs.Tree.open(ctx.app_root) as app:
+        for f in data["files"]:
+            _restore_one(app, bdir, f)
+        # A backup taken before an update names the directories the update made; only those go, so
+        # an empty directory the app had before (an uploads dir) survives. Older backups: prune.
+        created = data.get("created_dirs")
+        for rel in data["absent"]:
+            st = app.lstat(rel)
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                app.unlink(rel)
+                if created is None:
+                    _prune_empty_dirs(app, str(Path(rel).parent))
+        for rel in sorted(created or [], key=lambda r: str(r).count("/"), reverse=True):
+            app.rmdir(str(rel))
 
 
-def _prune_empty_dirs(root: Path, directory: Path) -> None:
-    while directory != root and root in directory.parents:
-        try:
-            directory.rmdir()
-        except OSError:
+def _restore_one(app: Tree, bdir: Tree, f: dict[str, Any]) -> None:
+    rel = f["path"]
+    st = app.lstat(rel)
+    if st is not None and f["link_target"] is None and stat.S_ISREG(st.st_mode):
+        same = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (f["mode"], f["uid"], f["gid"])
+        if same and app.digest(rel) == f["sha256"]:
             return
-        directory = directory.parent
+    parent = str(Path(rel).parent)
+    if parent != ".":
+        app.mkdirs(parent)
+    tmp = rel + TMP_SUFFIX
+    if f["link_target"] is None:
+        if bdir.digest(f"files/{rel}") != f["sha256"]:
+            raise BackupError(f"backup {bdir.path.name}: files/{rel} does not match its manifest")
+        app.copy_from(bdir, f"files/{rel}", tmp, f["mode"], f["uid"], f["gid"])
+    else:
+        app.symlink_new(tmp, f["link_target"], f["uid"], f["gid"])
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        app.rmtree(rel)
+    app.replace(tmp, rel)
+
+
+def _prune_empty_dirs(app: Tree, rel: str) -> None:
+    while rel not in ("", ".") and app.rmdir(rel):
+        rel = str(Path(rel).parent)
 
 
 def restore_database(ctx: Context, backup_dir: Path, keep_current: bool) -> Path | None:
     """Put the backup's database snapshot back; the current database is kept beside the backup."""
-    data = read_manifest(backup_dir)
+    data = read_manifest(ctx, backup_dir)
     db = ctx.database_path
     if data.get("database") is None or db is None:
         return None
-    kept = backup_dir / f"replaced_{stamp()}.sqlite3" if keep_current else None
-    database.restore(backup_dir / DB_FILE, db, kept)
-    return kept
+    kept = f"replaced_{stamp()}.sqlite3" if keep_current else None
+    with open_backups(ctx) as backups, backups.subdir(backup_dir.name) as bdir:
+        if bdir.digest(DB_FILE) != data["database"]["sha256"]:
+            raise BackupError(f"backup {backup_dir.name}: {DB_FILE} does not match its manifest")
+        database.restore(bdir, DB_FILE, db, ctx.app_root, kept)
+    return None if kept is None else backup_dir / kept
 
 
 def list_backups(ctx: Context) -> list[BackupInfo]:
-    if not ctx.backups_dir.is_dir():
+    backups = safefs.records(ctx.app_root, "backups", create=False)
+    if backups is None:
         return []
     found = []
-    for d in sorted(ctx.backups_dir.iterdir()):
-        if d.is_dir() and not d.name.startswith(".") and (d / MANIFEST).exists():
+    with backups:
+        for name in backups.listdir():
+            if name.startswith(".") or not _NAME.fullmatch(name) or not backups.is_dir(name):
+                continue
+            if not backups.exists(f"{name}/{MANIFEST}"):
+                continue
             try:
-                found.append(BackupInfo(d.name, d, read_manifest(d)))
-            except BackupError:
+                found.append(
+                    BackupInfo(
+                        name, backups.path / name, read_manifest(ctx, backups.path / name, verify=False)
+                    )
+                )
+            except (BackupError, RefusedError):
                 continue
     return sorted(found, key=lambda b: (b.created, b.name))
 
 
 def find(ctx: Context, name: str) -> BackupInfo:
+    check_name(name)
     for b in list_backups(ctx):
         if b.name == name:
             return b

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from nesop_deb import __version__, versions
 from nesop_deb.errors import RefusedError
-from nesop_deb.manifest import Action, Manifest
-from nesop_deb.runtime import state
+from nesop_deb.manifest import Action, FileEntry, Manifest
+from nesop_deb.runtime import safefs, state
 from nesop_deb.runtime.context import Context
-from nesop_deb.runtime.fsutil import confined, free_bytes, live_digest
+from nesop_deb.runtime.fsutil import free_bytes
+from nesop_deb.runtime.log import log
 
 MARGIN = 16 << 20
 
@@ -67,24 +68,33 @@ def drift(ctx: Context, manifest: Manifest) -> list[Drift]:
     """Live files that are neither the update's pre-image nor its result (config files excepted)."""
     found: list[Drift] = []
     config = set(manifest.config_files)
-    for f in manifest.files:
-        checks: list[tuple[str, set[str | None]]] = []
-        if f.action is Action.ADD:
-            checks.append((f.path, {None, f.sha256}))
-        elif f.action is Action.MODIFY:
-            checks.append((f.path, {f.preimage_sha256, f.sha256}))
-        elif f.action is Action.DELETE:
-            checks.append((f.path, {f.preimage_sha256, None}))
-        elif f.renamed_from is not None:
-            checks.append((f.renamed_from, {f.preimage_sha256, None}))
-            checks.append((f.path, {None, f.sha256}))
-        for path, allowed in checks:
-            if path in config:
-                continue
-            live = live_digest(confined(ctx.app_root, path))
-            if live not in allowed:
-                expected = " or ".join(sorted("absent" if a is None else a[:12] for a in allowed))
-                found.append(Drift(path, expected, "absent" if live is None else live[:12]))
+    if not ctx.app_root.is_dir():
+        return found  # a first install: nothing is there to differ
+    with safefs.Tree.open(ctx.app_root) as app:
+        for f in manifest.files:
+            found += _drift_of(app, f, config)
+    return found
+
+
+def _drift_of(app: safefs.Tree, f: FileEntry, config: set[str]) -> list[Drift]:
+    checks: list[tuple[str, set[str | None]]] = []
+    if f.action is Action.ADD:
+        checks.append((f.path, {None, f.sha256}))
+    elif f.action is Action.MODIFY:
+        checks.append((f.path, {f.preimage_sha256, f.sha256}))
+    elif f.action is Action.DELETE:
+        checks.append((f.path, {f.preimage_sha256, None}))
+    elif f.renamed_from is not None:
+        checks.append((f.renamed_from, {f.preimage_sha256, None}))
+        checks.append((f.path, {None, f.sha256}))
+    found: list[Drift] = []
+    for path, allowed in checks:
+        if path in config:
+            continue
+        live = app.digest(path)
+        if live not in allowed:
+            expected = " or ".join(sorted("absent" if a is None else a[:12] for a in allowed))
+            found.append(Drift(path, expected, "absent" if live is None else live[:12]))
     return found
 
 
@@ -97,6 +107,23 @@ def no_drift(ctx: Context, manifest: Manifest) -> None:
             f"{ctx.app_path(first.path)} was changed on this server (sha256 {first.found}, "
             f"expected {first.expected}){more}",
             hint="restore the file or rebuild the update from what the server runs; nothing was changed",
+        )
+
+
+def root_records(ctx: Context) -> None:
+    """Root's backups and logs must be root's (or not exist yet); an app tree the app's account
+    can write to is worth a warning: that account could change the code root's update handles."""
+    for name in ("backups", "logs"):
+        tree = safefs.records(ctx.app_root, name, create=False)
+        if tree is not None:
+            tree.close()
+    st = ctx.app_root.lstat()
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        log.warning(
+            "%s is writable by uid %d: the app's account can change its code and plant links;"
+            " make the tree root's and give the app only its data directories ([app] writable)",
+            ctx.app_root,
+            st.st_uid,
         )
 
 
@@ -128,7 +155,7 @@ def disk_space(ctx: Context, manifest: Manifest) -> None:
         # (the running app may remove its WAL at any moment: a missing one counts nothing)
         for part in (db, db.with_name(db.name + "-wal")):
             with contextlib.suppress(FileNotFoundError):
-                need += part.stat().st_size
+                need += part.lstat().st_size
     touched = [f.path for f in manifest.files] + [f.renamed_from for f in manifest.files if f.renamed_from]
     need += backup.undo_space(ctx, touched, with_db=bool(manifest.migrations))
     free = free_bytes(ctx.app_root)
@@ -170,6 +197,8 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
             )
         if not manifest.full:
             app_accounts(ctx)
+        if ctx.app_root.is_dir():
+            root_records(ctx)
         if check_drift:
             no_drift(ctx, manifest)
         if ctx.app_root.is_dir():

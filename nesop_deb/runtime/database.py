@@ -7,60 +7,56 @@ in its ``_yoyo_migration`` table; we only choose which migrations and in which d
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
-import shutil
 import sqlite3
-from collections.abc import Iterator, Sequence
+import stat
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nesop_deb.errors import NesopError
-from nesop_deb.runtime.fsutil import fsync_dir, sha256_file
+from nesop_deb.runtime.safefs import TMP_SUFFIX, LinkRefused, Tree
 
 
 class MigrationError(NesopError):
     """A migration failed (its own transaction was rolled back by the database)."""
 
 
-def snapshot(db: Path, dest: Path) -> str:
-    """Copy a live SQLite database consistently (the online backup API); return its sha256."""
-    tmp = _part(dest)
-    src = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+def snapshot(db: Path, dest: Tree, name: str) -> str:
+    """Copy a live SQLite database consistently (the online backup API) to ``dest/name``; return
+    its sha256."""
+    src = _connect_ro(db)
     try:
-        _backup(src, tmp)
-        return _finish(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not also keep half a copy
-        raise
+        return _write_copy(src, dest, name)
     finally:
         src.close()
 
 
-def _part(dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    return tmp
+def _connect_ro(db: Path, **kwargs: Any) -> sqlite3.Connection:
+    """A read-only connection to the live database, which must be a file, not a link."""
+    st = db.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+        raise LinkRefused(db, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")
+    conn: sqlite3.Connection = sqlite3.connect(f"file:{db}?mode=ro", uri=True, **kwargs)
+    return conn
 
 
-def _backup(src: sqlite3.Connection, tmp: Path) -> None:
-    out = sqlite3.connect(tmp)
+def _write_copy(src: sqlite3.Connection, dest: Tree, name: str) -> str:
+    """The copy goes through memory and :meth:`Tree.write_new`: SQLite opens files by path,
+    resolving every link, and the backup directory's path runs through the app's tree."""
+    mem = sqlite3.connect(":memory:")
     try:
-        src.backup(out)
+        src.backup(mem)
+        data = mem.serialize()
     finally:
-        out.close()
-
-
-def _finish(tmp: Path, dest: Path) -> str:
-    """Make the copy durable and root-only under its final name; return its sha256."""
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.chmod(0o600)
-    tmp.replace(dest)
-    fsync_dir(dest.parent)
-    return sha256_file(dest)
+        mem.close()
+    part = name + ".part"
+    dest.write_new(part, data, 0o600)  # a full disk leaves no half copy (write_new removes it)
+    dest.replace(part, name)
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass
@@ -111,7 +107,7 @@ def _file_id(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def snapshot_held(db: Path, dest: Path) -> HeldSnapshot:
+def snapshot_held(db: Path, dest: Tree, name: str) -> HeldSnapshot:
     """:func:`snapshot`, keeping the connection open to check later whether anything was committed.
 
     The version number is read inside the same read transaction as the copy, so it belongs to
@@ -121,40 +117,47 @@ def snapshot_held(db: Path, dest: Path) -> HeldSnapshot:
     any reader.
     """
     file_id = _file_id(db)  # before the connection opens: a later replacement shows as a change
-    tmp = _part(dest)
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
+    conn = _connect_ro(db, isolation_level=None)
     try:
         conn.execute("BEGIN")
         version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        _backup(conn, tmp)
+        digest = _write_copy(conn, dest, name)
         conn.execute("COMMIT")
-        digest = _finish(tmp, dest)
     except BaseException:
         conn.close()
-        tmp.unlink(missing_ok=True)
         raise
-    return HeldSnapshot(db, dest, digest, dest.stat().st_size, version, file_id, conn)
+    st = dest.lstat(name)
+    assert st is not None
+    return HeldSnapshot(db, dest.path / name, digest, st.st_size, version, file_id, conn)
 
 
-def restore(snapshot_file: Path, db: Path, keep_current_as: Path | None) -> None:
-    """Put a snapshot back in place of ``db`` (the app is stopped), keeping the current one aside."""
-    st = db.stat() if db.exists() else None
-    if keep_current_as is not None and db.exists():
-        keep_current_as.parent.mkdir(parents=True, exist_ok=True)
-        snapshot(db, keep_current_as)
-    tmp = db.with_name(db.name + ".nesop-tmp")
-    shutil.copyfile(snapshot_file, tmp)
-    if st is not None:
-        os.chown(tmp, st.st_uid, st.st_gid)
-        tmp.chmod(st.st_mode & 0o7777)
-    with tmp.open("rb") as fh:
-        os.fsync(fh.fileno())
-    # the old WAL and shared-memory files belong to the database being replaced
-    for suffix in ("-wal", "-shm"):
-        with contextlib.suppress(FileNotFoundError):
-            db.with_name(db.name + suffix).unlink()
-    tmp.replace(db)
-    fsync_dir(db.parent)
+def restore(backup: Tree, name: str, db: Path, app_root: Path, keep_current_as: str | None) -> None:
+    """Put ``backup/name`` back in place of ``db`` (the app is stopped), keeping the current one
+    aside as ``backup/keep_current_as``. Owner and mode stay those of the database replaced."""
+    with _directory_of(db, app_root) as directory:
+        st = directory.lstat(db.name)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise LinkRefused(db, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")
+        if keep_current_as is not None and st is not None:
+            snapshot(db, backup, keep_current_as)
+        tmp = db.name + TMP_SUFFIX
+        if st is None:
+            directory.copy_from(backup, name, tmp, 0o640)
+        else:
+            directory.copy_from(backup, name, tmp, stat.S_IMODE(st.st_mode) & 0o777, st.st_uid, st.st_gid)
+        # the old WAL and shared-memory files belong to the database being replaced
+        for suffix in ("-wal", "-shm"):
+            directory.unlink(db.name + suffix, durable=False)
+        directory.replace(tmp, db.name)
+
+
+def _directory_of(db: Path, app_root: Path) -> Tree:
+    """The database's directory, walked from the app root when it is inside it."""
+    if app_root in db.parents:
+        with Tree.open(app_root) as root:
+            rel = db.parent.relative_to(app_root)
+            return root.subdir(str(rel)) if str(rel) != "." else Tree(os.dup(root.fd), root.path)
+    return Tree.open(db.parent)
 
 
 @contextlib.contextmanager
@@ -195,7 +198,54 @@ def read(directory: Path, ids: Sequence[str]) -> Migrations:
     return migrations
 
 
-def applied_ids(url: str) -> list[str]:
+Owner = tuple[int, int] | None  # (uid, gid) the migrations run as; None: this process's own
+
+
+def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
+    """Run ``fn`` as the database's owner (the app's account) in a forked child.
+
+    SQLite creates and opens the database's journal, WAL and shared-memory files by path, in a
+    directory the app's account can write to: as root it would follow any link planted there
+    (and chown what it finds). As the owner it can reach only what that account already can,
+    and every file it creates is the owner's without a chown. The migrations were parsed in
+    this process before: the child need not read root's state directory.
+    """
+    if owner is None or owner == (os.geteuid(), os.getegid()):
+        return fn()
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(owner[1])
+            os.setuid(owner[0])
+            result: dict[str, Any] = {"ok": fn()}
+        except BaseException as exc:  # everything goes back to the parent
+            result = {"error": str(exc), "migration": isinstance(exc, MigrationError)}
+            code = 1
+        try:
+            with os.fdopen(wfd, "w", encoding="utf-8") as out:
+                json.dump(result, out)
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd, "r", encoding="utf-8") as inp:
+        text = inp.read()
+    _pid, status = os.waitpid(pid, 0)
+    try:
+        result = json.loads(text)
+    except ValueError:
+        raise MigrationError(
+            f"the migration process running as uid {owner[0]} ended without a result (status {status})"
+        ) from None
+    if "error" in result:
+        raise MigrationError(str(result["error"]))
+    return [str(i) for i in result["ok"]]
+
+
+def applied_ids(url: str, owner: Owner = None) -> list[str]:
     """Ids of the migrations recorded in the tracking table, in the order applied.
 
     Read-only for a database yoyo never touched (a hand-deployed app): opening it through yoyo
@@ -203,16 +253,22 @@ def applied_ids(url: str) -> list[str]:
     """
     if url.startswith("sqlite:///") and not _has_table(Path(url[len("sqlite:///") :]), "_yoyo_migration"):
         return []
-    with _backend(url) as backend:
-        backend.ensure_internal_schema_updated()
-        rows = backend.execute("SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc").fetchall()
-        return [str(r[0]) for r in rows]
+
+    def read_ids() -> list[str]:
+        with _backend(url) as backend:
+            backend.ensure_internal_schema_updated()
+            rows = backend.execute(
+                "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc"
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+    return _as_owner(owner, read_ids)
 
 
 def _has_table(db: Path, name: str) -> bool:
     if not db.exists():
         return False
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = _connect_ro(db)
     try:
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return found.fetchone() is not None
@@ -220,48 +276,62 @@ def _has_table(db: Path, name: str) -> bool:
         conn.close()
 
 
-def apply(url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None) -> list[str]:
+def apply(
+    url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None, owner: Owner = None
+) -> list[str]:
     """Apply those of ``ids`` not yet applied, in name order; return the ids applied now.
 
     ``migrations``: what :func:`read` returned for the same ``directory`` and ``ids``, if the
-    caller read them already."""
+    caller read them already. ``owner``: see :func:`_as_owner`."""
     from yoyo.exceptions import LockTimeout
 
-    with _backend(url) as backend:
-        try:
-            with backend.lock():
-                todo = backend.to_apply(read(directory, ids) if migrations is None else migrations)
-                done: list[str] = []
-                for m in sorted(todo, key=lambda m: m.id):
-                    try:
-                        backend.apply_one(m)
-                    except Exception as exc:
-                        raise MigrationError(f"migration {m.id} failed: {exc}") from exc
-                    done.append(m.id)
-                return done
-        except LockTimeout as exc:
-            raise MigrationError(f"the database migration lock is held: {exc}") from exc
+    parsed = read(directory, ids) if migrations is None else migrations
+
+    def run() -> list[str]:
+        with _backend(url) as backend:
+            try:
+                with backend.lock():
+                    todo = backend.to_apply(parsed)
+                    done: list[str] = []
+                    for m in sorted(todo, key=lambda m: m.id):
+                        try:
+                            backend.apply_one(m)
+                        except Exception as exc:
+                            raise MigrationError(f"migration {m.id} failed: {exc}") from exc
+                        done.append(m.id)
+                    return done
+            except LockTimeout as exc:
+                raise MigrationError(f"the database migration lock is held: {exc}") from exc
+
+    return _as_owner(owner, run)
 
 
-def rollback(url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None) -> list[str]:
+def rollback(
+    url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None, owner: Owner = None
+) -> list[str]:
     """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back.
 
-    ``migrations``: as for :func:`apply`."""
-    with _backend(url) as backend, backend.lock():
-        todo = backend.to_rollback(read(directory, ids) if migrations is None else migrations)
-        done: list[str] = []
-        for m in sorted(todo, key=lambda m: m.id, reverse=True):
-            try:
-                backend.rollback_one(m)
-            except Exception as exc:
-                raise MigrationError(f"rollback of migration {m.id} failed: {exc}") from exc
-            done.append(m.id)
-        return done
+    ``migrations``, ``owner``: as for :func:`apply`."""
+    parsed = read(directory, ids) if migrations is None else migrations
+
+    def run() -> list[str]:
+        with _backend(url) as backend, backend.lock():
+            todo = backend.to_rollback(parsed)
+            done: list[str] = []
+            for m in sorted(todo, key=lambda m: m.id, reverse=True):
+                try:
+                    backend.rollback_one(m)
+                except Exception as exc:
+                    raise MigrationError(f"rollback of migration {m.id} failed: {exc}") from exc
+                done.append(m.id)
+            return done
+
+    return _as_owner(owner, run)
 
 
 def quick_check(db: Path) -> str:
     """SQLite's own consistency check; 'ok' when the file is sound."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = _connect_ro(db)
     try:
         return str(conn.execute("PRAGMA quick_check").fetchone()[0])
     finally:

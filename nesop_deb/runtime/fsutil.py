@@ -1,7 +1,11 @@
-"""File operations the transaction relies on: durable, atomic, and confined to a root.
+"""Durable, atomic file writes by path, for root's own directories only.
+
+The state directory, ``/etc/systemd/system`` and the apt configuration are root's, with root's
+parents: a path there is safe to use. Everything in the app's tree (which its account may write
+to) goes through :mod:`nesop_deb.runtime.safefs` instead.
 
 Files are replaced one way everywhere: write ``X.nesop-tmp``, fsync, set owner and mode, rename
-over ``X``, fsync the directory. Writing through a symlink that leads out of the app is refused.
+over ``X``, fsync the directory.
 """
 
 from __future__ import annotations
@@ -9,12 +13,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 from pathlib import Path
 
-from nesop_deb.errors import RefusedError
-
-TMP_SUFFIX = ".nesop-tmp"
+TMP_SUFFIX = ".nesop-tmp"  # the same name safefs uses in the app tree
 
 
 def sha256_file(path: Path) -> str:
@@ -25,37 +26,12 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def live_digest(path: Path) -> str | None:
-    """sha256 of a regular file, of a symlink's target text, or None if nothing is there."""
-    if path.is_symlink():
-        return hashlib.sha256(os.readlink(path).encode("utf-8", "surrogateescape")).hexdigest()
-    if not path.exists():
-        return None
-    if not path.is_file():
-        return "not-a-regular-file"
-    return sha256_file(path)
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def confined(root: Path, rel: str) -> Path:
-    """``root/rel``, refusing when any existing parent below root is a symlink or not a directory."""
-    target = root / rel
-    current = root
-    for part in Path(rel).parts[:-1]:
-        current = current / part
-        if current.is_symlink() or (current.exists() and not current.is_dir()):
-            raise RefusedError(
-                f"{target}: the path goes through {current}, which is a symlink or not a directory",
-                hint="an update only writes real files below the app root; fix the live tree first",
-            )
-    return target
 
 
 def write_atomic(
@@ -88,32 +64,6 @@ def stage(tmp: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1, *, du
         raise
     finally:
         os.close(fd)
-
-
-def stage_symlink(tmp: Path, target_text: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.symlink_to(target_text)
-
-
-def remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-        fsync_dir(path.parent)
-
-
-def copy_preserving(src: Path, dst: Path) -> None:
-    """Copy a file or symlink with mode, owner and times (a backup's copy)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if src.is_symlink():
-        with contextlib.suppress(FileNotFoundError):
-            dst.unlink()
-        dst.symlink_to(os.readlink(src))
-        return
-    shutil.copy2(src, dst, follow_symlinks=False)
-    st = src.stat()
-    os.chown(dst, st.st_uid, st.st_gid)
 
 
 def write_json_atomic(path: Path, text: str, mode: int = 0o600) -> None:

@@ -6,21 +6,36 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nesop_deb.runtime import safefs
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import write_json_atomic
 from nesop_deb.runtime.log import log
 
 
 def read(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+    """The entries of a history file: ``<root>/logs/update_history.json``, read through root's own
+    ``logs/`` (see :func:`safefs.records`), or the pending file in the state directory."""
+    logs = safefs.records(path.parent.parent, path.parent.name, create=False, mode=0o755)
+    if logs is None:
         return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        # never lose an attempt's record because an old file was damaged: keep it aside
-        path.replace(path.with_name(path.name + ".corrupt"))
-        return []
+    with logs:
+        if logs.lstat(path.name) is None:
+            return []
+        try:
+            data = json.loads(logs.read_bytes(path.name))
+        except (OSError, ValueError):
+            # never lose an attempt's record because an old file was damaged: keep it aside
+            logs.replace(path.name, path.name + ".corrupt")
+            return []
     return data if isinstance(data, list) else []
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    logs = safefs.records(path.parent.parent, path.parent.name, create=True, mode=0o755)
+    assert logs is not None
+    with logs:
+        logs.write_new(path.name + safefs.TMP_SUFFIX, text.encode("utf-8"), mode)
+        logs.replace(path.name + safefs.TMP_SUFFIX, path.name)
 
 
 def _pending(ctx: Context) -> Path:
@@ -37,7 +52,7 @@ def append(ctx: Context, entry: dict[str, Any]) -> None:
     entries = read(ctx.history_file)
     pending = read(_pending(ctx))
     entries += [*pending, entry]
-    write_json_atomic(ctx.history_file, json.dumps(entries, indent=2, ensure_ascii=False) + "\n", mode=0o640)
+    _write(ctx.history_file, json.dumps(entries, indent=2, ensure_ascii=False) + "\n", mode=0o640)
     if pending:
         _pending(ctx).unlink(missing_ok=True)
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from nesop_deb.runtime import safefs
 
 log = logging.getLogger("nesop_deb.runtime")
 _depth = 0
@@ -23,20 +26,36 @@ class _Indent(logging.Filter):
         return True
 
 
-class _LogFile(logging.FileHandler):
+class _LogFile(logging.StreamHandler):  # type: ignore[type-arg]
     """The update log; a write that fails (a full disk) is said once on stderr, not per line."""
 
     failed = False
+
+    def __init__(self, path: Path) -> None:
+        # opened through root's own logs/ directory, never through a link (see safefs.records)
+        logs = safefs.records(path.parent.parent, path.parent.name, create=True, mode=0o755)
+        assert logs is not None
+        with logs:
+            fd = logs.open_append(path.name, 0o640)
+        super().__init__(os.fdopen(fd, "a", encoding="utf-8"))
+        self.path = path
 
     def handleError(self, record: logging.LogRecord) -> None:
         if not self.failed:
             self.failed = True
             exc = sys.exc_info()[1]
-            sys.stderr.write(f"warning: cannot write to {self.baseFilename}: {exc}\n")
+            sys.stderr.write(f"warning: cannot write to {self.path}: {exc}\n")
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            super().close()
 
 
 def setup(log_file: Path | None, *, verbose: bool = False) -> None:
-    """Send the runtime's log to stderr and (when given) to the update log file."""
+    """Send the runtime's log to stderr and (when given) to the update log file,
+    ``<app root>/logs/update.log``."""
     root = logging.getLogger("nesop_deb")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for handler in list(root.handlers):
@@ -46,8 +65,7 @@ def setup(log_file: Path | None, *, verbose: bool = False) -> None:
     stderr.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(stderr)
     if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = _LogFile(log_file, encoding="utf-8")
+        handler = _LogFile(log_file)
         handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%dT%H:%M:%S%z"))
         root.addHandler(handler)
     if not any(isinstance(f, _Indent) for f in log.filters):

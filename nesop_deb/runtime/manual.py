@@ -52,7 +52,7 @@ class _SafetyBackup:
         self.ctx, self.target, self.safety = ctx, target, safety
 
     def apply(self) -> None:
-        data = backup.read_manifest(self.target)
+        data = backup.read_manifest(self.ctx, self.target)
         touched = [f["path"] for f in data["files"]] + list(data["absent"])
         backup.create_files(self.ctx, self.safety, touched, {"kind": "pre_rollback", "version": None})
         backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)

@@ -105,7 +105,7 @@ def recover(ctx: Context) -> str | None:
     # postinst configure calls this too: an interrupted rollback must not pass for an apply
     if journal.get("kind") == "restore":
         safety = ctx.backups_dir / str(journal.get("safety"))
-        if safety.is_dir():
+        if backup.exists(ctx, safety.name):
             backup.restore_files(ctx, safety)
             backup.restore_database(ctx, safety, keep_current=True)
         ensure_running(ctx)

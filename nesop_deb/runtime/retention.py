@@ -7,9 +7,7 @@ newest manual backup. The oldest of the rest go first.
 
 from __future__ import annotations
 
-import shutil
-
-from nesop_deb.runtime import backup, state
+from nesop_deb.runtime import backup, safefs, state
 from nesop_deb.runtime.context import Context
 
 
@@ -25,9 +23,13 @@ def protected(ctx: Context) -> set[str]:
 def prune(ctx: Context) -> list[str]:
     """Delete the oldest unprotected backups beyond ``keep``; return their names. Space an undo
     reserved and could not give back (no transaction is in flight now) goes too."""
-    if ctx.backups_dir.is_dir() and state.read_journal(ctx) is None:
-        for stale in ctx.backups_dir.glob(".reserve-*"):
-            stale.unlink(missing_ok=True)
+    if state.read_journal(ctx) is None:
+        tree = safefs.records(ctx.app_root, "backups", create=False)
+        if tree is not None:
+            with tree:
+                for stale in tree.listdir():
+                    if stale.startswith(".reserve-"):
+                        tree.unlink(stale)
     backups = backup.list_backups(ctx)
     excess = len(backups) - ctx.app.keep_backups
     if excess <= 0:
@@ -39,7 +41,9 @@ def prune(ctx: Context) -> list[str]:
             break
         if b.name in safe:
             continue
-        shutil.rmtree(b.path)
+        with backup.open_backups(ctx) as tree:
+            tree.rmtree(b.name)
+        state.drop_seal(ctx, b.name)
         removed.append(b.name)
         excess -= 1
     return removed

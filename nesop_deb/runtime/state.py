@@ -113,6 +113,36 @@ def stored_manifest(ctx: Context, version: str) -> Manifest:
         raise StateError(f"{path}: the undo data of {version} is missing") from None
 
 
+# --- backup seals -------------------------------------------------------------------------------
+
+
+def _seal_path(ctx: Context, name: str) -> Path:
+    return ctx.state_dir / "backup-seals" / name
+
+
+def seal_backup(ctx: Context, name: str, digest: str) -> None:
+    """Record the sha256 of a backup's manifest where only root can write: a backup whose manifest
+    does not match it (one the app's account forged) is never restored."""
+    ensure_dir(ctx)
+    write_json_atomic(_seal_path(ctx, name), json.dumps({"manifest_sha256": digest}) + "\n")
+
+
+def backup_seal(ctx: Context, name: str) -> str | None:
+    try:
+        data = json.loads(_seal_path(ctx, name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{_seal_path(ctx, name)}: unreadable ({exc})") from None
+    digest = data.get("manifest_sha256") if isinstance(data, dict) else None
+    return digest if isinstance(digest, str) else None
+
+
+def drop_seal(ctx: Context, name: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        _seal_path(ctx, name).unlink()
+
+
 # --- the write-ahead journal -------------------------------------------------------------------
 
 

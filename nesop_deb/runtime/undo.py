@@ -11,7 +11,7 @@ import time
 from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import backup, database, health, history, lock, repo, service, state
+from nesop_deb.runtime import accounts, backup, database, health, history, lock, repo, service, state
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -42,7 +42,7 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
 
     ``migrations``: the version's migrations as :func:`_read_migrations` parsed them."""
     manifest = state.stored_manifest(ctx, entry.version)
-    if entry.backup is None or not (ctx.backups_dir / entry.backup).is_dir():
+    if entry.backup is None or not backup.exists(ctx, entry.backup):
         raise NesopError(f"the backup taken before {entry.version} ({entry.backup}) is missing")
     bdir = ctx.backups_dir / entry.backup
     how = "files restored"
@@ -58,7 +58,8 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
             how += f"; database snapshot restored (the replaced database is kept as {kept})"
         else:
             directory = state.recorded_migrations(ctx, entry.version)
-            done = database.rollback(url, directory, entry.migrations, migrations)
+            owner = accounts.app_owner(ctx)
+            done = database.rollback(url, directory, entry.migrations, migrations, owner=owner)
             how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
     backup.restore_files(ctx, bdir)
     return how

@@ -21,9 +21,8 @@ from pathlib import Path
 from nesop_deb import proc
 from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.manifest import Action
-from nesop_deb.runtime import accounts, database, health, history, service, state
+from nesop_deb.runtime import accounts, database, health, history, safefs, service, state
 from nesop_deb.runtime.context import Context
-from nesop_deb.runtime.fsutil import live_digest
 
 
 @dataclass
@@ -56,18 +55,27 @@ def check_files(ctx: Context) -> CheckResult:
     st = state.load(ctx)
     if not st.applied:
         return CheckResult("files", ctx.app_root.is_dir(), f"no update applied yet; {ctx.app_root} exists")
-    problems = []
+    problems: list[str] = []
     expected = expected_files(ctx, st)
-    for rel, (sha, _mode) in sorted(expected.items()):
-        live = live_digest(ctx.app_path(rel))
-        if sha is None and live is not None:
-            problems.append(f"{rel}: should have been deleted")
-        elif sha is not None and live is None:
-            problems.append(f"{rel}: missing")
-        elif sha is not None and live != sha:
-            problems.append(f"{rel}: content differs from {st.current}")
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel, (sha, _mode) in sorted(expected.items()):
+            _compare(app, rel, sha, st.current, problems)
     n = sum(1 for s, _ in expected.values() if s is not None)
     return CheckResult("files", not problems, f"{n} files of {st.current} checked by sha256", problems)
+
+
+def _compare(app: safefs.Tree, rel: str, sha: str | None, version: str | None, problems: list[str]) -> None:
+    try:
+        live = app.digest(rel)
+    except safefs.LinkRefused as exc:
+        problems.append(f"{rel}: {exc.message}")
+        return
+    if sha is None and live is not None:
+        problems.append(f"{rel}: should have been deleted")
+    elif sha is not None and live is None:
+        problems.append(f"{rel}: missing")
+    elif sha is not None and live != sha:
+        problems.append(f"{rel}: content differs from {version}")
 
 
 RESTART_WATCH = 0.5  # seconds between the two looks at the service
@@ -145,15 +153,21 @@ def check_permissions(ctx: Context) -> CheckResult:
     uid, gid = accounts.uid(ctx, ctx.app.user), accounts.gid(ctx, ctx.app.group)
     st = state.load(ctx)
     expected = expected_files(ctx, st) if st.applied else {}
-    for rel, (sha, mode) in sorted(expected.items()):
-        p = ctx.app_path(rel)
-        if sha is None or not p.exists() or p.is_symlink():
-            continue
-        s = p.stat()
-        if (s.st_uid, s.st_gid) != (uid, gid):
-            problems.append(f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {ctx.app.user}:{ctx.app.group}")
-        if mode is not None and s.st_mode & 0o7777 != mode:
-            problems.append(f"{rel}: mode {s.st_mode & 0o7777:o}, expected {mode:o}")
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel, (sha, mode) in sorted(expected.items()):
+            try:
+                s = app.lstat(rel)  # never through a link: what is there, not what it points at
+            except safefs.LinkRefused as exc:
+                problems.append(f"{rel}: {exc.message}")
+                continue
+            if sha is None or s is None or stat.S_ISLNK(s.st_mode):
+                continue
+            if (s.st_uid, s.st_gid) != (uid, gid):
+                problems.append(
+                    f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {ctx.app.user}:{ctx.app.group}"
+                )
+            if mode is not None and s.st_mode & 0o7777 != mode:
+                problems.append(f"{rel}: mode {s.st_mode & 0o7777:o}, expected {mode:o}")
     for dirpath, dirs, files in os.walk(ctx.app_root):
         if Path(dirpath) == ctx.backups_dir:
             dirs[:] = []
@@ -164,12 +178,20 @@ def check_permissions(ctx: Context) -> CheckResult:
             if not stat.S_ISLNK(s.st_mode) and s.st_mode & 0o002:
                 problems.append(f"{p.relative_to(ctx.app_root)}: world-writable")
     for private in (ctx.backups_dir, ctx.state_dir):
-        if private.exists():
-            s = private.stat()
-            if s.st_mode & 0o077 or s.st_uid != 0:
-                problems.append(
-                    f"{private}: must be root-only (0700), is {s.st_mode & 0o7777:o} uid {s.st_uid}"
-                )
+        try:
+            s = private.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(s.st_mode):
+            problems.append(f"{private}: a symlink; it must be a root-only (0700) directory")
+        elif s.st_mode & 0o077 or s.st_uid != 0:
+            problems.append(f"{private}: must be root-only (0700), is {s.st_mode & 0o7777:o} uid {s.st_uid}")
+    try:
+        logs = ctx.logs_dir.lstat()
+        if stat.S_ISLNK(logs.st_mode) or logs.st_uid != 0 or logs.st_mode & 0o022:
+            problems.append(f"{ctx.logs_dir}: must be a directory only root can write to")
+    except FileNotFoundError:
+        pass
     return CheckResult(
         "permissions", not problems, f"owner, group and mode of {len(expected)} files", problems
     )

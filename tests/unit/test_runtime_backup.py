@@ -51,7 +51,7 @@ def test_create_and_restore_round_trip(server: Server) -> None:
 
     assert bdir.stat().st_mode & 0o7777 == 0o700
     assert server.ctx.backups_dir.stat().st_mode & 0o7777 == 0o700
-    data = backup.read_manifest(bdir)
+    data = backup.read_manifest(server.ctx, bdir)
     assert sorted(data["absent"]) == ["gone.txt", "new/thing.txt"]
     by_path = {f["path"]: f for f in data["files"]}
     assert by_path["current"]["link_target"] == "lib/a.py"
@@ -102,7 +102,7 @@ def test_an_existing_backup_is_never_overwritten(server: Server) -> None:
 def test_manual_backup_holds_the_app_and_a_database_snapshot(server: Server) -> None:
     install_base(server)
     bdir = manual.manual_backup(server.ctx, "by-hand")
-    data = backup.read_manifest(bdir)
+    data = backup.read_manifest(server.ctx, bdir)
     paths = sorted(f["path"] for f in data["files"])
     assert "app.py" in paths
     assert not any(p.startswith(("backups/", "logs/", "data/app.db")) for p in paths)

@@ -170,7 +170,7 @@ def test_recover_of_an_interrupted_restore_uses_the_safety_backup(server: Server
     tree_before, db_before = tree(server.app_root), db_dump(server.db)
     # the restore got as far as putting the old files back, then the process died
     safety = "pre_rollback_crash"
-    data = backup.read_manifest(target)
+    data = backup.read_manifest(ctx, target)
     backup.create_files(ctx, safety, [f["path"] for f in data["files"]], {"kind": "pre_rollback"})
     backup.add_database(ctx, ctx.backups_dir / safety)
     state.write_journal(ctx, {"kind": "restore", "backup": target.name, "safety": safety, "steps": []})

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from nesop_deb.runtime import apply, backup, database, operations, state, transaction
+from nesop_deb.runtime import apply, backup, database, operations, safefs, state, transaction
 from nesop_deb.runtime.fsutil import sha256_file
 from tests.unit.runtime_fixtures import (
     UNIT,
@@ -60,7 +60,7 @@ def write_in_another_process(db: Path, name: str) -> None:
 def snapshot_in_backup(server: Server) -> Path:
     backups = [d for d in server.ctx.backups_dir.iterdir() if d.name.startswith("pre_update_")]
     assert len(backups) == 1
-    data = backup.read_manifest(backups[0])
+    data = backup.read_manifest(server.ctx, backups[0])
     assert data["database"]["file"] == backup.DB_FILE
     snap = backups[0] / backup.DB_FILE
     assert sha256_file(snap) == data["database"]["sha256"]
@@ -133,17 +133,18 @@ def test_a_held_snapshot_tells_whether_the_database_changed(tmp_path: Path, jour
     conn.commit()
     conn.close()
 
-    quiet = database.snapshot_held(db, tmp_path / "quiet.sqlite3")
+    here = safefs.Tree.open(tmp_path)
+    quiet = database.snapshot_held(db, here, "quiet.sqlite3")
     assert items(quiet.path) == [(1, "apple")]
     assert quiet.unchanged() is True
     assert quiet.unchanged() is False, "the answer is given once: the connection is closed after it"
 
-    busy = database.snapshot_held(db, tmp_path / "busy.sqlite3")
+    busy = database.snapshot_held(db, here, "busy.sqlite3")
     write_in_another_process(db, "pear")
     assert busy.unchanged() is False
     assert items(busy.path) == [(1, "apple")]
 
-    replaced = database.snapshot_held(db, tmp_path / "replaced.sqlite3")
+    replaced = database.snapshot_held(db, here, "replaced.sqlite3")
     shutil.copyfile(db, tmp_path / "other.db")
     (tmp_path / "other.db").replace(db)  # same rows, another file: no version number can vouch for it
     assert replaced.unchanged() is False
@@ -158,15 +159,17 @@ def test_a_commit_right_after_the_copy_is_not_missed(tmp_path: Path, monkeypatch
     app.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
     app.execute("INSERT INTO items (name) VALUES ('apple')")
     app.commit()
-    real = database._backup
+    real = database._write_copy
 
-    def copy_then_commit(src: sqlite3.Connection, tmp: Path) -> None:
-        real(src, tmp)
+    def copy_then_commit(src: sqlite3.Connection, dest: safefs.Tree, name: str) -> str:
+        digest = real(src, dest, name)
         app.execute("INSERT INTO items (name) VALUES ('pear')")
         app.commit()
+        return digest
 
-    monkeypatch.setattr(database, "_backup", copy_then_commit)
-    held = database.snapshot_held(db, tmp_path / "copy.sqlite3")
+    monkeypatch.setattr(database, "_write_copy", copy_then_commit)
+    here = safefs.Tree.open(tmp_path)
+    held = database.snapshot_held(db, here, "copy.sqlite3")
 
     assert items(held.path) == [(1, "apple")]
     assert held.unchanged() is False
@@ -261,7 +264,9 @@ def test_a_job_rebuilt_after_a_crash_copies_again(server: Server, monkeypatch: p
     bdir = server.ctx.backups_dir / str(journal["backup"])
     early = bdir / backup.DB_EARLY
     assert items(early) == BASE_ITEMS, "the crash left the copy taken before the stop"
-    assert backup.read_manifest(bdir)["database"] is None, "an early copy is not the backup's snapshot"
+    assert backup.read_manifest(server.ctx, bdir)["database"] is None, (
+        "an early copy is not the backup's snapshot"
+    )
 
     ctx = server.ctx  # rebuilt as operations.recover rebuilds it: from the journal alone
     manifest = operations._journal_manifest(ctx, journal)
@@ -270,7 +275,7 @@ def test_a_job_rebuilt_after_a_crash_copies_again(server: Server, monkeypatch: p
 
     assert not early.exists()
     assert items(bdir / backup.DB_FILE) == [*BASE_ITEMS, (3, "plum")]
-    assert backup.read_manifest(bdir)["database"]["sha256"] == sha256_file(bdir / backup.DB_FILE)
+    assert backup.read_manifest(server.ctx, bdir)["database"]["sha256"] == sha256_file(bdir / backup.DB_FILE)
 
 
 @pytest.mark.parametrize("at", ["backup", "stop"])
@@ -295,7 +300,7 @@ def test_the_early_copy_failing_falls_back_to_a_copy_after_the_stop(
     install_base(server)
     caplog.set_level(logging.INFO, logger="nesop_deb")
 
-    def locked(_db: Path, _dest: Path) -> database.HeldSnapshot:
+    def locked(_db: Path, _dest: safefs.Tree, _name: str) -> database.HeldSnapshot:
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(database, "snapshot_held", locked)

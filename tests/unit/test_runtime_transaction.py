@@ -21,7 +21,6 @@ from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import apply, backup, history, operations, state, transaction
 from nesop_deb.runtime.context import AppSettings, Context
-from nesop_deb.runtime.fsutil import write_json_atomic
 from tests.unit.runtime_fixtures import (
     APP_V1,
     M2,
@@ -160,7 +159,7 @@ def test_success_applies_every_kind_of_change(server: Server) -> None:
     bdir = server.ctx.backups_dir / entry.backup
     assert (bdir / backup.MANIFEST).is_file()
     assert bdir.stat().st_mode & 0o7777 == 0o700
-    data = backup.read_manifest(bdir)
+    data = backup.read_manifest(server.ctx, bdir)
     assert data["database"]["file"] == backup.DB_FILE
     assert sorted(data["absent"]) == [
         "README.md",
@@ -460,14 +459,12 @@ def test_a_failure_the_full_app_disk_cannot_record_waits_in_the_state_dir(
     manifest = release_101(server)
     ctx = server.ctx
 
-    def full(path: Path, text: str, mode: int = 0o600) -> None:
-        if path == ctx.history_file:
-            raise OSError(28, "No space left on device")
-        write_json_atomic(path, text, mode)
+    def full(path: Path, text: str, mode: int) -> None:
+        raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:
         inject(m, "migrate", "after")
-        m.setattr(history, "write_json_atomic", full)
+        m.setattr(history, "_write", full)
         with pytest.raises(transaction.TransactionFailed):
             run_apply(server, manifest)
     assert history.read(ctx.history_file) == []
