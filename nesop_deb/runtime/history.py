@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from nesop_deb.errors import NesopError
 from nesop_deb.runtime import safefs
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import write_json_atomic
@@ -59,10 +60,11 @@ def append(ctx: Context, entry: dict[str, Any]) -> None:
 
 def note(ctx: Context, entry: dict[str, Any]) -> None:
     """:func:`append` where a failure must not hide the error being reported: when the app's file
-    system is full, the entry waits in the state directory and goes in with the next one."""
+    system is full (or its logs/ cannot be trusted), the entry waits in the state directory and
+    goes in with the next one."""
     try:
         append(ctx, entry)
-    except OSError as exc:
+    except (OSError, NesopError) as exc:  # a full disk, or logs/ that is not root's
         log.error("cannot write %s (%s): the entry is kept in %s until it can be", ctx.history_file, exc,
                   _pending(ctx))  # fmt: skip
         try:
