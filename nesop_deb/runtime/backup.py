@@ -20,7 +20,7 @@ from typing import Any
 
 from nesop_deb.errors import NesopError, RefusedError, UsageError
 from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
-from nesop_deb.runtime import database, safefs, state
+from nesop_deb.runtime import accounts, database, safefs, state
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
 from nesop_deb.runtime.safefs import TMP_SUFFIX, Tree
@@ -201,7 +201,7 @@ def add_database(ctx: Context, backup_dir: Path) -> str | None:
     if db is None or not db.exists():
         return None
     with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
-        digest = database.snapshot(db, bdir, DB_FILE)
+        digest = database.snapshot(db, bdir, DB_FILE, accounts.app_owner(ctx))
     _record_database(ctx, backup_dir, digest)
     return digest
 
@@ -217,7 +217,7 @@ def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot
     if db is None or not db.exists():
         return None
     with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
-        return database.snapshot_held(db, bdir, DB_EARLY)
+        return database.snapshot_held(db, bdir, DB_EARLY, accounts.app_owner(ctx))
 
 
 def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnapshot) -> None:
@@ -373,7 +373,7 @@ def restore_database(ctx: Context, backup_dir: Path, keep_current: bool) -> Path
     with open_backups(ctx) as backups, backups.subdir(backup_dir.name) as bdir:
         if bdir.digest(DB_FILE) != data["database"]["sha256"]:
             raise BackupError(f"backup {backup_dir.name}: {DB_FILE} does not match its manifest")
-        database.restore(bdir, DB_FILE, db, ctx.app_root, kept)
+        database.restore(bdir, DB_FILE, db, ctx.app_root, kept, accounts.app_owner(ctx))
     return None if kept is None else backup_dir / kept
 
 

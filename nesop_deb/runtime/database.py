@@ -25,14 +25,17 @@ class MigrationError(NesopError):
     """A migration failed (its own transaction was rolled back by the database)."""
 
 
-def snapshot(db: Path, dest: Tree, name: str) -> str:
+Owner = tuple[int, int] | None  # (uid, gid) to read and migrate as; None: this process's own
+
+
+def snapshot(db: Path, dest: Tree, name: str, owner: Owner = None) -> str:
     """Copy a live SQLite database consistently (the online backup API) to ``dest/name``; return
-    its sha256."""
-    src = _connect_ro(db)
+    its sha256. ``owner``: read it as that account (see :func:`_as_owner`)."""
+    copy = _reader(owner)(db, hold=False)
     try:
-        return _write_copy(src, dest, name)
+        return _store(copy.data, dest, name)
     finally:
-        src.close()
+        copy.close()
 
 
 def _connect_ro(db: Path, **kwargs: Any) -> sqlite3.Connection:
@@ -44,19 +47,133 @@ def _connect_ro(db: Path, **kwargs: Any) -> sqlite3.Connection:
     return conn
 
 
-def _write_copy(src: sqlite3.Connection, dest: Tree, name: str) -> str:
-    """The copy goes through memory and :meth:`Tree.write_new`: SQLite opens files by path,
-    resolving every link, and the backup directory's path runs through the app's tree."""
+def _serialize(src: sqlite3.Connection) -> bytes:
+    """The database as one byte string (through memory: SQLite writes files only by path)."""
     mem = sqlite3.connect(":memory:")
     try:
         src.backup(mem)
-        data = mem.serialize()
+        return mem.serialize()
     finally:
         mem.close()
+
+
+def _store(data: bytes, dest: Tree, name: str) -> str:
+    """Write a copy into root's backup through its descriptor; return its sha256."""
     part = name + ".part"
     dest.write_new(part, data, 0o600)  # a full disk leaves no half copy (write_new removes it)
     dest.replace(part, name)
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class Copy:
+    """A consistent copy of the database, the ``PRAGMA data_version`` it was taken at, and (when
+    held) a way to read that number again on the same connection."""
+
+    data: bytes
+    data_version: int
+    probe: Callable[[], int] | None
+    close: Callable[[], None]
+
+
+def _copy_here(db: Path, *, hold: bool) -> Copy:
+    """Copy in this process. The version is read inside the same read transaction as the copy,
+    so it belongs to exactly the copied state."""
+    conn = _connect_ro(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        data = _serialize(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    if not hold:
+        conn.close()
+        return Copy(data, version, None, lambda: None)
+    return Copy(data, version, lambda: int(conn.execute("PRAGMA data_version").fetchone()[0]), conn.close)
+
+
+def _reader(owner: Owner) -> Callable[..., Copy]:
+    if owner is None or owner == (os.geteuid(), os.getegid()):
+        return _copy_here
+    return lambda db, *, hold: _copy_as(owner, db, hold=hold)
+
+
+def _drop_to(owner: tuple[int, int]) -> None:
+    os.setgroups([])
+    os.setgid(owner[1])
+    os.setuid(owner[0])
+
+
+def _copy_as(owner: tuple[int, int], db: Path, *, hold: bool) -> Copy:
+    """:func:`_copy_here` in a child running as the database's owner: root never opens the
+    database by path, so a link planted in its place can show root nothing the owner cannot
+    read. A held copy keeps the child, and its connection, until :meth:`Copy.close`."""
+    up_r, up_w = os.pipe()  # child -> parent: the copy, then answers
+    down_r, down_w = os.pipe()  # parent -> child: "probe" lines; EOF ends it
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, reports through the pipe
+        os.close(up_r)
+        os.close(down_w)
+        code = 0
+        try:
+            with os.fdopen(up_w, "wb") as out, os.fdopen(down_r, "rb") as inp:
+                try:
+                    _drop_to(owner)
+                    copy = _copy_here(db, hold=hold)
+                except BaseException as exc:
+                    out.write(json.dumps({"error": str(exc)}).encode() + b"\n")
+                    code = 1
+                else:
+                    out.write(
+                        json.dumps({"size": len(copy.data), "version": copy.data_version}).encode() + b"\n"
+                    )
+                    out.write(copy.data)
+                    out.flush()
+                    for line in inp:
+                        if line.strip() == b"probe" and copy.probe is not None:
+                            try:
+                                answer: dict[str, Any] = {"version": copy.probe()}
+                            except sqlite3.Error as exc:
+                                answer = {"error": str(exc)}
+                            out.write(json.dumps(answer).encode() + b"\n")
+                            out.flush()
+        finally:
+            os._exit(code)
+    os.close(up_w)
+    os.close(down_r)
+    inp = os.fdopen(up_r, "rb")
+    out = os.fdopen(down_w, "wb")
+
+    def close() -> None:
+        for stream in (out, inp):
+            with contextlib.suppress(OSError):
+                stream.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+    try:
+        head = json.loads(inp.readline() or b"{}")
+        if "size" not in head:
+            raise sqlite3.OperationalError(f"{db}: {head.get('error', 'the reader ended without a copy')}")
+        data = inp.read(int(head["size"]))
+    except BaseException:
+        close()
+        raise
+
+    def probe() -> int:
+        out.write(b"probe\n")
+        out.flush()
+        answer = json.loads(inp.readline() or b"{}")
+        if "version" not in answer:
+            raise sqlite3.OperationalError(str(answer.get("error", "the reader is gone")))
+        return int(answer["version"])
+
+    if not hold:
+        close()
+        return Copy(data, int(head["version"]), None, lambda: None)
+    return Copy(data, int(head["version"]), probe, close)
 
 
 @dataclass
@@ -74,13 +191,13 @@ class HeldSnapshot:
     size: int
     data_version: int
     file_id: tuple[int, int]  # (st_dev, st_ino) of the database before the copy
-    conn: sqlite3.Connection | None
+    copy: Copy | None
 
     def close(self) -> None:
-        if self.conn is not None:
+        copy, self.copy = self.copy, None
+        if copy is not None:
             with contextlib.suppress(sqlite3.Error):
-                self.conn.close()
-            self.conn = None
+                copy.close()
 
     def unchanged(self) -> bool:
         """Whether the database is still exactly what the snapshot holds (closes the connection).
@@ -88,50 +205,43 @@ class HeldSnapshot:
         False whenever that cannot be shown: the connection is gone, the database file was
         replaced or removed, or SQLite could not answer.
         """
-        conn, self.conn = self.conn, None
-        if conn is None:
+        copy = self.copy
+        if copy is None or copy.probe is None:
             return False
         try:
             if _file_id(self.db) != self.file_id:
                 return False
-            return int(conn.execute("PRAGMA data_version").fetchone()[0]) == self.data_version
-        except (OSError, sqlite3.Error):
+            return copy.probe() == self.data_version
+        except (OSError, ValueError, sqlite3.Error):
             return False
         finally:
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            self.close()
 
 
 def _file_id(path: Path) -> tuple[int, int]:
-    st = path.stat()
+    st = path.lstat()
     return st.st_dev, st.st_ino
 
 
-def snapshot_held(db: Path, dest: Tree, name: str) -> HeldSnapshot:
+def snapshot_held(db: Path, dest: Tree, name: str, owner: Owner = None) -> HeldSnapshot:
     """:func:`snapshot`, keeping the connection open to check later whether anything was committed.
 
-    The version number is read inside the same read transaction as the copy, so it belongs to
-    exactly the copied state: a commit that lands right after the copy, before the number could
-    be read in a transaction of its own, still changes it. In WAL mode the read transaction does
-    not hold up the app's writers; with a rollback journal they wait for the copy, as they do for
-    any reader.
+    In WAL mode the copy's read transaction does not hold up the app's writers; with a rollback
+    journal they wait for the copy, as they do for any reader.
     """
     file_id = _file_id(db)  # before the connection opens: a later replacement shows as a change
-    conn = _connect_ro(db, isolation_level=None)
+    copy = _reader(owner)(db, hold=True)
     try:
-        conn.execute("BEGIN")
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
-        digest = _write_copy(conn, dest, name)
-        conn.execute("COMMIT")
+        digest = _store(copy.data, dest, name)
     except BaseException:
-        conn.close()
+        copy.close()
         raise
-    st = dest.lstat(name)
-    assert st is not None
-    return HeldSnapshot(db, dest.path / name, digest, st.st_size, version, file_id, conn)
+    return HeldSnapshot(db, dest.path / name, digest, len(copy.data), copy.data_version, file_id, copy)
 
 
-def restore(backup: Tree, name: str, db: Path, app_root: Path, keep_current_as: str | None) -> None:
+def restore(
+    backup: Tree, name: str, db: Path, app_root: Path, keep_current_as: str | None, owner: Owner = None
+) -> None:
     """Put ``backup/name`` back in place of ``db`` (the app is stopped), keeping the current one
     aside as ``backup/keep_current_as``. Owner and mode stay those of the database replaced."""
     with _directory_of(db, app_root) as directory:
@@ -139,7 +249,7 @@ def restore(backup: Tree, name: str, db: Path, app_root: Path, keep_current_as: 
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise LinkRefused(db, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")
         if keep_current_as is not None and st is not None:
-            snapshot(db, backup, keep_current_as)
+            snapshot(db, backup, keep_current_as, owner)
         tmp = db.name + TMP_SUFFIX
         if st is None:
             directory.copy_from(backup, name, tmp, 0o640)
@@ -198,9 +308,6 @@ def read(directory: Path, ids: Sequence[str]) -> Migrations:
     return migrations
 
 
-Owner = tuple[int, int] | None  # (uid, gid) the migrations run as; None: this process's own
-
-
 def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
     """Run ``fn`` as the database's owner (the app's account) in a forked child.
 
@@ -218,9 +325,7 @@ def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
         code = 0
         try:
             os.close(rfd)
-            os.setgroups([])
-            os.setgid(owner[1])
-            os.setuid(owner[0])
+            _drop_to(owner)
             result: dict[str, Any] = {"ok": fn()}
         except BaseException as exc:  # everything goes back to the parent
             result = {"error": str(exc), "migration": isinstance(exc, MigrationError)}
@@ -251,10 +356,10 @@ def applied_ids(url: str, owner: Owner = None) -> list[str]:
     Read-only for a database yoyo never touched (a hand-deployed app): opening it through yoyo
     would create yoyo's tables, and validate or an undo must not change the app's schema.
     """
-    if url.startswith("sqlite:///") and not _has_table(Path(url[len("sqlite:///") :]), "_yoyo_migration"):
-        return []
 
     def read_ids() -> list[str]:
+        if url.startswith("sqlite:///") and not _has_table(Path(url[len("sqlite:///") :]), "_yoyo_migration"):
+            return []
         with _backend(url) as backend:
             backend.ensure_internal_schema_updated()
             rows = backend.execute(
@@ -329,10 +434,17 @@ def rollback(
     return _as_owner(owner, run)
 
 
-def quick_check(db: Path) -> str:
-    """SQLite's own consistency check; 'ok' when the file is sound."""
-    conn = _connect_ro(db)
+def quick_check(db: Path, owner: Owner = None) -> str:
+    """SQLite's own consistency check, as ``owner``; 'ok' when the file is sound."""
+
+    def check() -> list[str]:
+        conn = _connect_ro(db)
+        try:
+            return [str(conn.execute("PRAGMA quick_check").fetchone()[0])]
+        finally:
+            conn.close()
+
     try:
-        return str(conn.execute("PRAGMA quick_check").fetchone()[0])
-    finally:
-        conn.close()
+        return _as_owner(owner, check)[0]
+    except MigrationError as exc:  # what the child could not open, as the caller expects it
+        raise sqlite3.OperationalError(str(exc)) from None

@@ -104,7 +104,7 @@ def check_database(ctx: Context) -> CheckResult:
     if not db.exists():
         return CheckResult("database", False, f"{db} does not exist")
     try:
-        verdict = database.quick_check(db)
+        verdict = database.quick_check(db, accounts.app_owner(ctx))
     except sqlite3.Error as exc:
         return CheckResult("database", False, f"{db}: cannot open: {exc}")
     problems = [] if verdict == "ok" else [f"quick_check: {verdict}"]
@@ -114,7 +114,7 @@ def check_database(ctx: Context) -> CheckResult:
     recorded: list[str] = []
     if url is not None:
         try:
-            recorded = database.applied_ids(url)
+            recorded = database.applied_ids(url, owner=accounts.app_owner(ctx))
         except Exception as exc:
             problems.append(f"cannot read the migration table: {exc}")
     missing = [i for i in wanted if i not in recorded]

@@ -159,15 +159,15 @@ def test_a_commit_right_after_the_copy_is_not_missed(tmp_path: Path, monkeypatch
     app.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
     app.execute("INSERT INTO items (name) VALUES ('apple')")
     app.commit()
-    real = database._write_copy
+    real = database._serialize
 
-    def copy_then_commit(src: sqlite3.Connection, dest: safefs.Tree, name: str) -> str:
-        digest = real(src, dest, name)
+    def copy_then_commit(src: sqlite3.Connection) -> bytes:
+        data = real(src)
         app.execute("INSERT INTO items (name) VALUES ('pear')")
         app.commit()
-        return digest
+        return data
 
-    monkeypatch.setattr(database, "_write_copy", copy_then_commit)
+    monkeypatch.setattr(database, "_serialize", copy_then_commit)
     here = safefs.Tree.open(tmp_path)
     held = database.snapshot_held(db, here, "copy.sqlite3")
 
@@ -300,7 +300,7 @@ def test_the_early_copy_failing_falls_back_to_a_copy_after_the_stop(
     install_base(server)
     caplog.set_level(logging.INFO, logger="nesop_deb")
 
-    def locked(_db: Path, _dest: safefs.Tree, _name: str) -> database.HeldSnapshot:
+    def locked(_db: Path, _dest: safefs.Tree, _name: str, _owner: database.Owner) -> database.HeldSnapshot:
         raise sqlite3.OperationalError("database is locked")
 
     monkeypatch.setattr(database, "snapshot_held", locked)
