@@ -7,6 +7,7 @@ default on a production server.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nesop_deb.errors import ConfigError
+from nesop_deb.paths import app_root_problem, control_character
 
 CONFIG_NAME = "nesop-deb.toml"
 
@@ -22,6 +24,18 @@ CONFIG_NAME = "nesop-deb.toml"
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
+# An update waits this long at most for the app to answer: an hour covers the slowest start,
+# while a larger value (or inf, nan) would leave a failed update hanging instead of undone.
+MAX_HEALTH_TIMEOUT = 3600
+
+
+def is_package_name(name: str) -> bool:
+    return _PACKAGE_NAME.fullmatch(name) is not None
+
+
+def health_timeout_ok(value: float) -> bool:
+    """Whether ``value`` is a usable health timeout in seconds: finite, above 0, at most an hour."""
+    return math.isfinite(value) and 0 < value <= MAX_HEALTH_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -148,6 +162,8 @@ def _relative(value: str, what: str, source: str) -> str:
     path = PurePosixPath(value)
     if path.is_absolute() or ".." in path.parts or not value:
         raise ConfigError(f"{source}: {what} {value!r} must be a path inside the repository")
+    if control_character(value) is not None:  # the runtime refuses it in a manifest
+        raise ConfigError(f"{source}: {what} {value!r} contains a control character", hint="rename it")
     return str(path)
 
 
@@ -161,11 +177,12 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
             f"{source}: app.name {name!r} is not a valid Debian package name",
             hint="use lower case letters, digits, '+', '-' and '.'",
         )
-    root = PurePosixPath(app["root"])
-    if not root.is_absolute() or ".." in root.parts or root == PurePosixPath("/"):
+    problem = app_root_problem(app["root"])
+    if problem is not None:
         raise ConfigError(
-            f"{source}: app.root {app['root']!r} must be an absolute directory like /opt/{name}"
+            f"{source}: app.root {app['root']!r} {problem}", hint=f"use a directory like /opt/{name}"
         )
+    root = PurePosixPath(app["root"])
     user = app.get("user", "root")
     group = app.get("group", user)
     for key, value in (("user", user), ("group", group)):
@@ -195,8 +212,12 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
     mig = data.get("migrations", {})
     health = data.get("health", {})
     timeout = float(health.get("timeout", 60))
-    if timeout <= 0:
-        raise ConfigError(f"{source}: health.timeout must be a positive number of seconds")
+    if not health_timeout_ok(timeout):  # TOML also has nan and inf
+        raise ConfigError(
+            f"{source}: health.timeout must be a positive number of seconds, at most {MAX_HEALTH_TIMEOUT} "
+            f"(not {health['timeout']!r})",
+            hint="write it like timeout = 60",
+        )
     url = health.get("url")
     if url is not None and not re.match(r"^https?://", url):
         raise ConfigError(f"{source}: health.url {url!r} must be an http:// or https:// URL")

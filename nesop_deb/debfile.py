@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import lzma
 import tarfile
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from debian.debfile import DebError, DebFile
+from debian.arfile import ArError
+from debian.debfile import DebFile
 
 from nesop_deb import manifest as mf
 from nesop_deb.errors import UsageError
@@ -30,11 +35,54 @@ def _normal(name: str) -> str:
     return name[2:] if name.startswith("./") else name.lstrip("/")
 
 
+# What python-debian and the tar and compression modules raise on a file that is not a
+# well-formed .deb: ArError (and its subclass DebError) for a missing or broken ar header (an
+# empty file, random bytes, text), OSError and EOFError for truncated members, zlib and lzma
+# errors for damaged compressed data, KeyError for a missing part, ValueError for bad control
+# text. Anything else is a bug of ours and stays an internal error.
+_UNREADABLE = (ArError, tarfile.TarError, EOFError, OSError, KeyError, ValueError, zlib.error, lzma.LZMAError)
+
+
+def check_file(path: Path) -> None:
+    """Refuse a path that cannot be a package before anything parses it."""
+    if not path.exists():
+        raise UsageError(f"{path}: no such file", hint="give the path of an update package (.deb)")
+    # is_file() first: opening a FIFO or a device to probe it could block or have effects
+    if not path.is_file():
+        raise UsageError(
+            f"{path}: not a Debian package (not a regular file)",
+            hint="give the path of an update package (.deb) built with `nesop-deb build`",
+        )
+    try:
+        path.open("rb").close()
+    except OSError as exc:
+        raise UsageError(
+            f"{path}: cannot read it ({exc.strerror or exc})", hint="check its permissions"
+        ) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """The library's own words, on one line (some of its errors carry none: then their kind)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn a parser's failure on a damaged or foreign file into one line naming the file."""
+    try:
+        yield
+    except _UNREADABLE as exc:
+        raise UsageError(
+            f"{path}: not a Debian package ({_reason(exc)})",
+            hint="build it with `nesop-deb build`, or copy it again if it was damaged on the way",
+        ) from None
+
+
 def open_update(path: Path) -> UpdateDeb:
     """Open and parse an update package; a broken or foreign file is one clear error."""
-    if not path.is_file():
-        raise UsageError(f"{path}: no such file")
-    try:
+    check_file(path)
+    with _reading(path):
         deb = DebFile(str(path))
         control = {k: str(v) for k, v in deb.debcontrol().items()}
         scripts: dict[str, bytes] = {}
@@ -44,17 +92,22 @@ def open_update(path: Path) -> UpdateDeb:
                 scripts[n] = content
         data = deb.data.tgz()
         members = {_normal(m.name): m for m in data.getmembers()}
-    except (DebError, tarfile.TarError, EOFError, OSError, KeyError, ValueError) as exc:
+        package = control.get("Package", "")
+        name = f"usr/share/{package}/{mf.NAME}"
+        extracted = data.extractfile(members[name]) if name in members else None
+        raw = extracted.read() if extracted is not None else None
+    if raw is None:
         raise UsageError(
-            f"{path}: not a readable .deb package ({exc})", hint="download or build it again"
+            f"{path}: not a nesop-deb update package (no {name})",
+            hint="inspect and apply only packages built with `nesop-deb build`",
+        )
+    try:
+        manifest = mf.loads(raw)
+    except mf.ManifestError as exc:
+        # the package is the bad input: name it, and exit as a usage error (nothing was done)
+        raise UsageError(
+            f"{path}: {exc.message}", hint=exc.hint or "rebuild it with `nesop-deb build`"
         ) from None
-    package = control.get("Package", "")
-    name = f"usr/share/{package}/{mf.NAME}"
-    if name not in members:
-        raise UsageError(f"{path}: not a nesop-deb update package (no {name})")
-    extracted = data.extractfile(members[name])
-    assert extracted is not None
-    manifest = mf.loads(extracted.read())
     if manifest.package != package or manifest.version != control.get("Version"):
         raise UsageError(
             f"{path}: the manifest says {manifest.package} {manifest.version} but the control file says "
@@ -64,13 +117,19 @@ def open_update(path: Path) -> UpdateDeb:
 
 
 def read_member(update: UpdateDeb, name: str) -> bytes | None:
-    deb = DebFile(str(update.path))
-    fh = deb.data.tgz().extractfile(update.members[name]) if name in update.members else None
-    return fh.read() if fh is not None else None
+    with _reading(update.path):
+        deb = DebFile(str(update.path))
+        fh = deb.data.tgz().extractfile(update.members[name]) if name in update.members else None
+        return fh.read() if fh is not None else None
 
 
 def verify_payload(update: UpdateDeb) -> list[str]:
     """Compare every payload file and migration with the manifest; return the problems found."""
+    with _reading(update.path):
+        return _payload_problems(update)
+
+
+def _payload_problems(update: UpdateDeb) -> list[str]:
     problems: list[str] = []
     tar = DebFile(str(update.path)).data.tgz()
     payload = f"{update.share}/payload/"

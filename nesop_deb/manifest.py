@@ -7,12 +7,15 @@ The builder writes it; ``nesop-deb inspect``/``verify`` and the server runtime r
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from nesop_deb import versions
+from nesop_deb.config import MAX_HEALTH_TIMEOUT, health_timeout_ok, is_package_name
 from nesop_deb.errors import NesopError
-from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
+from nesop_deb.paths import UnsafePath, app_root_problem, control_character, link_stays_inside, safe_relative
 
 FORMAT = 1
 NAME = "update_manifest.json"
@@ -164,6 +167,8 @@ def _file(d: Any, i: int) -> FileEntry:
     link = d.get("link_target")
     if link is not None and (not isinstance(link, str) or not link_stays_inside(path, link)):
         raise ManifestError(f"update manifest: {where}: symlink target {link!r} leaves the app root")
+    if link is not None and control_character(link) is not None:
+        raise ManifestError(f"update manifest: {where}: symlink target {link!r} contains a control character")
     return FileEntry(path, action, sha, size, mode, pre, renamed_from, link)
 
 
@@ -178,6 +183,19 @@ def _migration(d: Any, i: int) -> MigrationEntry:
     rollback = d.get("rollback_file")
     if rollback is not None:
         rollback = _path(rollback, f"{where}.rollback_file")
+    for key, name, expected in (
+        ("file", file, f"{mid}.sql"),
+        ("rollback_file", rollback, f"{mid}.rollback.sql"),
+    ):
+        if name is None:
+            continue
+        # the runtime hands these files to the database as SQL: anything else (a .py step) is refused
+        if not name.endswith(".sql"):
+            raise ManifestError(
+                f"update manifest: {where}.{key} {name!r}: only SQL migrations (.sql) are supported"
+            )
+        if name != expected:
+            raise ManifestError(f"update manifest: {where}.{key} {name!r} does not match the id {mid!r}")
     rsha = d.get("rollback_sha256")
     return MigrationEntry(
         mid,
@@ -187,6 +205,73 @@ def _migration(d: Any, i: int) -> MigrationEntry:
         rollback,
         None if rsha is None else _sha(rsha, f"{where}.rollback_sha256"),
     )
+
+
+def _package(data: dict[str, Any]) -> str:
+    package: str = _req(data, "package", str, "manifest")
+    if not is_package_name(package):
+        raise ManifestError(f"update manifest: package {package!r} is not a valid Debian package name")
+    return package
+
+
+def _version(value: str, where: str) -> str:
+    if not versions.is_valid(value):
+        raise ManifestError(f"update manifest: {where} {value!r} is not a valid Debian version")
+    return value
+
+
+def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    section = cfg.get(name, {})
+    if not isinstance(section, dict):
+        raise ManifestError(f"update manifest: config.{name} is not an object")
+    return section
+
+
+_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+\.service")
+_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
+
+
+def _check_app(app: dict[str, Any]) -> None:
+    """Who and where: the account root hands files to, the tree it writes, the unit it runs."""
+    name, root, service = app.get("name"), app.get("root"), app.get("service")
+    if not isinstance(name, str) or not _PACKAGE_NAME.fullmatch(name):
+        raise ManifestError(f"update manifest: config.app.name {name!r} is not a valid app name")
+    if not isinstance(root, str) or (problem := app_root_problem(root)) is not None:
+        why = "is not a path" if not isinstance(root, str) else problem
+        raise ManifestError(f"update manifest: config.app.root {root!r} {why}")
+    for key in ("user", "group"):
+        value = app.get(key, "root")
+        if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
+            raise ManifestError(f"update manifest: config.app.{key} {value!r} is not a valid account name")
+    if not isinstance(service, str) or not _UNIT_NAME.fullmatch(service):
+        raise ManifestError(f"update manifest: config.app.service {service!r} is not a systemd service name")
+
+
+def _check_config(cfg: dict[str, Any]) -> None:
+    """The app settings the runtime acts on as root: paths it writes, how long it waits."""
+    _check_app(_section(cfg, "app"))
+    unit_file = _section(cfg, "app").get("unit_file")
+    if unit_file is not None:
+        _path(unit_file, "config.app.unit_file")
+    entries = _section(cfg, "files").get("config", [])
+    if not isinstance(entries, list):
+        raise ManifestError("update manifest: config.files.config is not a list of paths")
+    for i, entry in enumerate(entries):
+        _path(entry, f"config.files.config[{i}]")
+    health = _section(cfg, "health")
+    if "timeout" in health:
+        timeout = health["timeout"]
+        # json.loads accepts NaN and Infinity: a health wait that never ends, or never starts
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not health_timeout_ok(timeout)
+        ):
+            raise ManifestError(
+                f"update manifest: config.health.timeout {timeout!r} must be a number of seconds "
+                f"above 0 and at most {MAX_HEALTH_TIMEOUT}"
+            )
 
 
 def loads(text: str | bytes) -> Manifest:
@@ -214,17 +299,19 @@ def loads(text: str | bytes) -> Manifest:
     bases = _req(data, "bases", list, "manifest")
     if not all(isinstance(b, str) for b in bases):
         raise ManifestError("update manifest: bases must be version strings")
+    config = _req(data, "config", dict, "manifest")
+    _check_config(config)
     return Manifest(
-        package=_req(data, "package", str, "manifest"),
-        version=_req(data, "version", str, "manifest"),
-        bases=tuple(bases),
+        package=_package(data),
+        version=_version(_req(data, "version", str, "manifest"), "version"),
+        bases=tuple(_version(b, "bases entry") for b in bases),
         full=bool(_req(data, "full", bool, "manifest")),
         source_commit=_req(source, "commit", str, "source"),
         since_commit=source.get("since_commit"),
         since_ref=source.get("since_ref"),
         builder_version=_req(data, "builder_version", str, "manifest"),
         created=int(_req(source, "created", int, "source")),
-        config=_req(data, "config", dict, "manifest"),
+        config=config,
         files=files,
         migrations=tuple(_migration(m, i) for i, m in enumerate(_req(data, "migrations", list, "manifest"))),
         config_files=tuple(_path(p, "config_files") for p in data.get("config_files", [])),

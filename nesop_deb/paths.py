@@ -12,13 +12,46 @@ from pathlib import PurePosixPath
 
 
 class UnsafePath(ValueError):
-    """A path that is absolute, empty, or leaves its root."""
+    """A path that is absolute, empty, leaves its root, or holds a control character."""
+
+
+# C0 controls, DEL and C1 controls. A name holding one is never needed by an app, and would
+# reach root's logs, dpkg's line-based file lists and an operator's terminal.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def control_character(text: str) -> str | None:
+    """The first control character in ``text``, if it holds one."""
+    m = _CONTROL.search(text)
+    return m.group() if m else None
+
+
+# top-level directories an app never lives in: the runtime writes and chowns below its root
+_SYSTEM = frozenset({"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "root", "run",
+                     "sbin", "sys", "tmp", "usr"})  # fmt: skip
+_SYSTEM_VAR = ("/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/var/cache", "/var/log")
+
+
+def app_root_problem(root: str) -> str | None:
+    """Why ``root`` cannot be an app's root (None if it can): absolute, normalised, at least two
+    levels deep, and not a system directory."""
+    if control_character(root):
+        return "contains a control character"
+    p = PurePosixPath(root)
+    if not root.startswith("/") or str(p) != root or ".." in p.parts or len(p.parts) < 3:
+        return "must be an absolute, normalised directory at least two levels deep, like /opt/<app>"
+    if p.parts[1] in _SYSTEM or any(root == d or root.startswith(d + "/") for d in _SYSTEM_VAR):
+        return "is a system directory"
+    return None
 
 
 def safe_relative(path: str) -> str:
     """Normalise a manifest or repository path; raise :class:`UnsafePath` if it could escape."""
     if not path or "\0" in path:
         raise UnsafePath(f"{path!r} is empty or contains a NUL byte")
+    bad = control_character(path)
+    if bad is not None:
+        raise UnsafePath(f"{path!r} contains the control character {bad!r}")
     p = PurePosixPath(path)
     if p.is_absolute():
         raise UnsafePath(f"{path!r} is absolute")

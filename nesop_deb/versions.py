@@ -16,9 +16,14 @@ _VERSION = re.compile(r"^(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)?$"
 TAG_PREFIX = "v"
 
 
+def is_valid(text: str) -> bool:
+    """Whether ``text`` is a version this builder writes (and so a runtime may trust)."""
+    return _VERSION.fullmatch(text) is not None
+
+
 def parse(text: str, *, what: str = "version") -> Version:
     """A valid Debian version, or a :class:`UsageError` naming the input."""
-    if not _VERSION.fullmatch(text):
+    if not is_valid(text):
         raise UsageError(
             f"{what} {text!r} is not a valid Debian version",
             hint="use digits and dots like 1.0.5 (optionally epoch: and -revision)",

@@ -17,7 +17,7 @@ from nesop_deb import __version__, config, versions
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
 from nesop_deb.errors import BuildError, UsageError
 from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
-from nesop_deb.paths import UnsafePath, excluded, link_stays_inside, safe_relative
+from nesop_deb.paths import UnsafePath, control_character, excluded, link_stays_inside, safe_relative
 
 MIGRATION_NAME = re.compile(r"^(?P<id>[0-9]{4}_[A-Za-z0-9_.-]+?)(?P<rollback>\.rollback)?\.(?P<ext>sql|py)$")
 
@@ -172,6 +172,21 @@ def full_files(
     return select_files(changes, head, {}, blobs, exclude, only)
 
 
+def _refuse_python(prefix: str, name: str) -> None:
+    """Refuse a ``.py`` file among the migrations: the runtime applies SQL only (and refuses the rest)."""
+    if not name.lower().endswith(".py"):
+        return
+    m = MIGRATION_NAME.match(name)
+    fix = (
+        f"write it as {prefix}{m.group('id')}{m.group('rollback') or ''}.sql"
+        if m
+        else f"move it out of {prefix} (or build with --no-migrations)"
+    )
+    raise BuildError(
+        f"{prefix}{name}: Python migrations are not supported", hint=f"only SQL migrations are: {fix}"
+    )
+
+
 def select_migrations(
     changes: Sequence[Change],
     head: Mapping[str, TreeEntry],
@@ -188,11 +203,15 @@ def select_migrations(
     new_names: set[str] = set()
     if full:
         new_names = set(in_dir)
+        for name in sorted(in_dir):
+            _refuse_python(prefix, name)
     else:
         for ch in changes:
             if not ch.path.startswith(prefix) and not (ch.old_path or "").startswith(prefix):
                 continue
             name = ch.path[len(prefix) :] if ch.path.startswith(prefix) else ""
+            if ch.status != "D" and name in in_dir:
+                _refuse_python(prefix, name)
             m = MIGRATION_NAME.match(name) or MIGRATION_NAME.match((ch.old_path or "")[len(prefix) :])
             if m is None:
                 continue
@@ -210,11 +229,6 @@ def select_migrations(
         m = MIGRATION_NAME.match(name)
         if m is None or m.group("rollback"):
             continue
-        if m.group("ext") == "py":
-            raise BuildError(
-                f"{prefix}{name}: Python migrations are not supported",
-                hint=f"write it as SQL: {prefix}{m.group('id')}.sql (and .rollback.sql)",
-            )
         data = blobs[in_dir[name].blob]
         rollback_name = f"{m.group('id')}.rollback.sql"
         rollback = in_dir.get(rollback_name)
@@ -241,6 +255,8 @@ def _unshippable_name(path: str) -> str | None:
     """Why a name git accepts cannot go into a package, if it cannot."""
     if "\n" in path or "\r" in path:  # dpkg's md5sums and file lists are line-based
         return "contains a line break"
+    if control_character(path) is not None:  # the runtime refuses it: fail here, not on the server
+        return "contains a control character"
     try:  # git stores names as bytes; the manifest and the server need UTF-8
         path.encode("utf-8")
     except UnicodeEncodeError:
@@ -321,17 +337,20 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     changes = repo.diff(since_commit, head) if since_commit else [Change("A", p) for p in head_tree]
     for ch in changes:
         for p in (ch.path, ch.old_path):
-            if p is not None:
-                try:
-                    safe_relative(p)
-                except UnsafePath as exc:
-                    raise BuildError(f"git path {p!r}: {exc}") from None
-                problem = _unshippable_name(p)
-                if problem and not excluded(p, cfg.files.exclude):
-                    raise BuildError(
-                        f"git path {p!r} {problem}",
-                        hint="rename it (git mv), or exclude it in [files].exclude",
-                    )
+            if p is None:
+                continue
+            problem = _unshippable_name(p)
+            if problem and excluded(p, cfg.files.exclude):
+                continue  # never shipped: an odd name there is the repository's business
+            if problem:
+                raise BuildError(
+                    f"git path {p!r} {problem}",
+                    hint="rename it (git mv), or exclude it in [files].exclude",
+                )
+            try:
+                safe_relative(p)
+            except UnsafePath as exc:
+                raise BuildError(f"git path {p!r}: {exc}") from None
 
     # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded
     wanted = {head_tree[c.path].blob for c in changes if c.path in head_tree}

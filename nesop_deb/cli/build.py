@@ -10,7 +10,7 @@ import click
 from nesop_deb import __version__, debfile, signing
 from nesop_deb.builder.package import build_deb
 from nesop_deb.builder.plan import BuildOptions, describe, make_plan
-from nesop_deb.cli.common import group, guarded
+from nesop_deb.cli.common import group, guarded, show
 from nesop_deb.config import CONFIG_NAME
 from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.render import render
@@ -57,9 +57,9 @@ def build(
         options = BuildOptions(version, since, files + extra_files, no_migrations, full, allow_dirty)
         plan = make_plan(directory, options)
         for note in plan.notes:
-            click.echo(f"note: {note}", err=True)
+            show(f"note: {note}", err=True)
         for line in describe(plan.manifest):
-            click.echo(line, err=True)
+            show(line, err=True)
         if dry_run:
             click.echo(plan.manifest.to_json(), nl=False)
             return
@@ -89,28 +89,28 @@ def inspect(debug: bool, deb: Path, as_json: bool) -> None:
         if as_json:
             click.echo(m.to_json(), nl=False)
             return
-        click.echo(f"package:    {m.package} {m.version}")
-        click.echo(f"applies to: {', '.join(m.bases) if m.bases else 'any (full install)'}")
+        show(f"package:    {m.package} {m.version}")
+        show(f"applies to: {', '.join(m.bases) if m.bases else 'any (full install)'}")
         app = m.config["app"]
-        click.echo(f"app:        {app['name']} at {app['root']} ({app['service']})")
-        click.echo(f"source:     {m.source_commit}" + (f" since {m.since_ref}" if m.since_ref else ""))
-        click.echo(f"requires:   {update.control.get('Pre-Depends', '')}")
+        show(f"app:        {app['name']} at {app['root']} ({app['service']})")
+        show(f"source:     {m.source_commit}" + (f" since {m.since_ref}" if m.since_ref else ""))
+        show(f"requires:   {update.control.get('Pre-Depends', '')}")
         click.echo("files:")
         for f in m.files:
             size = "" if f.sha256 is None else f" {f.size} B, mode {f.mode:o}" if f.mode is not None else ""
             extra = f" (from {f.renamed_from})" if f.renamed_from else ""
-            click.echo(f"  {f.action.value:<7} {f.path}{extra}{size}")
+            show(f"  {f.action.value:<7} {f.path}{extra}{size}")
         if not m.files:
             click.echo("  (none)")
         click.echo("migrations:")
         for mig in m.migrations:
             undo = "reversible" if mig.reversible else "NOT reversible (undo restores the snapshot)"
-            click.echo(f"  {mig.id}  {undo}")
+            show(f"  {mig.id}  {undo}")
         if not m.migrations:
             click.echo("  (none)")
         if m.config_files:
-            click.echo(f"config files (local edits kept): {', '.join(m.config_files)}")
-        click.echo(f"scripts:    {', '.join(sorted(update.scripts))}")
+            show(f"config files (local edits kept): {', '.join(m.config_files)}")
+        show(f"scripts:    {', '.join(sorted(update.scripts))}")
 
     guarded("nesop-deb", debug, run)
 
@@ -126,10 +126,10 @@ def verify(debug: bool, deb: Path) -> None:
         problems = debfile.verify_payload(update)
         if problems:
             for p in problems:
-                click.echo(f"{deb}: {p}", err=True)
+                show(f"{deb}: {p}", err=True)
             raise NesopError(f"{deb}: {len(problems)} problem(s) found; do not install this package")
         n = sum(1 for f in update.manifest.files if f.ships_payload)
-        click.echo(
+        show(
             f"{deb}: ok ({n} payload files, {len(update.manifest.migrations)} migrations match the manifest)"
         )
 

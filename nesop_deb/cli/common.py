@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -13,6 +14,32 @@ from nesop_deb import __version__
 from nesop_deb.errors import ExitCode, NesopError
 
 T = TypeVar("T")
+
+# Bidirectional overrides and isolates: not control characters, but they make a terminal show
+# a name in another order than it has ("exe.txt" shown for "txt.exe").
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
+
+
+def printable(text: object) -> str:
+    """``text`` safe to print on a terminal: control characters become ``\\xNN`` escapes.
+
+    Paths, versions and reasons come from packages and from the server's tree: a name holding an
+    escape sequence must not move the cursor, rewrite earlier lines or retitle the window of the
+    operator reading them. C0, DEL and C1 controls, lone surrogates (undecodable file names) and
+    bidirectional overrides are escaped; everything else, non-ASCII letters included, is kept.
+    """
+    s = str(text)
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI else c for c in s)
+
+
+def show(line: str, *, err: bool = False) -> None:
+    """Print one line that quotes a package's or the server's strings, escaped (:func:`printable`)."""
+    click.echo(printable(line), err=err)
 
 
 def group(prog: str, doc: str) -> click.Group:
@@ -47,7 +74,8 @@ def guarded(prog: str, debug: bool, fn: Callable[[], T]) -> T:
     except NesopError as exc:
         if debug:
             raise
-        click.echo(f"{prog}: error: {exc}", err=True)
+        # an error message may quote a package's or the server's names: escape them too
+        click.echo(f"{prog}: error: {printable(exc)}", err=True)
         sys.exit(int(exc.exit_code))
     except BrokenPipeError:
         # `nesop-update history | head`: the reader left; that is not an error

@@ -11,7 +11,7 @@ import click
 
 from nesop_deb import debfile, proc, signing
 from nesop_deb.builder.plan import describe
-from nesop_deb.cli.common import group, guarded
+from nesop_deb.cli.common import group, guarded, show
 from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
 from nesop_deb.runtime import apps, backup, health, history, manual, repo, service, state, validate
 from nesop_deb.runtime.context import Context
@@ -70,30 +70,26 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         if as_json:
             _emit(data)
             return
-        click.echo(f"app:          {ctx.app.name} at {ctx.app_root}")
-        click.echo(f"version:      {st.current or 'unmanaged (no update applied yet)'}")
-        click.echo(f"package:      {ctx.package} {pkg_version} [{abbrev}]")
+        show(f"app:          {ctx.app.name} at {ctx.app_root}")
+        show(f"version:      {st.current or 'unmanaged (no update applied yet)'}")
+        show(f"package:      {ctx.package} {pkg_version} [{abbrev}]")
         if (abbrev.startswith("iF") or abbrev.startswith("iU")) and not journal:
             click.echo("              (half-configured: the last update failed and the old app was restored;")
             click.echo(
                 "               see `nesop-update history`, then fix and `apt-get install -f` or roll back)"
             )
-        click.echo(f"service:      {ctx.app.service} {svc.active_state}/{svc.sub_state} (pid {svc.main_pid})")
+        show(f"service:      {ctx.app.service} {svc.active_state}/{svc.sub_state} (pid {svc.main_pid})")
         if probe is not None:
-            click.echo(
-                f"health:       {'ok' if probe.ok else 'FAILING'} ({ctx.app.health_url}: {probe.detail})"
-            )
+            show(f"health:       {'ok' if probe.ok else 'FAILING'} ({ctx.app.health_url}: {probe.detail})")
         if entries:
             e = entries[-1]
-            click.echo(
-                f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}"
-            )
-        click.echo(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
+            show(f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}")
+        show(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
         held = repo.held_version(ctx)
         if held:
-            click.echo(f"held at:      {held} (after a rollback; `{PROG} release` lets apt upgrade again)")
+            show(f"held at:      {held} (after a rollback; `{PROG} release` lets apt upgrade again)")
         if journal:
-            click.echo(
+            show(
                 f"PENDING:      interrupted {journal.get('kind')} of {journal.get('version')}: "
                 f"run `{PROG} recover`"
             )
@@ -114,7 +110,7 @@ def backup_cmd(debug: bool, name: str | None, app_name: str | None) -> None:
             raise UsageError(
                 f"backup name {name!r} must be a plain name", hint="use letters, digits, _ and -"
             )
-        click.echo(str(manual.manual_backup(ctx, name)))
+        show(str(manual.manual_backup(ctx, name)))
 
     guarded(PROG, debug, run)
 
@@ -157,13 +153,13 @@ def list_backups(debug: bool, app_name: str | None, as_json: bool) -> None:
             _emit(rows)
             return
         if not rows:
-            click.echo(f"no backups in {ctx.backups_dir}")
+            show(f"no backups in {ctx.backups_dir}")
             return
         click.echo(f"{'NAME':<44} {'CREATED':<17} {'VERSION':<9} {'SIZE':>9}  COVERS")
         for r in rows:
             covers = f"{r['files']} files" + (" + database" if r["database"] else "")
             mark = "  (needed to roll back)" if r["needed_for_rollback"] else ""
-            click.echo(
+            show(
                 f"{r['name']:<44} {r['created']:<17} {r['version'] or '-':<9} {r['size']:>9}  {covers}{mark}"
             )
 
@@ -186,11 +182,11 @@ def rollback(debug: bool, name: str | None, to_version: str | None, app_name: st
         ctx = apps.select(app_name)
         if name is not None:
             manual.restore_backup(ctx, name)
-            click.echo(f"{ctx.app.name}: restored backup {name}")
+            show(f"{ctx.app.name}: restored backup {name}")
             return
         assert to_version is not None
         repo.downgrade(ctx, to_version)
-        click.echo(f"{ctx.app.name}: rolled back to {to_version}, held there (`{PROG} release` lets it go)")
+        show(f"{ctx.app.name}: rolled back to {to_version}, held there (`{PROG} release` lets it go)")
 
     guarded(PROG, debug, run)
 
@@ -217,15 +213,15 @@ def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
             line += f"  {e.get('status')}"
             if e.get("status") != "success" and e.get("failed_step"):
                 line += f" at {e.get('failed_step')}: {e.get('reason')}"
-            click.echo(line)
+            show(line)
         if apt_lines:
             click.echo("\napt history:")
             for a in apt_lines[-10:]:
-                click.echo(f"  {a}")
+                show(f"  {a}")
         if dpkg_lines:
             click.echo("\ndpkg.log:")
             for d in dpkg_lines[-20:]:
-                click.echo(f"  {d}")
+                show(f"  {d}")
 
     guarded(PROG, debug, run)
 
@@ -272,9 +268,9 @@ def validate_cmd(debug: bool, checks: tuple[str, ...], app_name: str | None, as_
             _emit([r.to_dict() for r in results])
         else:
             for r in results:
-                click.echo(f"{'PASS' if r.ok else 'FAIL'}  {r.name:<12} {r.summary}")
+                show(f"{'PASS' if r.ok else 'FAIL'}  {r.name:<12} {r.summary}")
                 for p in r.problems:
-                    click.echo(f"      - {p}")
+                    show(f"      - {p}")
         if not all(r.ok for r in results):
             sys.exit(int(ExitCode.FAILED))
 
@@ -289,9 +285,10 @@ def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
     """Verify DEB, show what it changes, then install it with apt."""
 
     def run() -> None:
+        debfile.check_file(deb)  # a missing or non-regular path is a usage error, not a bad signature
         signed_by = signing.verify(deb.resolve())
         if signed_by is not None:
-            click.echo(f"good signature: {signed_by}")
+            show(f"good signature: {signed_by}")
         update = debfile.open_update(deb)
         problems = debfile.verify_payload(update)
         if problems:
@@ -299,7 +296,7 @@ def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
                 f"{deb}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
             )
         for line in describe(update.manifest):
-            click.echo(line)
+            show(line)
         if dry_run:
             return
         result = proc.run(
@@ -327,11 +324,9 @@ def release(debug: bool, app_name: str | None) -> None:
         ctx = apps.select(app_name)
         held = repo.held_version(ctx)
         if repo.release(ctx):
-            click.echo(
-                f"{ctx.package}: released the hold at {held}; `apt upgrade` may install newer versions"
-            )
+            show(f"{ctx.package}: released the hold at {held}; `apt upgrade` may install newer versions")
         else:
-            click.echo(f"{ctx.package}: not held")
+            show(f"{ctx.package}: not held")
 
     guarded(PROG, debug, run)
 
@@ -344,7 +339,7 @@ def recover(debug: bool, app_name: str | None) -> None:
 
     def run() -> None:
         ctx = apps.select(app_name)
-        click.echo(f"{ctx.app.name}: {manual.recover(ctx)}")
+        show(f"{ctx.app.name}: {manual.recover(ctx)}")
 
     guarded(PROG, debug, run)
 

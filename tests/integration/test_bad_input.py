@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,11 +12,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from nesop_deb import signing
 from nesop_deb.cli.build import cli
 from nesop_deb.errors import ExitCode
 
 from .conftest import SHOP_CONFIG
-from .helpers import NESOP_DEB, Outcome, Repo, data_members, run_tool
+from .helpers import NESOP_DEB, NESOP_UPDATE, Outcome, Repo, data_members, run_tool
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +135,25 @@ def _line_break_name(repo: Repo) -> list[str]:
     return []
 
 
+def _control_character_name(repo: Repo) -> list[str]:
+    repo.write("static/a\x1b[2Jb.css", "body {}\n")
+    _release(repo)
+    return []
+
+
+def _tab_name(repo: Repo) -> list[str]:
+    repo.write("static/a\tb.css", "body {}\n")
+    _release(repo)
+    return []
+
+
+def _python_migration(repo: Repo) -> list[str]:
+    repo.write("migrations/0002_data.rollback.py", "steps = []\n")
+    repo.write("migrations/0002_data.sql", "CREATE TABLE data (id INTEGER);\n")
+    _release(repo)
+    return []
+
+
 def _args(*args: str) -> Callable[[Repo], list[str]]:
     return lambda repo: list(args)
 
@@ -198,6 +220,19 @@ CASES = [
     Case("config-invalid-toml", _config(BAD_TOML), ("nesop-deb.toml", "not valid TOML", "line 3"), "syntax"),
     Case("non-utf8-name", _non_utf8_name, ("'caf\\udce9.txt'", "not valid UTF-8"), "git mv"),
     Case("line-break-name", _line_break_name, ("'static/new\\nline.css'", "contains a line break"), "git mv"),
+    Case(
+        "control-character-name",
+        _control_character_name,
+        ("'static/a\\x1b[2Jb.css'", "contains a control character"),
+        "git mv",
+    ),
+    Case("tab-name", _tab_name, ("'static/a\\tb.css'", "contains a control character"), "git mv"),
+    Case(
+        "python-migration",
+        _python_migration,
+        ("migrations/0002_data.rollback.py", "Python migrations are not supported", "only SQL migrations"),
+        "migrations/0002_data.rollback.sql",
+    ),
     Case(
         "released-migration-edited",
         _edit_released_migration,
@@ -307,3 +342,81 @@ def test_a_failing_dpkg_deb_leaves_nothing_behind(
     assert outcome.stderr.splitlines()[-1].startswith("nesop-deb: error: `dpkg-deb")
     assert "disk full" in outcome.stderr.splitlines()[-1]
     assert list(output.glob("*.deb")) == [] and not (output / "update_manifest.json").exists()
+
+
+# --- files that are not update packages: inspect, verify and apply refuse them alike ---------
+
+
+def _ar_archive(path: Path) -> None:
+    """A valid ar archive of one text member: ar's format, but not a Debian package."""
+    data = b"not a package\n"
+    header = b"member.txt/".ljust(16) + b"0".ljust(12) + b"0".ljust(6) + b"0".ljust(6) + b"100644".ljust(8)
+    path.write_bytes(b"!<arch>\n" + header + str(len(data)).encode().ljust(10) + b"`\n" + data)
+
+
+def _truncated_deb(path: Path) -> None:
+    """A real .deb cut short, as an interrupted copy leaves it."""
+    tree = path.parent / "src"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN/control").write_text(
+        "Package: hello\nVersion: 1.0\nArchitecture: all\nMaintainer: A <a@b.c>\nDescription: hi\n"
+    )
+    (tree / "usr/share/hello").mkdir(parents=True)
+    (tree / "usr/share/hello/blob").write_bytes(bytes(range(256)) * 64)
+    whole = path.parent / "whole.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", tree, whole], check=True, capture_output=True)
+    raw = whole.read_bytes()
+    path.write_bytes(raw[: len(raw) - 100])
+
+
+NOT_A_PACKAGE: dict[str, Callable[[Path], object]] = {
+    "empty": lambda p: p.write_bytes(b""),
+    "random-bytes": lambda p: p.write_bytes(random.Random(7).randbytes(4096)),
+    "text": lambda p: p.write_text("Package: shop-update\nVersion: 1.0.1\n"),
+    "directory": lambda p: p.mkdir(),
+    "ar-not-a-deb": _ar_archive,
+    "truncated-deb": _truncated_deb,
+}
+
+
+def _fake_apt(tmp_path: Path, env: dict[str, str]) -> tuple[dict[str, str], Path]:
+    """apt-get and dpkg that only record being called: a refusal must come before them."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "apt-calls"
+    for tool in ("apt-get", "apt", "dpkg"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\nexit 0\n')
+        (bin_dir / tool).chmod(0o755)
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}, calls
+
+
+@pytest.mark.parametrize("kind", [*NOT_A_PACKAGE, "missing"])
+@pytest.mark.parametrize(
+    ("tool", "command"),
+    [(NESOP_DEB, "inspect"), (NESOP_DEB, "verify"), (NESOP_UPDATE, "apply")],
+    ids=["inspect", "verify", "apply"],
+)
+def test_a_file_that_is_not_a_package_is_refused(
+    kind: str, tool: Path, command: str, tmp_path: Path, env: dict[str, str]
+) -> None:
+    path = tmp_path / "work" / "update.deb"
+    path.parent.mkdir()
+    if kind != "missing":
+        NOT_A_PACKAGE[kind](path)
+    if tool == NESOP_UPDATE and kind not in ("missing", "directory") and signing.trusted_keyrings():
+        pytest.skip("this machine requires signed updates: the signature check refuses first")
+    before = path.read_bytes() if path.is_file() else None
+    fake_env, apt_calls = _fake_apt(tmp_path, env)
+    outcome = run_tool([tool, command, path], fake_env)
+    assert outcome.returncode == int(ExitCode.USAGE), outcome
+    assert len(outcome.error_lines) == 1, outcome.stderr
+    line = outcome.error_lines[0]
+    assert line.startswith(f"{tool.name}: error: {path}: "), line
+    if kind == "missing":
+        assert "no such file" in line and "give the path of an update package" in line
+    else:
+        assert "not a Debian package (" in line and "nesop-deb build" in line, line
+    assert "internal error" not in outcome.stderr and "Traceback" not in outcome.stderr
+    assert outcome.stdout == ""
+    assert not apt_calls.exists(), apt_calls.read_text()  # refused before apt or dpkg ran
+    assert (path.read_bytes() if path.is_file() else None) == before

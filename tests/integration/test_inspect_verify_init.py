@@ -9,6 +9,7 @@ import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -127,9 +128,53 @@ def test_inspect_and_verify_refuse_what_is_not_an_update(tmp_path: Path, session
         outcome = run_tool([NESOP_DEB, command, junk], session_env)
         assert outcome.returncode == 2
         assert outcome.error_lines == [outcome.stderr.strip()]
-        assert outcome.stderr.startswith(f"nesop-deb: error: {junk}: not a readable .deb package")
+        assert outcome.stderr.startswith(f"nesop-deb: error: {junk}: not a Debian package")
         missing = run_tool([NESOP_DEB, command, tmp_path / "nope.deb"], session_env)
         assert missing.returncode == 2 and "nope.deb: no such file" in missing.stderr
+
+
+def _edit_manifest(package: str, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    def edit(tree: Path) -> None:
+        path = tree / f"usr/share/{package}/update_manifest.json"
+        data = json.loads(path.read_text())
+        change(data)
+        path.write_text(json.dumps(data))
+
+    return edit
+
+
+def test_inspect_escapes_what_the_package_says(
+    built: Callable[..., Built], session_env: dict[str, str], tmp_path: Path
+) -> None:
+    b = built("v1.0.3")
+    # a title change, a bell and a screen clear hidden in a field inspect prints
+    hostile = "v1.0.2\x1b]0;owned\x07\x1b[2J"
+    deb = repack(b.deb, tmp_path, _edit_manifest(b.package, lambda d: d["source"].update(since_ref=hostile)))
+    outcome = run_tool([NESOP_DEB, "inspect", deb], session_env)
+    assert outcome.returncode == 0, outcome.stderr
+    assert "\x1b" not in outcome.stdout and "\x07" not in outcome.stdout
+    assert " since v1.0.2\\x1b]0;owned\\x07\\x1b[2J\n" in outcome.stdout
+
+
+def test_inspect_refuses_a_control_character_in_a_manifest_path(
+    built: Callable[..., Built], session_env: dict[str, str], tmp_path: Path
+) -> None:
+    b = built("v1.0.3")
+
+    def change(data: dict[str, Any]) -> None:
+        data["files"][0]["path"] += "\x1b[2J"
+
+    deb = repack(b.deb, tmp_path, _edit_manifest(b.package, change))
+    for command in ("inspect", "verify"):
+        outcome = run_tool([NESOP_DEB, command, deb], session_env)
+        assert outcome.returncode == 2, outcome
+        assert outcome.error_lines == [outcome.stderr.strip()]
+        line = outcome.error_lines[0]
+        assert line.startswith(f"nesop-deb: error: {deb}: update manifest: files[0].path: unsafe path: "), (
+            line
+        )
+        assert "contains the control character '\\x1b'" in line and "\x1b" not in line
+        assert outcome.stdout == ""
 
 
 def test_inspect_refuses_a_package_that_is_not_an_update(tmp_path: Path, session_env: dict[str, str]) -> None:

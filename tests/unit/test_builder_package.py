@@ -6,10 +6,12 @@ import gzip
 import hashlib
 import os
 import stat
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from debian.changelog import Changelog
 from debian.deb822 import Deb822
 
@@ -20,6 +22,7 @@ from nesop_deb.builder.plan import BuildPlan
 from nesop_deb.config import loads as config_loads
 from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
 from nesop_deb.manifest import loads as manifest_loads
+from nesop_deb.render import render
 
 EPOCH = 1736240400
 CONFIG = config_loads(
@@ -207,12 +210,52 @@ def test_scripts(tmp_path: Path) -> None:
     root = tree(tmp_path, make_plan(FILES))
     for script in ("preinst", "postinst", "prerm"):
         text = (root / "DEBIAN" / script).read_text()
-        assert text.startswith("#!/usr/bin/python3\n")
+        assert text.startswith("#!/usr/bin/python3 -I\n")
         assert f'SCRIPT = "{script}"' in text and 'PACKAGE = "shop-update"' in text
         assert 'VERSION = "1.0.1"' in text
         compile(text, script, "exec")
     postrm = (root / "DEBIAN/postrm").read_text()
     assert postrm.startswith("#!/bin/sh\n") and "/var/lib/shop-update" in postrm
+
+
+DEFAULT_RUNTIME = Path("/opt/venvs/nesop-deb/bin/python3")
+
+
+def _shim(tmp_path: Path, script: str) -> list[str]:
+    """A maintainer script as the builder renders it, and how dpkg would run it."""
+    template = "postrm.sh.j2" if script == "postrm" else "maintscript.py.j2"
+    text = render(template, builder_version=__version__, script=script, package="shop-update",
+                  version="1.0.1", manifest="")  # fmt: skip
+    path = tmp_path / script
+    path.write_text(text)
+    path.chmod(0o755)
+    action = ["remove"] if script == "postrm" else ["upgrade", "1.0.0"]
+    return ["sh", str(path), *action] if script == "postrm" else [str(path), *action]  # its own #! line
+
+
+@pytest.mark.skipif(DEFAULT_RUNTIME.exists(), reason="a shim run here would reach the installed runtime")
+@pytest.mark.parametrize("script", ["preinst", "postrm"])
+def test_nothing_in_apt_s_environment_chooses_root_s_interpreter(tmp_path: Path, script: str) -> None:
+    """The shims run the runtime they name: an environment variable (sudo -E passes a user's on)
+    can neither pick another interpreter nor put code in front of the shim's own imports."""
+    ran = tmp_path / "ran"
+    fake = tmp_path / "fake-runtime"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {ran}\n')
+    fake.chmod(0o755)
+    (tmp_path / "sitecustomize.py").write_text(f"open({str(ran)!r}, 'w').write('sitecustomize')\n")
+    env = {
+        "PATH": os.environ["PATH"],
+        "NESOP_DEB_RUNTIME": str(fake),
+        "NESOP_DEB_TEST_RUNTIME_OPT_IN": "1",
+        "PYTHONPATH": str(tmp_path),
+    }
+    result = subprocess.run(_shim(tmp_path, script), env=env, capture_output=True, text=True, check=False)
+    assert not ran.exists(), result.stderr
+    if script == "postrm":
+        assert result.returncode == 0  # no runtime: remove leaves the app as it is
+    else:
+        assert result.returncode == 1
+        assert f"the nesop-deb runtime ({DEFAULT_RUNTIME}) is missing" in result.stderr
 
 
 def test_copyright_and_overrides(tmp_path: Path) -> None:

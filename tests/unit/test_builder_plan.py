@@ -317,6 +317,40 @@ def test_python_migrations_are_refused_with_a_fix() -> None:
     assert "migrations/0002_data.sql" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("name", "fix"),
+    [
+        (
+            "0002_data.rollback.py",
+            "write it as migrations/0002_data.rollback.sql",
+        ),  # not skipped as a rollback
+        ("helpers.py", "move it out of migrations/"),  # not named like a migration: still refused
+        ("0002_data.PY", "move it out of migrations/"),  # any case
+    ],
+)
+def test_every_python_file_among_the_migrations_is_refused(name: str, fix: str) -> None:
+    base, head = trees()
+    head.add("migrations/0002_data.sql", b"create table d(x);").add(f"migrations/{name}", b"steps = []")
+    changes = [Change("A", "migrations/0002_data.sql"), Change("A", f"migrations/{name}")]
+    for full in (False, True):
+        with pytest.raises(BuildError) as info:
+            select_migrations(changes, head.entries, base.entries, head.blobs, "migrations", full)
+        message = str(info.value)
+        assert message.startswith(f"migrations/{name}: Python migrations are not supported; "), message
+        assert "only SQL migrations are" in message and fix in message
+        assert info.value.exit_code is ExitCode.USAGE
+
+
+def test_a_python_file_leaving_the_migrations_is_not_refused() -> None:
+    base, head = trees()
+    base.add("migrations/0001_initial.sql", b"create table a(x);").add("migrations/helpers.py", b"x = 1")
+    head.add("migrations/0001_initial.sql", b"create table a(x);")
+    got = select_migrations(
+        [Change("D", "migrations/helpers.py")], head.entries, base.entries, head.blobs, "migrations", False
+    )
+    assert got == ([], {})
+
+
 def test_normalise_files_option(tmp_path: Path) -> None:
     app = tmp_path.resolve()
     (app / "static").mkdir()

@@ -162,9 +162,13 @@ def _error(text: str) -> str:
         ("", "missing app.name"),
         # values
         (MINIMAL.replace('"shop"', '"Shop_App"'), "app.name 'Shop_App' is not a valid Debian package name"),
-        (MINIMAL.replace('"/srv/shop"', '"srv/shop"'), "app.root 'srv/shop' must be an absolute directory"),
-        (MINIMAL.replace('"/srv/shop"', '"/"'), "app.root '/' must be an absolute directory"),
-        (MINIMAL.replace('"/srv/shop"', '"/srv/../etc"'), "must be an absolute directory"),
+        (
+            MINIMAL.replace('"/srv/shop"', '"srv/shop"'),
+            "app.root 'srv/shop' must be an absolute, normalised directory",
+        ),
+        (MINIMAL.replace('"/srv/shop"', '"/"'), "app.root '/' must be an absolute, normalised directory"),
+        (MINIMAL.replace('"/srv/shop"', '"/srv/../etc"'), "must be an absolute, normalised directory"),
+        (MINIMAL.replace('"/srv/shop"', '"/etc/shop"'), "app.root '/etc/shop' is a system directory"),
         (MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nuser = "Bad User"'), "app.user"),
         (MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nservice = "a b"'), "app.service"),
         (MINIMAL.replace("<ops@shop.example>", "ops@shop.example"), "must look like 'Name <email@"),
@@ -212,6 +216,38 @@ def test_errors_say_how_to_fix_them(text: str, hint: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads(text)
     assert info.value.hint is not None and hint in info.value.hint
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+inf", "-5", "0.0", "3600.5", "86400", "1e308"])
+def test_health_timeout_must_be_finite_and_bounded(value: str) -> None:
+    message = _error(MINIMAL + f"[health]\ntimeout = {value}\n")
+    assert "health.timeout must be a positive number of seconds, at most 3600" in message
+    assert f"(not {tomllib.loads(f'v = {value}')['v']!r})" in message  # names the value given
+    assert "write it like timeout = 60" in message  # and the fix
+
+
+@pytest.mark.parametrize("value", ["0.5", "1", "3600", "3600.0"])
+def test_health_timeout_bounds_are_inclusive_of_an_hour(value: str) -> None:
+    assert loads(MINIMAL + f"[health]\ntimeout = {value}\n").health.timeout == float(value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value"),
+    [
+        ("files", "config", '["conf\\u001b.py"]'),
+        ("migrations", "dir", '"migr\\tations"'),
+    ],
+)
+def test_paths_with_control_characters_are_refused(section: str, key: str, value: str) -> None:
+    message = _error(MINIMAL + f"[{section}]\n{key} = {value}\n")
+    assert "contains a control character" in message
+
+
+def test_unit_file_with_a_control_character_is_refused() -> None:
+    text = MINIMAL.replace(
+        'root = "/srv/shop"', 'root = "/srv/shop"\nunit_file = "deploy/shop\\u001b.service"'
+    )
+    assert "app.unit_file 'deploy/shop\\x1b.service' contains a control character" in _error(text)
 
 
 def test_maintainer_cannot_inject_control_fields() -> None:

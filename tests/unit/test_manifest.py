@@ -174,6 +174,72 @@ _DELETE = object()
         ("migrations.0.rollback_file", "/tmp/x.sql", "rollback_file: unsafe path"),
         ("migrations.0.rollback_sha256", "0", "rollback_sha256 is not a sha256"),
         ("config_files", ["../etc/x"], "config_files: unsafe path"),
+        # names and versions the runtime passes to dpkg, apt and its logs
+        ("package", "Shop_Update", "package 'Shop_Update' is not a valid Debian package name"),
+        ("package", "shop-update\n", "package 'shop-update\\n' is not a valid Debian package name"),
+        ("package", "../../etc", "is not a valid Debian package name"),
+        ("version", "1.0 5", "version '1.0 5' is not a valid Debian version"),
+        ("version", "1.0.5\n", "version '1.0.5\\n' is not a valid Debian version"),
+        ("version", "abc", "version 'abc' is not a valid Debian version"),
+        ("bases", ["1.0.4; rm -rf /"], "bases entry '1.0.4; rm -rf /' is not a valid Debian version"),
+        # control characters, in every path the runtime reads (C0, DEL and C1 alike)
+        (
+            "files.0.path",
+            "bin/r\x1b[2Jun",
+            "files[0].path: unsafe path: 'bin/r\\x1b[2Jun' contains the control",
+        ),
+        ("files.0.path", "bin/run\t", "contains the control character '\\t'"),
+        ("files.0.path", "bin/run\x7f", "contains the control character '\\x7f'"),
+        ("files.0.path", "bin/run\x9b", "contains the control character '\\x9b'"),
+        ("files.3.renamed_from", "static/old\n.js", "files[3].renamed_from: unsafe path"),
+        ("files.1.link_target", "releases/v2\x07", "symlink target 'releases/v2\\x07' contains a control"),
+        ("migrations.0.file", "0002_st\x1bock.sql", "migrations[0].file: unsafe path"),
+        ("migrations.0.rollback_file", "0002_stock.rollback\r.sql", "rollback_file: unsafe path"),
+        ("config_files", ["config\x1b.py"], "config_files: unsafe path"),
+        ("config.files.config", ["config.py\x00"], "config.files.config[0]: unsafe path"),
+        ("config.files.config", ["/etc/passwd"], "config.files.config[0]: unsafe path"),
+        ("config.files.config", "config.py", "config.files.config is not a list of paths"),
+        ("config.app.unit_file", "deploy/shop\x1b.service", "config.app.unit_file: unsafe path"),
+        ("config.app.unit_file", "/etc/systemd/system/x.service", "config.app.unit_file: unsafe path"),
+        ("config.app.unit_file", 5, "config.app.unit_file is not a path"),
+        # migrations are SQL, named after their id
+        (
+            "migrations.0.file",
+            "0002_stock.py",
+            "migrations[0].file '0002_stock.py': only SQL migrations (.sql)",
+        ),
+        ("migrations.0.rollback_file", "0002_stock.rollback.py", "only SQL migrations (.sql) are supported"),
+        ("migrations.0.file", "0009_other.sql", "migrations[0].file '0009_other.sql' does not match the id"),
+        (
+            "migrations.0.rollback_file",
+            "0003_index.rollback.sql",
+            "rollback_file '0003_index.rollback.sql' does",
+        ),
+        # how long an update waits for the app
+        ("config.health.timeout", float("nan"), "config.health.timeout nan must be a number of seconds"),
+        ("config.health.timeout", float("inf"), "config.health.timeout inf must be"),
+        ("config.health.timeout", float("-inf"), "config.health.timeout -inf must be"),
+        ("config.health.timeout", -1, "config.health.timeout -1 must be"),
+        ("config.health.timeout", 0, "config.health.timeout 0 must be"),
+        ("config.health.timeout", 3600.5, "above 0 and at most 3600"),
+        ("config.health.timeout", "60", "config.health.timeout '60' must be"),
+        ("config.health.timeout", True, "config.health.timeout True must be"),
+        ("config.health", [], "config.health is not an object"),
+        # who and where root works
+        ("config.app.root", "/etc", "config.app.root '/etc' must be an absolute"),
+        ("config.app.root", "/etc/shop", "config.app.root '/etc/shop' is a system directory"),
+        ("config.app.root", "/usr/local/shop", "is a system directory"),
+        ("config.app.root", "/var/lib/dpkg/info", "is a system directory"),
+        ("config.app.root", "opt/shop", "must be an absolute"),
+        ("config.app.root", "/opt/../etc/x", "must be an absolute"),
+        ("config.app.root", "/opt/shop/", "must be an absolute"),
+        ("config.app.root", "/opt/sh\x1bop", "contains a control character"),
+        ("config.app.root", 5, "config.app.root 5 is not a path"),
+        ("config.app.user", "../root", "config.app.user '../root' is not a valid account name"),
+        ("config.app.group", "Root Group", "is not a valid account name"),
+        ("config.app.service", "shop.service; rm -rf /", "is not a systemd service name"),
+        ("config.app.service", "shop", "is not a systemd service name"),
+        ("config.app.name", "../shop", "is not a valid app name"),
     ],
 )
 def test_invalid_manifests_are_refused(where: str, value: Any, expected: str) -> None:
@@ -182,6 +248,34 @@ def test_invalid_manifests_are_refused(where: str, value: Any, expected: str) ->
     with pytest.raises(ManifestError) as info:
         loads(json.dumps(data))
     assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("config.health.timeout", 0.5),
+        ("config.health.timeout", 3600),
+        ("config.health", {}),  # the runtime's default applies
+        ("config.app.unit_file", "deploy/shop.service"),
+        ("config.app.root", "/srv/www/shop"),
+        ("config.app.user", "www-data"),
+        ("version", "2:1.0.5~rc1-3"),
+        ("bases", ["1.0.4", "1.0.4+hotfix1"]),
+    ],
+)
+def test_valid_edges_are_accepted(where: str, value: Any) -> None:
+    data = _data()
+    _set(data, where, copy.deepcopy(value))
+    m = loads(json.dumps(data))
+    assert m.package == "shop-update"
+
+
+def test_a_control_character_in_an_error_is_escaped() -> None:
+    data = _data()
+    data["files"][0]["path"] = "x\x1b]0;owned\x07"
+    with pytest.raises(ManifestError) as info:
+        loads(json.dumps(data))
+    assert "\x1b" not in str(info.value) and "\x07" not in str(info.value)  # quoted with repr()
 
 
 @pytest.mark.parametrize("text", ["", "{", "[]", '"x"', b"\xff\xfe"])

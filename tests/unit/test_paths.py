@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nesop_deb.paths import UnsafePath, excluded, link_stays_inside, matches, safe_relative
+from nesop_deb.paths import UnsafePath, control_character, excluded, link_stays_inside, matches, safe_relative
 
 
 @pytest.mark.parametrize(
@@ -35,6 +35,29 @@ def test_safe_relative_normalises(raw: str, normal: str) -> None:
 def test_safe_relative_refuses(raw: str) -> None:
     with pytest.raises(UnsafePath):
         safe_relative(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "char"),
+    [
+        ("a\x1b[2J", "\x1b"),
+        ("a\tb", "\t"),
+        ("a\nb", "\n"),
+        ("a\x7f", "\x7f"),
+        ("a/\x9bb", "\x9b"),
+        ("\rx", "\r"),
+    ],
+)
+def test_safe_relative_refuses_control_characters(raw: str, char: str) -> None:
+    with pytest.raises(UnsafePath) as info:
+        safe_relative(raw)
+    assert str(info.value) == f"{raw!r} contains the control character {char!r}"
+    assert control_character(raw) == char
+
+
+@pytest.mark.parametrize("raw", ["a b/c", "ünïcødé", "日本/x", "a\u00a0b", "tab-free"])
+def test_printable_names_have_no_control_character(raw: str) -> None:
+    assert control_character(raw) is None
 
 
 _segment = st.sampled_from(["a", "b c", "..", ".", "", "ü", "x.y", "..z"])
