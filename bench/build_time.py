@@ -41,6 +41,7 @@ CONFIG = """\
 [app]
 name = "bench-app"
 root = "/opt/bench-app"
+writable = ["data"]
 
 [package]
 maintainer = "Bench <bench@example.com>"
@@ -50,7 +51,7 @@ exclude = ["tests/**", "docs/**", "nesop-deb.toml", "**/*.pyc"]
 
 [migrations]
 dir = "migrations"
-database = "sqlite:////opt/bench-app/app.db"
+database = "sqlite:////opt/bench-app/data/app.db"
 """
 CHANGED = "app/module_0000/file_0000.py"
 

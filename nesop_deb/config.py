@@ -46,6 +46,7 @@ class AppConfig:
     group: str
     service: str
     unit_file: str | None = None
+    writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class Config:
                 "group": self.app.group,
                 "service": self.app.service,
                 "unit_file": self.app.unit_file,
+                "writable": list(self.app.writable),
             },
             "package": {"name": self.package.name, "maintainer": self.package.maintainer},
             "files": {"exclude": list(self.files.exclude), "config": list(self.files.config)},
@@ -120,6 +122,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "group": ((str,), False),
         "service": ((str,), False),
         "unit_file": ((str,), False),
+        "writable": ((list,), False),
     },
     "package": {"name": ((str,), False), "maintainer": ((str,), False), "section": ((str,), False)},
     "files": {"exclude": ((list,), False), "config": ((list,), False)},
@@ -196,6 +199,7 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
     unit_file = app.get("unit_file")
     if unit_file is not None:
         unit_file = _relative(unit_file, "app.unit_file", source)
+    writable = tuple(sorted({_relative(w, "app.writable entry", source) for w in app.get("writable", ())}))
 
     pkg = data.get("package", {})
     package_name = pkg.get("name", f"{name}-update")
@@ -231,8 +235,9 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
             hint=f"e.g. sqlite:///{root}/app.db",
         )
 
+    _database_is_writable(database, root, writable, source)
     return Config(
-        app=AppConfig(name, root, user, group, service, unit_file),
+        app=AppConfig(name, root, user, group, service, unit_file, writable),
         package=PackageConfig(package_name, maintainer, pkg.get("section", "admin")),
         files=FilesConfig(
             tuple(files.get("exclude", ())),
@@ -244,6 +249,25 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
         health=HealthConfig(url, timeout, tuple(health.get("pages", ()))),
         backups=BackupsConfig(keep),
     )
+
+
+def _database_is_writable(
+    database: str | None, root: PurePosixPath, writable: tuple[str, ...], source: str
+) -> None:
+    """A SQLite database inside the app's tree must be in a directory its account may write: the
+    tree itself is root's, and SQLite writes its journal beside the database."""
+    if database is None or not database.startswith("sqlite:///"):
+        return
+    path = PurePosixPath(database[len("sqlite:///") :])
+    if root not in path.parents:
+        return
+    rel = path.parent.relative_to(root).as_posix()
+    if not any(rel == w or rel.startswith(w + "/") for w in writable):
+        raise ConfigError(
+            f"{source}: migrations.database {database!r} is in {path.parent}, which app.writable does not"
+            " list: the app's account could not write its own database",
+            hint=f'keep it in a data directory: writable = ["data"] and database = "sqlite:///{root}/data/{path.name}"',
+        )
 
 
 def loads(text: str, source: str = CONFIG_NAME) -> Config:

@@ -254,6 +254,11 @@ def _check_config(cfg: dict[str, Any]) -> None:
     unit_file = _section(cfg, "app").get("unit_file")
     if unit_file is not None:
         _path(unit_file, "config.app.unit_file")
+    writable = _section(cfg, "app").get("writable", [])
+    if not isinstance(writable, list):
+        raise ManifestError("update manifest: config.app.writable is not a list of paths")
+    for i, entry in enumerate(writable):
+        _path(entry, f"config.app.writable[{i}]")
     entries = _section(cfg, "files").get("config", [])
     if not isinstance(entries, list):
         raise ManifestError("update manifest: config.files.config is not a list of paths")

@@ -75,6 +75,11 @@ class Job:
     def backup_dir(self) -> Path:
         return self.ctx.backups_dir / self.backup_name
 
+    def owner_of(self, rel: str) -> tuple[int, int]:
+        """Who a file or directory the update writes belongs to: the app's account in the
+        directories [app] writable names, root everywhere else (the app only reads its code)."""
+        return (self.uid, self.gid) if self.ctx.app.is_writable(rel) else (0, 0)
+
     @property
     def owner(self) -> tuple[int, int] | None:
         """Who the migrations run as: the app's account (see :func:`database._as_owner`)."""
@@ -178,8 +183,8 @@ class Prepare:
             )
         job.uid, job.gid = uid, gid
         if not ctx.app_root.exists():
+            # root's, readable by the app: its account gets only the directories [app] writable names
             ctx.app_root.mkdir(parents=True, mode=0o755)
-            os.chown(ctx.app_root, uid, gid)
         with_db = bool(job.manifest.migrations)
         backup.reserve(ctx, job.reserve, backup.undo_space(ctx, job.touched(), with_db=with_db))
         with job.app() as app:
@@ -202,7 +207,10 @@ class Prepare:
             # written, so an undo after a crash in this step knows every path it has to remove
             job.persist()
             for d in missing:
-                app.mkdirs(d, mode=0o755, uid=uid, gid=gid)
+                writable = ctx.app.is_writable(d)
+                app.mkdirs(
+                    d, mode=0o750 if writable else 0o755, uid=job.owner_of(d)[0], gid=job.owner_of(d)[1]
+                )
             for f in job.manifest.files:
                 if not f.ships_payload:
                     continue
@@ -210,7 +218,8 @@ class Prepare:
                 if f.link_target is not None:
                     app.symlink_new(_tmp(target), f.link_target)
                 else:
-                    app.write_new(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, uid, gid)
+                    fuid, fgid = job.owner_of(target)
+                    app.write_new(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, fuid, fgid)
         self._read_migrations()
 
     def _read_migrations(self) -> None:
@@ -221,14 +230,14 @@ class Prepare:
             job.migrations = database.read(job.recorded_migrations, [m.id for m in job.manifest.migrations])
 
     def _missing_dirs(self, app: safefs.Tree) -> list[str]:
-        """The directories the new files need that do not exist yet (app-relative), parents first."""
+        """The directories the new files and the app's writable directories need that do not
+        exist yet (app-relative), parents first."""
         missing: set[str] = set()
-        for f in self.job.manifest.files:
-            if f.ships_payload:
-                directory = safefs.parent_of(self.job.target(f))
-                while directory and app.lstat(directory) is None:
-                    missing.add(directory)
-                    directory = safefs.parent_of(directory)
+        wanted = [safefs.parent_of(self.job.target(f)) for f in self.job.manifest.files if f.ships_payload]
+        for directory in [*wanted, *self.job.ctx.app.writable]:
+            while directory and app.lstat(directory) is None:
+                missing.add(directory)
+                directory = safefs.parent_of(directory)
         return sorted(missing, key=lambda d: (d.count("/"), d))
 
     def undo(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 
 from nesop_deb import __version__, versions
@@ -111,20 +112,50 @@ def no_drift(ctx: Context, manifest: Manifest) -> None:
 
 
 def root_records(ctx: Context) -> None:
-    """Root's backups and logs must be root's (or not exist yet); an app tree the app's account
+    """Root's backups and logs must be root's (or not exist yet); a code tree the app's account
     can write to is worth a warning: that account could change the code root's update handles."""
     for name in ("backups", "logs"):
         tree = safefs.records(ctx.app_root, name, create=False)
         if tree is not None:
             tree.close()
-    st = ctx.app_root.lstat()
-    if st.st_uid != 0 or st.st_mode & 0o022:
-        log.warning(
-            "%s is writable by uid %d: the app's account can change its code and plant links;"
-            " make the tree root's and give the app only its data directories ([app] writable)",
-            ctx.app_root,
-            st.st_uid,
-        )
+    found = writable_code(ctx)
+    if found:
+        log.warning("%s", writable_code_problem(ctx, found))
+
+
+def writable_code(ctx: Context) -> list[str]:
+    """Directories of the app's code (not its [app] writable ones, backups or logs) that the app's
+    account can write to: it could plant links there and change what the service runs."""
+    from nesop_deb.runtime import accounts
+
+    owner = accounts.app_owner(ctx)
+    if owner is None or owner[0] == 0 or not ctx.app_root.is_dir():
+        return []
+    uid, gid = owner
+    found: list[str] = []
+    for dirpath, dirs, _files in os.walk(ctx.app_root):
+        rel = os.path.relpath(dirpath, ctx.app_root)
+        rel = "" if rel == "." else rel
+        if rel in ("backups", "logs") or (rel and ctx.app.is_writable(rel)):
+            dirs[:] = []
+            continue
+        st = os.lstat(dirpath)
+        if st.st_uid == uid or st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid == gid):
+            found.append(rel or ".")
+    return found
+
+
+def writable_code_problem(ctx: Context, found: list[str]) -> str:
+    more = f" and {len(found) - 1} more" if len(found) > 1 else ""
+    data = " ".join(f"{ctx.app_root}/{w}" for w in ctx.app.writable)
+    fix = f"chown -R root:root {ctx.app_root} && chmod -R go-w {ctx.app_root}"
+    if data:
+        fix += f" && chown -R {ctx.app.user}:{ctx.app.group} {data}"
+    where = str(ctx.app_root) if found[0] == "." else f"{ctx.app_root}/{found[0]}"
+    return (
+        f"{where}{more}: the app's account ({ctx.app.user}) can write to its code, so it could change"
+        f" what root updates and the service runs; fix: {fix}"
+    )
 
 
 def app_accounts(ctx: Context) -> None:

@@ -35,6 +35,11 @@ class AppSettings:
     health_pages: tuple[str, ...]
     keep_backups: int
     config_files: tuple[str, ...]
+    writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
+
+    def is_writable(self, rel: str) -> bool:
+        """Whether ``rel`` is in (or is) a directory the app's account owns."""
+        return any(rel == w or rel.startswith(w + "/") for w in self.writable)
 
     @classmethod
     def from_manifest_config(cls, cfg: dict[str, Any]) -> AppSettings:
@@ -53,6 +58,7 @@ class AppSettings:
             health_pages=tuple(health.get("pages", ())),
             keep_backups=int(cfg.get("backups", {}).get("keep", 5)),
             config_files=tuple(cfg.get("files", {}).get("config", ())),
+            writable=tuple(app.get("writable", ())),
         )
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from nesop_deb import proc
 from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.manifest import Action
-from nesop_deb.runtime import accounts, database, health, history, safefs, service, state
+from nesop_deb.runtime import accounts, checks, database, health, history, safefs, service, state
 from nesop_deb.runtime.context import Context
 
 
@@ -162,12 +162,17 @@ def check_permissions(ctx: Context) -> CheckResult:
                 continue
             if sha is None or s is None or stat.S_ISLNK(s.st_mode):
                 continue
-            if (s.st_uid, s.st_gid) != (uid, gid):
-                problems.append(
-                    f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {ctx.app.user}:{ctx.app.group}"
-                )
+            # the app's account owns what is in its writable directories; root owns the code (on a
+            # server adopted as it was, the code may still be the account's: writable_code says so)
+            owners = {(uid, gid)} | (set() if ctx.app.is_writable(rel) else {(0, 0)})
+            if (s.st_uid, s.st_gid) not in owners:
+                want = " or ".join(f"{u}:{g}" for u, g in sorted(owners, key=str))
+                problems.append(f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {want}")
             if mode is not None and s.st_mode & 0o7777 != mode:
                 problems.append(f"{rel}: mode {s.st_mode & 0o7777:o}, expected {mode:o}")
+    found = checks.writable_code(ctx)
+    if found:
+        problems.append(checks.writable_code_problem(ctx, found))
     for dirpath, dirs, files in os.walk(ctx.app_root):
         if Path(dirpath) == ctx.backups_dir:
             dirs[:] = []

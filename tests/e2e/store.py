@@ -30,10 +30,10 @@ APP_ROOT = "/opt/nesop-store"
 PACKAGE = "nesop-store-update"
 UNIT = "nesop-store.service"
 HEALTH = "http://127.0.0.1:5000/health"
-DB = f"{APP_ROOT}/nesop_store_production.db"
+DB = f"{APP_ROOT}/data/nesop_store_production.db"
 ADMIN_TOKEN = "e2e-admin-token"
 # what the server has beside the app's own files
-RUNTIME_ONLY = ("backups/", "logs/", "nesop_store_production.db")
+RUNTIME_ONLY = ("backups/", "logs/", "data/")
 
 GIT_ENV = {
     "GIT_CONFIG_NOSYSTEM": "1",
@@ -137,8 +137,10 @@ def install_toolchain(box: Container, toolchain: Path) -> None:
     box.run(["apt-get", "install", "-y", "-q", f"/var/tmp/{toolchain.name}"], timeout=300)
 
 
-def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
-    """Deploy a release the way the original guide assumes: copy, migrate, enable the unit."""
+def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str, *, app_owns_tree: bool = False) -> None:
+    """Deploy a release by hand: copy, migrate, enable the unit. The tree is root's and the
+    store's account owns data/ (what nesop-deb.toml's [app] writable says); ``app_owns_tree``:
+    the whole tree is the account's, as the original guide left servers."""
     root = box.path(APP_ROOT)
     root.mkdir(parents=True, exist_ok=True)
     repo.extract(ref, root)
@@ -154,9 +156,11 @@ def deploy_by_hand(box: Container, repo: ExampleRepo, ref: str) -> None:
     box.sh(
         f"""
         useradd --system --home-dir {APP_ROOT} --no-create-home --shell /usr/sbin/nologin --user-group nesop
+        mkdir -p {APP_ROOT}/data
         /opt/venvs/nesop-deb/bin/yoyo apply --batch --no-config-file \
             --database sqlite:///{DB} {APP_ROOT}/migrations
-        chown -R nesop:nesop {APP_ROOT}
+        chown -R nesop:nesop {APP_ROOT if app_owns_tree else APP_ROOT + "/data"}
+        chmod 0750 {APP_ROOT}/data
         cp {APP_ROOT}/deploy/nesop-store.service /etc/systemd/system/
         systemctl daemon-reload
         systemctl enable --now nesop-store.service
@@ -187,20 +191,22 @@ def live_tree(box: Container) -> dict[str, tuple[str, int]]:
         rel = path.relative_to(root).as_posix()
         if any(rel == p.rstrip("/") or rel.startswith(p) for p in RUNTIME_ONLY) or "__pycache__" in rel:
             continue
-        if rel.startswith("nesop_store_production.db"):
-            continue
         if path.is_file() and not path.is_symlink():
             files[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o777)
     return files
 
 
-def owners(box: Container) -> set[tuple[int, int]]:
+def owners(box: Container, under: str | None = None) -> set[tuple[int, int]]:
+    """(uid, gid) of the app's files: the code (``under`` None: not in backups, logs or data),
+    or those below ``under``."""
     root = box.path(APP_ROOT)
-    return {
-        (p.stat().st_uid, p.stat().st_gid)
-        for p in root.rglob("*")
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(("backups", "logs"))
-    }
+    found = set()
+    for p in root.rglob("*"):
+        rel = p.relative_to(root).as_posix()
+        inside = rel.startswith(under + "/") if under else not rel.startswith(("backups", "logs", "data"))
+        if p.is_file() and not p.is_symlink() and inside:
+            found.add((p.stat().st_uid, p.stat().st_gid))
+    return found
 
 
 _DUMP = r"""

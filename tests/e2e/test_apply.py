@@ -31,7 +31,8 @@ def _applied(box: Container, repo: store.ExampleRepo, deb: Path, ref: str, versi
     assert info["pid"] != pid_before, "the service was not restarted"
     last = store.history(box)[-1]
     assert (last["action"], last["version"], last["status"]) == ("apply", version, "success")
-    assert store.owners(box) == {(_uid(box), _uid(box))}
+    assert store.owners(box) == {(0, 0)}, "the code is root's"
+    assert store.owners(box, "data") == {(_uid(box), _uid(box))}, "the store's account owns its data"
 
 
 def _uid(box: Container) -> int:

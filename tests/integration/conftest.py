@@ -22,6 +22,7 @@ name = "shop"
 root = "/srv/shop"
 user = "shop"
 service = "shop.service"
+writable = ["data"]
 
 [package]
 maintainer = "Shop Ops <ops@shop.example>"
@@ -32,7 +33,7 @@ config = ["config.py"]
 
 [migrations]
 dir = "migrations"
-database = "sqlite:////srv/shop/shop.db"
+database = "sqlite:////srv/shop/data/shop.db"
 """
 
 

@@ -30,10 +30,11 @@ CONFIG = config_loads(
 [app]
 name = "shop"
 root = "/srv/shop"
+writable = ["data"]
 [package]
 maintainer = "Shop Ops <ops@shop.example>"
 [migrations]
-database = "sqlite:////srv/shop/shop.db"
+database = "sqlite:////srv/shop/data/shop.db"
 """
 )
 

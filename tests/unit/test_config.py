@@ -24,6 +24,7 @@ user = "nesop"
 group = "nesop"
 service = "nesop-store.service"
 unit_file = "deploy/nesop-store.service"   # optional: a first install (--full) installs and enables it
+writable = ["data"]                        # DESIGN.md §7: the rest is root's
 [package]
 maintainer = "NESOP Team <ops@example.com>"
 [files]
@@ -31,7 +32,7 @@ exclude = ["tests/**", "docs/**", "nesop-deb.toml", "Makefile", "debian/**"]   #
 config = ["config.py", ".env.production"]          # never silently overwrite local edits (§5)
 [migrations]
 dir = "migrations"
-database = "sqlite:////opt/nesop-store/nesop_store_production.db"
+database = "sqlite:////opt/nesop-store/data/nesop_store_production.db"
 [health]
 url = "http://127.0.0.1:5000/health"
 timeout = 60
@@ -46,6 +47,17 @@ maintainer = "Shop Ops <ops@shop.example>"
 """
 
 
+def test_a_database_outside_the_app_tree_or_in_a_writable_directory_is_accepted() -> None:
+    outside = loads(MINIMAL + '[migrations]\ndatabase = "sqlite:////var/lib/shop/shop.db"\n')
+    assert outside.app.writable == ()
+    inside = loads(
+        MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nwritable = ["var/db", "data"]')
+        + '[migrations]\ndatabase = "sqlite:////srv/shop/var/db/sub/shop.db"\n'
+    )
+    assert inside.app.writable == ("data", "var/db")
+    assert inside.to_dict()["app"]["writable"] == ["data", "var/db"]
+
+
 def test_contract_example_loads() -> None:
     cfg = loads(CONTRACT)
     assert cfg.app.name == "nesop-store"
@@ -58,7 +70,8 @@ def test_contract_example_loads() -> None:
     assert cfg.files.exclude == ("tests/**", "docs/**", "nesop-deb.toml", "Makefile", "debian/**")
     assert cfg.files.config == ("config.py", ".env.production")
     assert cfg.migrations.dir == "migrations"
-    assert cfg.migrations.database == "sqlite:////opt/nesop-store/nesop_store_production.db"
+    assert cfg.migrations.database == "sqlite:////opt/nesop-store/data/nesop_store_production.db"
+    assert cfg.app.writable == ("data",)
     assert cfg.health.url == "http://127.0.0.1:5000/health"
     assert cfg.health.timeout == 60.0
 
@@ -180,6 +193,22 @@ def _error(text: str) -> str:
         (MINIMAL + '[migrations]\ndir = "../migrations"\n', "migrations.dir '../migrations' must be a path"),
         (MINIMAL + '[files]\nconfig = ["/etc/app.conf"]\n', "files.config entry '/etc/app.conf' must be"),
         (MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nunit_file = "../x"'), "app.unit_file"),
+        (
+            MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nwritable = ["../var"]'),
+            "app.writable entry",
+        ),
+        # the app's account must be able to write its database's directory; the tree is root's
+        (
+            MINIMAL + '[migrations]\ndatabase = "sqlite:////srv/shop/shop.db"\n',
+            "migrations.database 'sqlite:////srv/shop/shop.db' is in /srv/shop, which app.writable does not"
+            " list: the app's account could not write its own database; keep it in a data directory:"
+            ' writable = ["data"] and database = "sqlite:////srv/shop/data/shop.db"',
+        ),
+        (
+            MINIMAL.replace('root = "/srv/shop"', 'root = "/srv/shop"\nwritable = ["data"]')
+            + '[migrations]\ndatabase = "sqlite:////srv/shop/cache/shop.db"\n',
+            "is in /srv/shop/cache, which app.writable does not list",
+        ),
     ],
 )
 def test_errors_name_the_file_and_key(text: str, expected: str) -> None:

@@ -601,7 +601,7 @@ def test_config_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (settings.host, settings.port, settings.database, settings.admin_token) == (
         "127.0.0.1",
         5000,
-        "/opt/nesop-store/nesop_store_production.db",
+        "/opt/nesop-store/data/nesop_store_production.db",
         "",
     )
 

@@ -10,7 +10,7 @@ import os
 
 HOST = os.environ.get("NESOP_STORE_HOST", "127.0.0.1")
 PORT = int(os.environ.get("NESOP_STORE_PORT", "5000"))
-DATABASE = os.environ.get("NESOP_STORE_DB", "/opt/nesop-store/nesop_store_production.db")
+DATABASE = os.environ.get("NESOP_STORE_DB", "/opt/nesop-store/data/nesop_store_production.db")
 # Bearer token for the /api/admin/ endpoints. Empty (the default) turns the
 # admin API off rather than leaving it open.
 ADMIN_TOKEN = os.environ.get("NESOP_STORE_ADMIN_TOKEN", "")
