@@ -15,7 +15,14 @@ from typing import Any
 from nesop_deb import versions
 from nesop_deb.config import MAX_HEALTH_TIMEOUT, health_timeout_ok, is_package_name
 from nesop_deb.errors import NesopError
-from nesop_deb.paths import UnsafePath, app_root_problem, control_character, link_stays_inside, safe_relative
+from nesop_deb.paths import (
+    UnsafePath,
+    app_root_problem,
+    control_character,
+    link_chain_stays_inside,
+    link_stays_inside,
+    safe_relative,
+)
 
 FORMAT = 1
 NAME = "update_manifest.json"
@@ -294,6 +301,12 @@ def loads(text: str | bytes) -> Manifest:
         )
     source = _req(data, "source", dict, "manifest")
     files = tuple(_file(f, i) for i, f in enumerate(_req(data, "files", list, "manifest")))
+    links = {f.path: f.link_target for f in files if f.link_target is not None}
+    for path, target in links.items():
+        if not link_chain_stays_inside(path, target, links.get):
+            raise ManifestError(
+                f"update manifest: symlink {path} -> {target} leaves the app root through other links"
+            )
     seen: set[str] = set()
     for f in files:
         for p in (f.path, f.renamed_from):

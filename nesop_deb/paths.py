@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections import deque
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 
@@ -73,6 +75,41 @@ def link_stays_inside(link_path: str, target: str) -> bool:
                 return False
         elif part != ".":
             depth += 1
+    return True
+
+
+MAX_LINK_HOPS = 40  # the kernel's own limit on links followed in one lookup
+
+
+def link_chain_stays_inside(link_path: str, target: str, lookup: Callable[[str], str | None]) -> bool:
+    """Whether the symlink at ``link_path`` (relative to a root) pointing at ``target`` stays
+    inside the root when resolved the way the kernel would, through the other links on the way.
+
+    ``lookup(path)`` gives the target of the link at a root-relative path, or None where there is
+    none. Each link alone may stay inside while a chain leaves: ``a -> ..`` and ``b -> a/..``.
+    """
+    stack = list(PurePosixPath(link_path).parts[:-1])
+    parts = deque(PurePosixPath(target).parts)
+    hops = 0
+    while parts:
+        part = parts.popleft()
+        if part == "/":
+            return False
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        stack.append(part)
+        link = lookup("/".join(stack))
+        if link is not None:
+            hops += 1
+            if hops > MAX_LINK_HOPS:
+                return False  # a loop: it resolves nowhere
+            stack.pop()
+            parts.extendleft(reversed(PurePosixPath(link).parts))
     return True
 
 

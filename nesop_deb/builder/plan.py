@@ -17,7 +17,14 @@ from nesop_deb import __version__, config, versions
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
 from nesop_deb.errors import BuildError, UsageError
 from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
-from nesop_deb.paths import UnsafePath, control_character, excluded, link_stays_inside, safe_relative
+from nesop_deb.paths import (
+    UnsafePath,
+    control_character,
+    excluded,
+    link_chain_stays_inside,
+    link_stays_inside,
+    safe_relative,
+)
 
 MIGRATION_NAME = re.compile(r"^(?P<id>[0-9]{4}_[A-Za-z0-9_.-]+?)(?P<rollback>\.rollback)?\.(?P<ext>sql|py)$")
 
@@ -161,7 +168,20 @@ def select_files(
         pre = _sha256(blobs[old_entry.blob]) if old_entry is not None else None
         action = Action.ADD if old_entry is None else Action.MODIFY
         entries.append(FileEntry(ch.path, action, _sha256(data), len(data), _mode(new), pre, None, link))
+    _check_link_chains(entries)
     return sorted(entries, key=lambda e: e.path)
+
+
+def _check_link_chains(entries: Sequence[FileEntry]) -> None:
+    """Each link may stay inside on its own while a chain of them leaves (``a -> ..`` and
+    ``b -> a/..``): resolve them through each other, as the server's runtime does again."""
+    links = {e.path: e.link_target for e in entries if e.link_target is not None}
+    for path, target in sorted(links.items()):
+        if not link_chain_stays_inside(path, target, links.get):
+            raise BuildError(
+                f"symlink {path} -> {target} leads outside the app through other symlinks",
+                hint="point it at a path inside the app that needs no other link, or exclude it",
+            )
 
 
 def full_files(

@@ -308,3 +308,18 @@ def test_a_full_install_manifest() -> None:
     )
     again = loads(m.to_json())
     assert again == m and again.full and again.bases == () and again.since_commit is None
+
+
+def test_a_chain_of_links_that_leaves_the_root_is_refused() -> None:
+    """Each link stays inside on its own; through each other they reach the root's parent."""
+    data = json.loads(sample().to_json())
+    link = {"action": "add", "sha256": "a" * 64, "size": 2, "mode": 0o644, "preimage_sha256": None,
+            "renamed_from": None}  # fmt: skip
+    data["files"] += [
+        {**link, "path": "static/a", "link_target": ".."},
+        {**link, "path": "static/b", "link_target": "a/.."},
+    ]
+    with pytest.raises(
+        ManifestError, match=r"symlink static/b -> a/\.\. leaves the app root through other links"
+    ):
+        loads(json.dumps(data))

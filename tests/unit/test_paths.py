@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nesop_deb.paths import UnsafePath, control_character, excluded, link_stays_inside, matches, safe_relative
+from nesop_deb.paths import (
+    UnsafePath,
+    control_character,
+    excluded,
+    link_chain_stays_inside,
+    link_stays_inside,
+    matches,
+    safe_relative,
+)
 
 
 @pytest.mark.parametrize(
@@ -142,3 +150,19 @@ def test_excluded_any_pattern() -> None:
     assert not excluded("server.py", patterns)
     assert not excluded("lib/tests.py", patterns)
     assert not excluded("server.py", ())
+
+
+@pytest.mark.parametrize(
+    ("links", "inside"),
+    [
+        ({"static/a": "..", "static/b": "a/x"}, True),  # a -> the root itself; b -> a/x -> x
+        ({"static/a": "..", "static/b": "a/.."}, False),  # b -> static/a/.. -> root/.. : outside
+        ({"d/a": "b/..", "d/b": "c", "d/c": ".."}, False),  # b -> c -> the root, then ..
+        ({"a": "b", "b": "a"}, False),  # a loop resolves nowhere
+        ({"d/l": "../e", "e": "f/../g"}, True),
+        ({"x": "/etc"}, False),
+    ],
+)
+def test_link_chains_are_resolved_through_each_other(links: dict[str, str], inside: bool) -> None:
+    assert all(link_stays_inside(p, t) for p, t in links.items() if not t.startswith("/")), "each alone"
+    assert all(link_chain_stays_inside(p, t, links.get) for p, t in links.items()) is inside
