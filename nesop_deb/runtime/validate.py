@@ -202,8 +202,8 @@ def check_permissions(ctx: Context) -> CheckResult:
     )
 
 
-def _parse_config(path: Path) -> None:
-    text = path.read_text(encoding="utf-8")
+def _parse_config(path: Path, data: bytes) -> None:
+    text = data.decode("utf-8")
     suffix = path.suffix
     if suffix == ".py":
         compile(text, str(path), "exec")
@@ -222,25 +222,29 @@ def _parse_config(path: Path) -> None:
 def check_config(ctx: Context) -> CheckResult:
     problems = []
     checked = 0
-    for rel in ctx.app.config_files:
-        for p in (ctx.app_path(rel), ctx.app_path(rel + ".nesop-new")):
-            if not p.exists():
-                continue
-            checked += 1
-            try:
-                _parse_config(p)
-            except (
-                SyntaxError,
-                ValueError,
-                UnicodeDecodeError,
-                configparser.Error,
-                tomllib.TOMLDecodeError,
-            ) as exc:
-                problems.append(f"{p.relative_to(ctx.app_root)}: {exc}")
-            if p.name.endswith(".nesop-new"):
-                problems.append(
-                    f"{p.relative_to(ctx.app_root)}: a new version waits beside your edited file; merge it"
-                )
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel in ctx.app.config_files:
+            for name in (rel, rel + ".nesop-new"):
+                try:
+                    if app.lstat(name) is None:
+                        continue
+                    data = app.read_bytes(name)  # a link there is refused, never read through
+                except safefs.LinkRefused as exc:
+                    problems.append(f"{name}: {exc.message}")
+                    continue
+                checked += 1
+                try:
+                    _parse_config(Path(name), data)
+                except (
+                    SyntaxError,
+                    ValueError,
+                    UnicodeDecodeError,
+                    configparser.Error,
+                    tomllib.TOMLDecodeError,
+                ) as exc:
+                    problems.append(f"{name}: {exc}")
+                if name.endswith(".nesop-new"):
+                    problems.append(f"{name}: a new version waits beside your edited file; merge it")
     return CheckResult("config", not problems, f"{checked} config files parsed", problems)
 
 

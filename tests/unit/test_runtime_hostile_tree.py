@@ -40,6 +40,9 @@ def outside(tmp_path: Path) -> Path:
     return target
 
 
+LINK_TAIL = ": the update runs as root and follows no link it did not make"
+
+
 def untouched(path: Path) -> tuple[bytes, int, int, int]:
     st = path.lstat()
     return path.read_bytes(), st.st_mode, st.st_uid, st.st_gid
@@ -184,3 +187,16 @@ def test_backups_and_logs_the_app_account_owns_are_refused_before_any_change(ser
     with pytest.raises(NesopError, match="no other account can write"):
         operations.run_apply(ctx, manifest, ctx.share, state.load(ctx))
     assert server.applied() == []
+
+
+def test_validate_config_does_not_read_through_a_planted_link(server: Server, outside: Path) -> None:
+    install_base(server)
+    outside.write_text("[section]\nnot an ini line: root's secret\n")
+    (server.app_root / "config.py").unlink()
+    (server.app_root / "config.py").symlink_to(outside)
+
+    result = validate.check_config(server.ctx)
+
+    assert not result.ok
+    assert result.problems == [f"config.py: {server.app_root}/config.py is a symlink" + LINK_TAIL]
+    assert "secret" not in " ".join(result.problems)
