@@ -131,6 +131,16 @@ def test_symlinks_leaving_the_repository_are_refused(path: str, target: str) -> 
     assert "exclude it in [files].exclude" in str(info.value)
 
 
+def test_a_chain_of_symlinks_leaving_the_repository_is_refused() -> None:
+    """Each stays inside alone; through each other they reach the repository's parent."""
+    base, head = trees()
+    head.add("static/a", b"..", "120000").add("static/b", b"a/..", "120000")
+    changes = [Change("A", "static/a"), Change("A", "static/b")]
+    with pytest.raises(BuildError) as info:
+        select_files(changes, head.entries, base.entries, head.blobs, ())
+    assert "symlink static/b -> a/.. leads outside the app through other symlinks" in str(info.value)
+
+
 def test_an_excluded_symlink_leaving_the_repository_is_ignored() -> None:
     # the refusal's own hint says to exclude it: that must then work
     base, head = trees()
