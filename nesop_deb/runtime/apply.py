@@ -438,7 +438,17 @@ class Migrate:
         ids = [m.id for m in job.manifest.migrations]
         if not db.exists():
             return
-        applied = set(database.applied_ids(url, owner=job.owner)) & set(ids)
+        try:
+            applied = set(database.applied_ids(url, owner=job.owner)) & set(ids)
+        except database.MigrationError as exc:
+            if not snapshot:
+                raise
+            # the database cannot even be read (a link planted beside it, a damaged file): the
+            # snapshot was taken with the app stopped, so restoring it loses nothing
+            log.warning("%s; restoring the database snapshot", exc)
+            kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
+            log.info("database restored from %s (the replaced one is kept as %s)", job.backup_dir, kept)
+            return
         irreversible = [m.id for m in job.manifest.migrations if m.id in applied and not m.reversible]
         # nothing recorded: the snapshot (when there is one) also takes back the tracking tables
         # yoyo created in a database it never managed, and any half-run non-transactional step

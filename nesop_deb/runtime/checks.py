@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from dataclasses import dataclass
 
 from nesop_deb import __version__, versions
@@ -123,6 +124,27 @@ def root_records(ctx: Context) -> None:
         log.warning("%s", writable_code_problem(ctx, found))
 
 
+SIDECARS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database
+
+
+def database_files(ctx: Context) -> None:
+    """The database and the files SQLite keeps beside it must be plain files: a link there (which
+    the app's account can plant in its own directory) would break every connection after the stop."""
+    db = ctx.database_path
+    if db is None:
+        return
+    for name in ("", *SIDECARS):
+        path = db.with_name(db.name + name)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise safefs.LinkRefused(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise safefs.LinkRefused(path, "not a regular file")
+
+
 def writable_code(ctx: Context) -> list[str]:
     """Directories of the app's code (not its [app] writable ones, backups or logs) that the app's
     account can write to: it could plant links there and change what the service runs."""
@@ -232,6 +254,8 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
             root_records(ctx)
         if check_drift:
             no_drift(ctx, manifest)
+        if manifest.migrations:
+            database_files(ctx)
         if ctx.app_root.is_dir():
             disk_space(ctx, manifest)
         migration_checksums(ctx, st, manifest)

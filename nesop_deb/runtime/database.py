@@ -245,6 +245,10 @@ def restore(
     """Put ``backup/name`` back in place of ``db`` (the app is stopped), keeping the current one
     aside as ``backup/keep_current_as``. Owner and mode stay those of the database replaced."""
     with _directory_of(db, app_root) as directory:
+        for suffix in ("-wal", "-shm", "-journal"):
+            side = directory.lstat(db.name + suffix)
+            if side is not None and stat.S_ISLNK(side.st_mode):
+                directory.unlink(db.name + suffix)  # planted: SQLite could open nothing with it there
         st = directory.lstat(db.name)
         if st is not None and not stat.S_ISREG(st.st_mode):
             raise LinkRefused(db, "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import os
-import re
 import shutil
 import time
-import zlib
 from pathlib import Path
 
 from nesop_deb import manifest as mf
+from nesop_deb import shims, signing
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import (
@@ -30,19 +28,46 @@ from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
 
-_EMBEDDED = re.compile(r'^MANIFEST = "([A-Za-z0-9+/=]*)"$', re.MULTILINE)
+
+def _dpkg_root() -> Path:
+    return Path(os.environ.get("DPKG_ROOT") or "/")
 
 
 def manifest_from_script(path: Path) -> Manifest:
-    """The manifest a preinst carries (the payload is not unpacked when preinst runs)."""
-    m = _EMBEDDED.search(path.read_text(encoding="utf-8"))
-    if m is None:
+    """The manifest a preinst carries (the payload is not unpacked when preinst runs).
+
+    On a server with trusted keys it must carry a signature that verifies, before anything reads
+    it: preinst is the one check ``dpkg -i`` cannot skip (the APT hook only sees apt's installs).
+    """
+    fields = shims.embedded(path.read_text(encoding="utf-8"))
+    found = shims.decode(fields) if fields is not None else None
+    if found is None:
         raise NesopError(f"{path}: no embedded manifest; the package was not built by nesop-deb")
-    return mf.loads(zlib.decompress(base64.b64decode(m.group(1))))
+    raw, signature = found
+    signing.verify_manifest(raw, signature, "the update manifest embedded in preinst", _dpkg_root())
+    return mf.loads(raw)
+
+
+def check_installed_manifest(package: str) -> None:
+    """postinst configure, before anything: on a server with trusted keys, the manifest dpkg
+    unpacked (the one postinst applies and checks the payload against) must verify too; preinst
+    verified only its own copy, and a package could ship another."""
+    if not signing.trusted_keyrings(_dpkg_root()):
+        return
+    share = _dpkg_root() / "usr/share" / package
+    path = share / mf.NAME
+    sig = share / (mf.NAME + signing.SUFFIX)
+    try:
+        raw = path.read_bytes()
+        signature = sig.read_text(encoding="ascii") if sig.is_file() else None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise NesopError(f"{path}: cannot read it ({exc}); the package is not unpacked") from None
+    signing.verify_manifest(raw, signature, str(path), _dpkg_root())
 
 
 def embed(manifest: Manifest) -> str:
-    return base64.b64encode(zlib.compress(manifest.to_json().encode(), 9)).decode()
+    """What preinst's ``MANIFEST = "…"`` line holds for ``manifest``."""
+    return shims.encode(manifest.to_json().encode())[0]
 
 
 def lock_path(ctx: Context) -> Path:

@@ -200,3 +200,23 @@ def test_validate_config_does_not_read_through_a_planted_link(server: Server, ou
     assert not result.ok
     assert result.problems == [f"config.py: {server.app_root}/config.py is a symlink" + LINK_TAIL]
     assert "secret" not in " ".join(result.problems)
+
+
+@pytest.mark.parametrize("suffix", ["-shm", "-wal", "-journal"])
+def test_a_link_beside_the_database_is_refused_before_the_stop(
+    server: Server, outside: Path, suffix: str
+) -> None:
+    install_base(server)
+    ctx = server.ctx
+    manifest = release_101(server)  # it migrates
+    planted = server.db.with_name(server.db.name + suffix)
+    planted.unlink(missing_ok=True)
+    planted.symlink_to(outside)
+    before = untouched(outside)
+
+    with pytest.raises(NesopError, match=f"{planted} is a symlink"):
+        operations.run_apply(ctx, manifest, ctx.share, state.load(ctx))
+
+    assert untouched(outside) == before
+    assert server.systemd.verbs().count("stop") == 0, "refused while the app still served"
+    assert server.applied() == []
