@@ -45,6 +45,9 @@ def handle(intent: Intent, package: str) -> None:
         else:
             operations.preflight(manifest)
     elif kind is Kind.CONFIGURE:
+        # before the first change (and any recovery): postinst applies the manifest dpkg unpacked,
+        # which preinst did not see; on a server with trusted keys it must verify too
+        operations.check_installed_manifest(package)
         operations.configure(package, intent.own_version)
     elif kind in (Kind.ABORT_UPGRADE, Kind.ABORT_INSTALL, Kind.ABORT_REMOVE, Kind.ABORT_DECONFIGURE):
         ctx = _installed_context(package)

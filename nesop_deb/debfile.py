@@ -16,6 +16,7 @@ from debian.debfile import DebFile
 
 from nesop_deb import manifest as mf
 from nesop_deb.errors import UsageError
+from nesop_deb.shims import MAINTAINER_SCRIPTS, decode, embedded, render_script
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class UpdateDeb:
     manifest: mf.Manifest
     scripts: dict[str, bytes]
     members: dict[str, tarfile.TarInfo]  # data.tar members by normalised path ("usr/share/...")
+    manifest_raw: bytes = b""  # the manifest's bytes, as shipped (what its signature covers)
+    manifest_sig: str | None = None  # update_manifest.json.asc, when the build was signed
+    control_files: tuple[str, ...] = ()  # control.tar members ("control", "preinst", ...)
 
     @property
     def share(self) -> str:
@@ -90,12 +94,13 @@ def open_update(path: Path) -> UpdateDeb:
             content = deb.control.get_content(n) if deb.control.has_file(n) else None
             if content is not None:
                 scripts[n] = content
+        control_files = tuple(n for n in map(_normal, deb.control.tgz().getnames()) if n not in ("", "."))
         data = deb.data.tgz()
         members = {_normal(m.name): m for m in data.getmembers()}
         package = control.get("Package", "")
         name = f"usr/share/{package}/{mf.NAME}"
-        extracted = data.extractfile(members[name]) if name in members else None
-        raw = extracted.read() if extracted is not None else None
+        raw = _extract(data, members, name)
+        sig = _extract(data, members, name + ".asc")
     if raw is None:
         raise UsageError(
             f"{path}: not a nesop-deb update package (no {name})",
@@ -113,7 +118,14 @@ def open_update(path: Path) -> UpdateDeb:
             f"{path}: the manifest says {manifest.package} {manifest.version} but the control file says "
             f"{package} {control.get('Version')}"
         )
-    return UpdateDeb(path, control, manifest, scripts, members)
+    signature = sig.decode("ascii", "replace") if sig is not None else None
+    return UpdateDeb(path, control, manifest, scripts, members, raw, signature, control_files)
+
+
+def _extract(data: tarfile.TarFile, members: dict[str, tarfile.TarInfo], name: str) -> bytes | None:
+    member = members.get(name)
+    fh = data.extractfile(member) if member is not None and member.isfile() else None
+    return fh.read() if fh is not None else None
 
 
 def read_member(update: UpdateDeb, name: str) -> bytes | None:
@@ -149,7 +161,7 @@ def _payload_problems(update: UpdateDeb) -> list[str]:
             continue
         data = fh.read()
         if hashlib.sha256(data).hexdigest() != entry.sha256 or len(data) != entry.size:
-            problems.append(f"{entry.path}: sha256 does not match the manifest (tampered or corrupt)")
+            problems.append(f"{entry.path}: sha256 does not match the manifest (damaged)")
     extra = [
         n
         for n in update.members
@@ -167,4 +179,85 @@ def _payload_problems(update: UpdateDeb) -> list[str]:
                 problems.append(f"migration {file}: missing from the package")
             elif hashlib.sha256(fh.read()).hexdigest() != sha:
                 problems.append(f"migration {file}: sha256 does not match the manifest")
+    return problems
+
+
+# What `nesop-deb build` puts in a package besides the payload and migrations (builder/package.py
+# write_tree): a package with anything more or different is not one the builder wrote.
+_CONTROL_FILES = frozenset({"control", "md5sums", *MAINTAINER_SCRIPTS})
+_UNSAFE_MODE = 0o7022  # setuid, setgid, sticky, group or other write: the builder sets none
+
+
+def _expected_files(update: UpdateDeb) -> dict[str, str | None]:
+    """Every non-directory member the builder writes for this manifest → its link target, if any."""
+    share, package = update.share, update.manifest.package
+    files: dict[str, str | None] = {
+        f"{share}/{mf.NAME}": None,
+        f"{share}/{mf.NAME}.asc": None,
+        f"usr/share/doc/{package}/changelog.gz": None,
+        f"usr/share/doc/{package}/copyright": None,
+        f"usr/share/lintian/overrides/{package}": None,
+    }
+    payload = [f for f in update.manifest.files if f.ships_payload]
+    files.update({f"{share}/payload/{f.path}": f.link_target for f in payload})
+    for m in update.manifest.migrations:
+        files.update({f"{share}/migrations/{n}": None for n in (m.file, m.rollback_file) if n is not None})
+    return files
+
+
+def _member_problem(name: str, member: tarfile.TarInfo, files: dict[str, str | None], dirs: set[str]) -> str:
+    path = "" if name in ("", ".", "./") else name.rstrip("/")
+    if member.isdir():
+        known = path in dirs
+    elif member.issym():
+        known = files.get(path) is not None
+    else:
+        known = member.isfile() and path in files and files[path] is None
+    if not known:
+        return f"{path or '.'}: a member `nesop-deb build` does not write"
+    if not member.issym() and member.mode & _UNSAFE_MODE:
+        return f"{path or '.'}: mode {member.mode:o} (setuid, setgid, sticky or writable by others)"
+    return ""
+
+
+def _script_problems(update: UpdateDeb) -> list[str]:
+    """The maintainer scripts must be the shims this runtime's templates write for the manifest."""
+    preinst = update.scripts.get("preinst", b"").decode("utf-8", "replace")
+    fields = embedded(preinst)
+    if fields is None:
+        return ["preinst: no embedded manifest"]
+    problems = []
+    if decode(fields) != (update.manifest_raw, update.manifest_sig):
+        problems.append(f"preinst: its embedded manifest or signature differs from {mf.NAME}")
+    m = update.manifest
+    for script in MAINTAINER_SCRIPTS:
+        expected = render_script(
+            script,
+            builder_version=m.builder_version,
+            package=m.package,
+            version=m.version,
+            manifest=fields[0],
+            manifest_sig=fields[1],
+        )
+        if update.scripts.get(script) != expected.encode():
+            problems.append(f"{script}: not the script nesop-deb writes")
+    return problems
+
+
+def shape_problems(update: UpdateDeb) -> list[str]:
+    """What makes ``update`` more than `nesop-deb build` writes for its manifest: other control
+    files (a ``config``, ``conffiles``), other maintainer scripts, files outside the payload,
+    unsafe modes. A signed manifest vouches for the payload; this says nothing else came along."""
+    problems = [
+        f"{n}: a control file `nesop-deb build` does not write"
+        for n in update.control_files
+        if n not in _CONTROL_FILES
+    ]
+    problems += _script_problems(update)
+    files = _expected_files(update)
+    dirs = {""} | {"/".join(p.split("/")[:i]) for p in files for i in range(1, p.count("/") + 1)}
+    for name, member in sorted(update.members.items()):
+        problem = _member_problem(name, member, files, dirs)
+        if problem:
+            problems.append(problem)
     return problems

@@ -25,9 +25,8 @@ from nesop_deb import __version__, proc
 from nesop_deb.builder.plan import BuildPlan, describe
 from nesop_deb.manifest import NAME as MANIFEST_NAME
 from nesop_deb.render import render
-from nesop_deb.runtime.operations import embed
+from nesop_deb.shims import MAINTAINER_SCRIPTS, encode, render_script
 
-MAINTAINER_SCRIPTS = ("preinst", "postinst", "prerm", "postrm")
 PAYLOAD_LINTIAN_TAGS = (
     "script-not-executable [usr/share/{package}/payload/*]",
     "executable-not-elf-or-script [usr/share/{package}/payload/*]",
@@ -98,9 +97,20 @@ def _control(plan: BuildPlan, installed_kib: int) -> bytes:
     return (ctl.dump().rstrip("\n") + "\n").encode()
 
 
-def write_tree(plan: BuildPlan, root: Path) -> None:
-    """Lay out the package's files and control directory under ``root``."""
+def manifest_bytes(plan: BuildPlan) -> bytes:
+    """The manifest exactly as the package ships it, embeds it in preinst and --sign signs it."""
+    return plan.manifest.to_json().encode()
+
+
+def write_tree(plan: BuildPlan, root: Path, manifest_signature: str | None = None) -> None:
+    """Lay out the package's files and control directory under ``root``.
+
+    ``manifest_signature`` (armoured, over the manifest's bytes) goes beside the manifest and into
+    preinst; without it the tree is what it always was, so unsigned builds stay reproducible.
+    """
     share = root / "usr/share" / plan.package
+    # one byte string for both copies: what preinst verifies is what postinst applies
+    manifest_raw = manifest_bytes(plan)
     entries = {f.path: f for f in plan.manifest.files}  # not a scan per file: --full has thousands
     for path, data in plan.payload.items():
         target = share / "payload" / path
@@ -112,7 +122,9 @@ def write_tree(plan: BuildPlan, root: Path) -> None:
             _write(target, data, entry.mode or 0o644)
     for name, data in plan.migrations.items():
         _write(share / "migrations" / name, data, 0o644)
-    _write(share / MANIFEST_NAME, plan.manifest.to_json().encode(), 0o644)
+    _write(share / MANIFEST_NAME, manifest_raw, 0o644)
+    if manifest_signature is not None:
+        _write(share / (MANIFEST_NAME + ".asc"), manifest_signature.encode("ascii"), 0o644)
 
     doc = root / "usr/share/doc" / plan.package
     _write(doc / "changelog.gz", _changelog(plan), 0o644)
@@ -138,14 +150,15 @@ def write_tree(plan: BuildPlan, root: Path) -> None:
     _write(root / "usr/share/lintian/overrides" / plan.package, overrides.encode(), 0o644)
 
     debian = root / "DEBIAN"
+    embedded, embedded_sig = encode(manifest_raw, manifest_signature)
     for script in MAINTAINER_SCRIPTS:
-        text = render(
-            "postrm.sh.j2" if script == "postrm" else "maintscript.py.j2",
+        text = render_script(
+            script,
             builder_version=__version__,
-            script=script,
             package=plan.package,
             version=plan.version,
-            manifest=embed(plan.manifest) if script == "preinst" else "",
+            manifest=embedded,
+            manifest_sig=embedded_sig,
         )
         _write(debian / script, text.encode(), 0o755)
 
@@ -170,14 +183,14 @@ def write_tree(plan: BuildPlan, root: Path) -> None:
         os.utime(node, (plan.epoch, plan.epoch), follow_symlinks=False)
 
 
-def build_deb(plan: BuildPlan, output: Path) -> Path:
+def build_deb(plan: BuildPlan, output: Path, manifest_signature: str | None = None) -> Path:
     """Write the package into ``output``; return its path. Nothing is left behind on failure."""
     output.mkdir(parents=True, exist_ok=True)
     target = output / deb_name(plan)
     with tempfile.TemporaryDirectory(prefix="nesop-deb-build-") as tmp:
         root = Path(tmp) / "root"
         root.mkdir()
-        write_tree(plan, root)
+        write_tree(plan, root, manifest_signature)
         partial = Path(tmp) / target.name
         proc.run(
             ["dpkg-deb", "--root-owner-group", "-Zxz", "-z9", "--build", root, partial],

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from nesop_deb import __version__, debfile, signing
-from nesop_deb.builder.package import build_deb
+from nesop_deb.builder.package import build_deb, manifest_bytes
 from nesop_deb.builder.plan import BuildOptions, describe, make_plan
 from nesop_deb.cli.common import group, guarded, show
 from nesop_deb.config import CONFIG_NAME
@@ -29,7 +29,10 @@ cli = group("nesop-deb", "Turn an app's changes into versioned update packages (
 @click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
-    "--sign", "sign_key", metavar="KEYID", help="Also write FILE.deb.asc, signed with this gpg key."
+    "--sign",
+    "sign_key",
+    metavar="KEYID",
+    help="Sign the manifest (carried in the package) and write FILE.deb.asc, with this gpg key.",
 )
 @click.argument("extra_files", nargs=-1)
 @click.pass_obj
@@ -64,7 +67,9 @@ def build(
             click.echo(plan.manifest.to_json(), nl=False)
             return
         out = output if output.is_absolute() else Path.cwd() / output
-        deb = build_deb(plan, out)
+        # the manifest is signed before the package exists: preinst carries the signature
+        manifest_sig = None if sign_key is None else signing.sign_bytes(manifest_bytes(plan), sign_key)
+        deb = build_deb(plan, out, manifest_sig)
         if sign_key is not None:
             try:
                 click.echo(f"signed: {signing.sign(deb, sign_key)}", err=True)

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +18,8 @@ import click
 from nesop_deb import debfile, proc, signing
 from nesop_deb.builder.plan import describe
 from nesop_deb.cli.common import group, guarded, show
-from nesop_deb.errors import ExitCode, NesopError, RefusedError, UsageError
-from nesop_deb.runtime import apps, backup, health, history, manual, repo, service, state, validate
+from nesop_deb.errors import ExitCode, NesopError, UsageError
+from nesop_deb.runtime import apps, apthook, backup, health, history, manual, repo, service, state, validate
 from nesop_deb.runtime.context import Context
 
 PROG = "nesop-update"
@@ -277,6 +283,38 @@ def validate_cmd(debug: bool, checks: tuple[str, ...], app_name: str | None, as_
     guarded(PROG, debug, run)
 
 
+# apply's private copies: a fresh 0700 directory under a fixed, sticky parent (never $TMPDIR)
+APPLY_TMP = Path("/var/tmp")  # noqa: S108 - only ever a parent for mkdtemp (0700, unique)
+
+
+def _copy_regular(src: Path, dst: Path) -> None:
+    # O_NONBLOCK: a FIFO swapped in for the file must not hang root; a regular file ignores it
+    fd = os.open(src, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as fin:
+        if not stat.S_ISREG(os.fstat(fin.fileno()).st_mode):
+            raise UsageError(f"{src}: not a regular file", hint="give the path of an update package (.deb)")
+        out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(out, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+
+
+@contextmanager
+def _private_copy(deb: Path) -> Iterator[Path]:
+    """``deb`` (and ``deb.asc``) copied into a directory only root can reach, for as long as apt
+    needs it: what was checked is what apt installs, whoever owns the path the user gave."""
+    with tempfile.TemporaryDirectory(prefix="nesop-update-apply-", dir=APPLY_TMP) as tmp:
+        copy = Path(tmp) / (deb.name if deb.name.endswith(".deb") else deb.name + ".deb")
+        _copy_regular(deb, copy)
+        if signing.signature_path(deb).is_file():
+            _copy_regular(signing.signature_path(deb), signing.signature_path(copy))
+        try:
+            yield copy
+        except NesopError as exc:
+            # errors name the file the user gave, not our copy
+            exc.message = exc.message.replace(str(copy), str(deb))
+            raise
+
+
 @cli.command(name="apply")
 @click.argument("deb", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Verify and show what would change; install nothing.")
@@ -286,24 +324,19 @@ def apply_cmd(debug: bool, deb: Path, dry_run: bool) -> None:
 
     def run() -> None:
         debfile.check_file(deb)  # a missing or non-regular path is a usage error, not a bad signature
-        signed_by = signing.verify(deb.resolve())
-        if signed_by is not None:
-            show(f"good signature: {signed_by}")
-        update = debfile.open_update(deb)
-        problems = debfile.verify_payload(update)
-        if problems:
-            raise RefusedError(
-                f"{deb}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+        with _private_copy(deb) as copy:
+            checked = apthook.check(copy)
+            if checked.signer is not None:
+                show(f"good signature: {checked.signer}")
+            for line in describe(checked.update.manifest):
+                show(line)
+            if dry_run:
+                return
+            result = proc.run(
+                ["apt-get", "install", "-y", "--allow-downgrades", str(copy)],
+                check=False,
+                extra_env={"DEBIAN_FRONTEND": "noninteractive"},
             )
-        for line in describe(update.manifest):
-            show(line)
-        if dry_run:
-            return
-        result = proc.run(
-            ["apt-get", "install", "-y", "--allow-downgrades", str(deb.resolve())],
-            check=False,
-            extra_env={"DEBIAN_FRONTEND": "noninteractive"},
-        )
         sys.stderr.write(result.err)
         click.echo(result.out, nl=False)
         if result.returncode != 0:

@@ -571,7 +571,8 @@ def build_steps(job: Job) -> list[transaction.Step]:
 
 
 def verify_payload(job: Job) -> None:
-    """Every shipped file must be exactly what the manifest says (a tampered package stops here)."""
+    """Every shipped file must be exactly what the manifest says: a damaged package stops here
+    (and, where the manifest's signature was checked, an altered one)."""
     for f in job.manifest.files:
         if not f.ships_payload:
             continue
@@ -579,12 +580,12 @@ def verify_payload(job: Job) -> None:
         if f.link_target is not None:
             if not p.is_symlink() or os.readlink(p) != f.link_target:
                 raise RefusedError(
-                    f"payload {f.path}: not the symlink the manifest names; the package was altered"
+                    f"payload {f.path}: not the symlink the manifest names; the package is damaged"
                 )
             continue
         if p.is_symlink() or not p.is_file() or sha256_file(p) != f.sha256:
             raise RefusedError(
-                f"payload {f.path}: sha256 does not match the manifest; the package was altered or damaged",
+                f"payload {f.path}: sha256 does not match the manifest; the package is damaged",
                 hint="download or build the package again; nothing was changed",
             )
     for m in job.manifest.migrations:
@@ -594,7 +595,7 @@ def verify_payload(job: Job) -> None:
             p = job.source / "migrations" / name
             if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != sha:
                 raise RefusedError(
-                    f"migration {name}: sha256 does not match the manifest; the package was altered"
+                    f"migration {name}: sha256 does not match the manifest; the package is damaged"
                 )
 
 

@@ -17,12 +17,13 @@ from debian.deb822 import Deb822
 
 from nesop_deb import __version__
 from nesop_deb.builder.git import Commit
-from nesop_deb.builder.package import MAINTAINER_SCRIPTS, deb_name, write_tree
+from nesop_deb.builder.package import deb_name, write_tree
 from nesop_deb.builder.plan import BuildPlan
 from nesop_deb.config import loads as config_loads
 from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
 from nesop_deb.manifest import loads as manifest_loads
 from nesop_deb.render import render
+from nesop_deb.shims import MAINTAINER_SCRIPTS
 
 EPOCH = 1736240400
 CONFIG = config_loads(
