@@ -100,7 +100,15 @@ def _reader(owner: Owner) -> Callable[..., Copy]:
     return lambda db, *, hold: _copy_as(owner, db, hold=hold)
 
 
-def _drop_to(owner: tuple[int, int]) -> None:
+def _drop_to(owner: tuple[int, int], keep: tuple[int, ...]) -> None:
+    """In a forked child: close every descriptor root opened (a fork inherits them all: the
+    backup directory, the lock, the log) but stdio and ``keep``, then become ``owner``. Changing
+    the uid also makes the process undumpable, so that account cannot ptrace it either."""
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
     os.setgroups([])
     os.setgid(owner[1])
     os.setuid(owner[0])
@@ -120,7 +128,7 @@ def _copy_as(owner: tuple[int, int], db: Path, *, hold: bool) -> Copy:
         try:
             with os.fdopen(up_w, "wb") as out, os.fdopen(down_r, "rb") as inp:
                 try:
-                    _drop_to(owner)
+                    _drop_to(owner, (up_w, down_r))
                     copy = _copy_here(db, hold=hold)
                 except BaseException as exc:
                     out.write(json.dumps({"error": str(exc)}).encode() + b"\n")
@@ -329,7 +337,7 @@ def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
         code = 0
         try:
             os.close(rfd)
-            _drop_to(owner)
+            _drop_to(owner, (wfd,))
             result: dict[str, Any] = {"ok": fn()}
         except BaseException as exc:  # everything goes back to the parent
             result = {"error": str(exc), "migration": isinstance(exc, MigrationError)}

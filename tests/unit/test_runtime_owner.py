@@ -114,3 +114,17 @@ def test_migrations_as_the_owner_create_the_owner_s_files_and_follow_no_link_to_
         database.applied_ids(f"sqlite:///{db}", owner=NOBODY)
     assert target.read_bytes() == b"root's\n"
     assert (target.stat().st_uid, target.stat().st_mode & 0o777) == (0, 0o600)
+
+
+def test_the_child_keeps_none_of_root_s_descriptors(shared: Path, tmp_path: Path) -> None:
+    """A fork inherits every open descriptor; the child running as the app's account must not
+    keep root's (a backup directory, the lock, a file opened for writing)."""
+    secret = tmp_path / "root-only"
+    secret.write_bytes(b"root's\n")
+    fd = os.open(secret, os.O_RDWR)
+    try:
+        seen = database._as_owner(NOBODY, lambda: sorted(os.listdir("/proc/self/fd")))
+    finally:
+        os.close(fd)
+    assert str(fd) not in seen
+    assert len(seen) <= 5, seen  # stdio, the result pipe, and the listing's own descriptor
