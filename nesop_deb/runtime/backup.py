@@ -131,8 +131,9 @@ def _write(
             link_target = app.readlink(rel)
             backups.symlink_new(copy, link_target)
         elif stat.S_ISREG(st.st_mode):
-            # the copy is root's: the manifest says whose the live file was
-            backups.copy_from(app, rel, copy, 0o600)
+            # the copy is root's: the manifest says whose the live file was; made durable with the
+            # others by one syncfs below, not one fsync each
+            backups.copy_from(app, rel, copy, 0o600, durable=False)
         else:
             raise safefs.LinkRefused(app.path / rel, "not a regular file or symlink")
         files.append(
@@ -146,6 +147,7 @@ def _write(
             }
         )
     data = {"name": name, "created": stamp(), "files": files, "absent": absent, "database": None, **meta}
+    backups.syncfs()  # every copy is on disk before the manifest that vouches for it
     _write_manifest(ctx, backups, tmp, name, data)
 
 
@@ -321,8 +323,21 @@ def restore_files(ctx: Context, backup_dir: Path) -> None:
     data = read_manifest(ctx, backup_dir)
     name = backup_dir.name
     with open_backups(ctx) as backups, backups.subdir(name) as bdir, safefs.Tree.open(ctx.app_root) as app:
-        for f in data["files"]:
-            _restore_one(app, bdir, f)
+        # every copy is written beside its file first and flushed once, then all are renamed
+        staged = [f for f in data["files"] if _stage_one(app, bdir, f)]
+        if staged:
+            app.syncfs()
+        for f in staged:
+            rel = f["path"]
+            if app.is_dir(rel):
+                app.rmtree(rel)
+            app.replace(rel + TMP_SUFFIX, rel, durable=False)
+        for parent in sorted({safefs.parent_of(f["path"]) for f in staged}):
+            if parent:
+                with app.subdir(parent) as d:
+                    d.fsync()
+            else:
+                app.fsync()
         # A backup taken before an update names the directories the update made; only those go, so
         # an empty directory the app had before (an uploads dir) survives. Older backups: prune.
         created = data.get("created_dirs")
@@ -336,26 +351,26 @@ def restore_files(ctx: Context, backup_dir: Path) -> None:
             app.rmdir(str(rel))
 
 
-def _restore_one(app: Tree, bdir: Tree, f: dict[str, Any]) -> None:
+def _stage_one(app: Tree, bdir: Tree, f: dict[str, Any]) -> bool:
+    """Write a backed-up file beside its live path (``X.nesop-tmp``); False if the live file is
+    already exactly it (a rerun)."""
     rel = f["path"]
     st = app.lstat(rel)
     if st is not None and f["link_target"] is None and stat.S_ISREG(st.st_mode):
         same = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (f["mode"], f["uid"], f["gid"])
         if same and app.digest(rel) == f["sha256"]:
-            return
-    parent = str(Path(rel).parent)
-    if parent != ".":
+            return False
+    parent = safefs.parent_of(rel)
+    if parent:
         app.mkdirs(parent)
     tmp = rel + TMP_SUFFIX
     if f["link_target"] is None:
         if bdir.digest(f"files/{rel}") != f["sha256"]:
             raise BackupError(f"backup {bdir.path.name}: files/{rel} does not match its manifest")
-        app.copy_from(bdir, f"files/{rel}", tmp, f["mode"], f["uid"], f["gid"])
+        app.copy_from(bdir, f"files/{rel}", tmp, f["mode"], f["uid"], f["gid"], durable=False)
     else:
         app.symlink_new(tmp, f["link_target"], f["uid"], f["gid"])
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        app.rmtree(rel)
-    app.replace(tmp, rel)
+    return True
 
 
 def _prune_empty_dirs(app: Tree, rel: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import os
@@ -17,6 +18,18 @@ from nesop_deb.errors import RefusedError
 from nesop_deb.paths import UnsafePath, safe_relative
 
 TMP_SUFFIX = ".nesop-tmp"
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syncfs.argtypes = [ctypes.c_int]
+    except (OSError, AttributeError):  # not glibc: os.sync() instead
+        return None
+    return libc
+
+
+_libc = _load_libc()
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted where a file was expected must not hang root's open
@@ -283,9 +296,19 @@ class Tree:
             finally:
                 os.close(fd)
 
-    def copy_from(self, src: Tree, src_rel: str, rel: str, mode: int, uid: int = -1, gid: int = -1) -> None:
+    def copy_from(
+        self,
+        src: Tree,
+        src_rel: str,
+        rel: str,
+        mode: int,
+        uid: int = -1,
+        gid: int = -1,
+        *,
+        durable: bool = True,
+    ) -> None:
         with src.open_file(src_rel) as fh:
-            self.write_new(rel, fh, mode, uid, gid)
+            self.write_new(rel, fh, mode, uid, gid, durable=durable)
 
     def symlink_new(self, rel: str, target: str, uid: int = -1, gid: int = -1) -> None:
         """Make a symlink the runtime means to make (a shipped one), replacing what was there."""
@@ -352,6 +375,12 @@ class Tree:
 
     def fsync(self) -> None:
         os.fsync(self.fd)
+
+    def syncfs(self) -> None:
+        """Flush everything written to this directory's file system: one call for many files
+        (a backup of a thousand files), where fsyncing each would cost a thousand."""
+        if _libc is None or _libc.syncfs(self.fd) != 0:
+            os.sync()
 
     def open_append(self, rel: str, mode: int = 0o640) -> int:
         """An fd appending to ``rel`` (made with ``mode`` if missing); a link is refused."""
