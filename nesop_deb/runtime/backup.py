@@ -13,7 +13,7 @@ import json
 import re
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,9 +131,10 @@ def _write(
             link_target = app.readlink(rel)
             backups.symlink_new(copy, link_target)
         elif stat.S_ISREG(st.st_mode):
-            # the copy is root's: the manifest says whose the live file was; made durable with the
-            # others by one syncfs below, not one fsync each
-            backups.copy_from(app, rel, copy, 0o600, durable=False)
+            # the copy is root's: the manifest says whose the live file was (as the descriptor
+            # copied says, not the name looked at before); made durable with the others by one
+            # syncfs below, not one fsync each
+            st = backups.copy_from(app, rel, copy, 0o600, durable=False)
         else:
             raise safefs.LinkRefused(app.path / rel, "not a regular file or symlink")
         files.append(
@@ -322,36 +323,76 @@ def restore_files(ctx: Context, backup_dir: Path) -> None:
     """Put every backed-up file back as it was and remove those that did not exist (idempotent)."""
     data = read_manifest(ctx, backup_dir)
     name = backup_dir.name
+    errors: list[str] = []
     with open_backups(ctx) as backups, backups.subdir(name) as bdir, safefs.Tree.open(ctx.app_root) as app:
-        # every copy is written beside its file first and flushed once, then all are renamed
-        staged = [f for f in data["files"] if _stage_one(app, bdir, f)]
+        # every copy is written beside its file first and flushed once, then all are renamed; a
+        # file the app's account sabotaged (a link planted, a directory swapped in) is reported
+        # and the others are restored all the same: a mixed tree is worse than one bad file
+        staged = []
+        for f in data["files"]:
+            with _collect(errors, f["path"]):
+                if _stage_one(ctx, app, bdir, f):
+                    staged.append(f)
         if staged:
             app.syncfs()
         for f in staged:
-            rel = f["path"]
-            if app.is_dir(rel):
-                app.rmtree(rel)
-            app.replace(rel + TMP_SUFFIX, rel, durable=False)
+            with _collect(errors, f["path"]):
+                rel = f["path"]
+                if app.is_dir(rel):
+                    app.rmtree(rel)
+                app.replace(rel + TMP_SUFFIX, rel, durable=False)
         for parent in sorted({safefs.parent_of(f["path"]) for f in staged}):
-            if parent:
-                with app.subdir(parent) as d:
-                    d.fsync()
-            else:
-                app.fsync()
+            with _collect(errors, parent or "."):
+                if parent:
+                    with app.subdir(parent) as d:
+                        d.fsync()
+                else:
+                    app.fsync()
         # A backup taken before an update names the directories the update made; only those go, so
         # an empty directory the app had before (an uploads dir) survives. Older backups: prune.
         created = data.get("created_dirs")
         for rel in data["absent"]:
-            st = app.lstat(rel)
-            if st is not None and not stat.S_ISDIR(st.st_mode):
-                app.unlink(rel)
-                if created is None:
-                    _prune_empty_dirs(app, str(Path(rel).parent))
+            with _collect(errors, rel):
+                st = app.lstat(rel)
+                if st is not None and not stat.S_ISDIR(st.st_mode):
+                    app.unlink(rel)
+                    if created is None:
+                        _prune_empty_dirs(app, str(Path(rel).parent))
         for rel in sorted(created or [], key=lambda r: str(r).count("/"), reverse=True):
             app.rmdir(str(rel))
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise BackupError(
+            f"backup {name}: could not restore {errors[0]}{more}; every other file was restored"
+        )
 
 
-def _stage_one(app: Tree, bdir: Tree, f: dict[str, Any]) -> bool:
+@contextlib.contextmanager
+def _collect(errors: list[str], rel: str) -> Iterator[None]:
+    try:
+        yield
+    except (NesopError, OSError) as exc:
+        errors.append(f"{rel}: {exc}")
+
+
+def _make_parents(ctx: Context, app: Tree, rel: str) -> None:
+    """The missing directories above ``rel``, each owned as an update would make it: the app's
+    account's in its writable directories (0750 at their top), root's everywhere else."""
+    parts = rel.split("/")[:-1]
+    owner = None
+    for i in range(1, len(parts) + 1):
+        prefix = "/".join(parts[:i])
+        if app.lstat(prefix) is not None:
+            continue
+        if ctx.app.is_writable(prefix):
+            owner = owner or accounts.app_owner(ctx) or (-1, -1)
+            top = prefix in ctx.app.writable
+            app.mkdirs(prefix, mode=0o750 if top else 0o755, uid=owner[0], gid=owner[1])
+        else:
+            app.mkdirs(prefix)
+
+
+def _stage_one(ctx: Context, app: Tree, bdir: Tree, f: dict[str, Any]) -> bool:
     """Write a backed-up file beside its live path (``X.nesop-tmp``); False if the live file is
     already exactly it (a rerun)."""
     rel = f["path"]
@@ -360,16 +401,14 @@ def _stage_one(app: Tree, bdir: Tree, f: dict[str, Any]) -> bool:
         same = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (f["mode"], f["uid"], f["gid"])
         if same and app.digest(rel) == f["sha256"]:
             return False
-    parent = safefs.parent_of(rel)
-    if parent:
-        app.mkdirs(parent)
+    _make_parents(ctx, app, rel)
     tmp = rel + TMP_SUFFIX
     if f["link_target"] is None:
         if bdir.digest(f"files/{rel}") != f["sha256"]:
             raise BackupError(f"backup {bdir.path.name}: files/{rel} does not match its manifest")
         app.copy_from(bdir, f"files/{rel}", tmp, f["mode"], f["uid"], f["gid"], durable=False)
     else:
-        app.symlink_new(tmp, f["link_target"], f["uid"], f["gid"])
+        app.symlink_new(tmp, f["link_target"])
     return True
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from nesop_deb.errors import NesopError
+from nesop_deb.runtime import owner as owner_
 from nesop_deb.runtime.safefs import TMP_SUFFIX, LinkRefused, Tree
 
 
@@ -100,88 +101,53 @@ def _reader(owner: Owner) -> Callable[..., Copy]:
     return lambda db, *, hold: _copy_as(owner, db, hold=hold)
 
 
-def _drop_to(owner: tuple[int, int], keep: tuple[int, ...]) -> None:
-    """In a forked child: close every descriptor root opened (a fork inherits them all: the
-    backup directory, the lock, the log) but stdio and ``keep``, then become ``owner``. Changing
-    the uid also makes the process undumpable, so that account cannot ptrace it either."""
-    low = 3
-    for fd in sorted(keep):
-        os.closerange(low, fd)
-        low = fd + 1
-    os.closerange(low, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
-    os.setgroups([])
-    os.setgid(owner[1])
-    os.setuid(owner[0])
-
-
 def _copy_as(owner: tuple[int, int], db: Path, *, hold: bool) -> Copy:
     """:func:`_copy_here` in a child running as the database's owner: root never opens the
     database by path, so a link planted in its place can show root nothing the owner cannot
     read. A held copy keeps the child, and its connection, until :meth:`Copy.close`."""
-    up_r, up_w = os.pipe()  # child -> parent: the copy, then answers
-    down_r, down_w = os.pipe()  # parent -> child: "probe" lines; EOF ends it
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reports through the pipe
-        os.close(up_r)
-        os.close(down_w)
-        code = 0
+
+    def work(channel: owner_.Channel) -> None:  # pragma: no cover - runs in the child
         try:
-            with os.fdopen(up_w, "wb") as out, os.fdopen(down_r, "rb") as inp:
-                try:
-                    _drop_to(owner, (up_w, down_r))
-                    copy = _copy_here(db, hold=hold)
-                except BaseException as exc:
-                    out.write(json.dumps({"error": str(exc)}).encode() + b"\n")
-                    code = 1
-                else:
-                    out.write(
-                        json.dumps({"size": len(copy.data), "version": copy.data_version}).encode() + b"\n"
-                    )
-                    out.write(copy.data)
-                    out.flush()
-                    for line in inp:
-                        if line.strip() == b"probe" and copy.probe is not None:
-                            try:
-                                answer: dict[str, Any] = {"version": copy.probe()}
-                            except sqlite3.Error as exc:
-                                answer = {"error": str(exc)}
-                            out.write(json.dumps(answer).encode() + b"\n")
-                            out.flush()
-        finally:
-            os._exit(code)
-    os.close(up_w)
-    os.close(down_r)
-    inp = os.fdopen(up_r, "rb")
-    out = os.fdopen(down_w, "wb")
+            copy = _copy_here(db, hold=hold)
+        except Exception as exc:
+            channel.send(json.dumps({"error": str(exc)}).encode())
+            return
+        channel.send(json.dumps({"version": copy.data_version}).encode())
+        channel.send(copy.data)
+        while channel.recv() == b"probe" and copy.probe is not None:
+            try:
+                answer: dict[str, Any] = {"version": copy.probe()}
+            except sqlite3.Error as exc:
+                answer = {"error": str(exc)}
+            channel.send(json.dumps(answer).encode())
 
-    def close() -> None:
-        for stream in (out, inp):
-            with contextlib.suppress(OSError):
-                stream.close()
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)
-
+    child = owner_.Child(owner, work, f"reading {db}")
     try:
-        head = json.loads(inp.readline() or b"{}")
-        if "size" not in head:
-            raise sqlite3.OperationalError(f"{db}: {head.get('error', 'the reader ended without a copy')}")
-        data = inp.read(int(head["size"]))
+        head = json.loads(child.recv())
+        if "version" not in head:
+            raise sqlite3.OperationalError(f"{db}: {head.get('error', 'no copy')}")
+        data = child.recv()
+    except owner_.OwnerError as exc:
+        child.close()
+        raise sqlite3.OperationalError(str(exc)) from None
     except BaseException:
-        close()
+        child.close()
         raise
 
     def probe() -> int:
-        out.write(b"probe\n")
-        out.flush()
-        answer = json.loads(inp.readline() or b"{}")
+        try:
+            child.send(b"probe")
+            answer = json.loads(child.recv())
+        except owner_.OwnerError as exc:
+            raise sqlite3.OperationalError(str(exc)) from None
         if "version" not in answer:
             raise sqlite3.OperationalError(str(answer.get("error", "the reader is gone")))
         return int(answer["version"])
 
     if not hold:
-        close()
+        child.close()
         return Copy(data, int(head["version"]), None, lambda: None)
-    return Copy(data, int(head["version"]), probe, close)
+    return Copy(data, int(head["version"]), probe, child.close)
 
 
 @dataclass
@@ -274,12 +240,13 @@ def restore(
 
 
 def _directory_of(db: Path, app_root: Path) -> Tree:
-    """The database's directory, walked from the app root when it is inside it."""
-    if app_root in db.parents:
-        with Tree.open(app_root) as root:
-            rel = db.parent.relative_to(app_root)
-            return root.subdir(str(rel)) if str(rel) != "." else Tree(os.dup(root.fd), root.path)
-    return Tree.open(db.parent)
+    """The database's directory, walked from the app root when it is inside it, else from ``/``
+    (no component on the way may be a link: one the app's account swapped in would lead root's
+    restore into a directory of its choosing)."""
+    top = app_root if app_root in db.parents else Path(db.anchor)
+    with Tree.open(top) as root:
+        rel = db.parent.relative_to(top)
+        return root.subdir(str(rel)) if str(rel) != "." else Tree(os.dup(root.fd), root.path)
 
 
 @contextlib.contextmanager
@@ -324,39 +291,30 @@ def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
     """Run ``fn`` as the database's owner (the app's account) in a forked child.
 
     SQLite creates and opens the database's journal, WAL and shared-memory files by path, in a
-    directory the app's account can write to: as root it would follow any link planted there
-    (and chown what it finds). As the owner it can reach only what that account already can,
-    and every file it creates is the owner's without a chown. The migrations were parsed in
-    this process before: the child need not read root's state directory.
+    directory the app's account can write to: as root it would follow any link planted there.
+    As the owner it can reach only what that account already can, and every file it creates is
+    the owner's without a chown. The migrations were parsed in this process before: the child
+    need not read root's state directory. See :mod:`nesop_deb.runtime.owner` for the deadline.
     """
     if owner is None or owner == (os.geteuid(), os.getegid()):
         return fn()
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 0
+
+    def work(channel: owner_.Channel) -> None:  # pragma: no cover - runs in the child
         try:
-            os.close(rfd)
-            _drop_to(owner, (wfd,))
             result: dict[str, Any] = {"ok": fn()}
-        except BaseException as exc:  # everything goes back to the parent
-            result = {"error": str(exc), "migration": isinstance(exc, MigrationError)}
-            code = 1
-        try:
-            with os.fdopen(wfd, "w", encoding="utf-8") as out:
-                json.dump(result, out)
-        finally:
-            os._exit(code)
-    os.close(wfd)
-    with os.fdopen(rfd, "r", encoding="utf-8") as inp:
-        text = inp.read()
-    _pid, status = os.waitpid(pid, 0)
+        except BaseException as exc:  # everything goes back to root
+            result = {"error": str(exc)}
+        channel.send(json.dumps(result).encode())
+
+    child = owner_.Child(owner, work, "the database work")
     try:
-        result = json.loads(text)
+        result = json.loads(child.recv())
+    except owner_.OwnerError as exc:
+        raise MigrationError(str(exc)) from None
     except ValueError:
-        raise MigrationError(
-            f"the migration process running as uid {owner[0]} ended without a result (status {status})"
-        ) from None
+        raise MigrationError(f"the process running as uid {owner[0]} ended without a result") from None
+    finally:
+        child.close()
     if "error" in result:
         raise MigrationError(str(result["error"]))
     return [str(i) for i in result["ok"]]

@@ -11,6 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -220,3 +221,49 @@ def test_a_link_beside_the_database_is_refused_before_the_stop(
     assert untouched(outside) == before
     assert server.systemd.verbs().count("stop") == 0, "refused while the app still served"
     assert server.applied() == []
+
+
+def test_a_file_swapped_during_the_backup_keeps_the_owner_and_mode_of_what_was_copied(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The account swaps a root-only file in (rename needs no right on the file) between the
+    backup's look at the name and its copy: the copy must not come back with the look's owner
+    and mode, which would hand root's content to the account."""
+    install_base(server)
+    secret = server.app_root / "root-only.env"
+    secret.write_bytes(b"PASSWORD=root's\n")
+    secret.chmod(0o600)
+    real = safefs.Tree.copy_from
+
+    def swap_then_copy(self: safefs.Tree, src: safefs.Tree, src_rel: str, *args: Any, **kw: Any) -> Any:
+        if src_rel == "app.py":
+            os.replace(secret, server.app_root / "app.py")
+        return real(self, src, src_rel, *args, **kw)
+
+    (server.app_root / "app.py").chmod(0o644)
+    monkeypatch.setattr(safefs.Tree, "copy_from", swap_then_copy)
+    bdir = backup.create_files(server.ctx, "b1", ["app.py"], {"kind": "test"})
+    monkeypatch.undo()
+
+    [entry] = backup.read_manifest(server.ctx, bdir)["files"]
+    assert entry["mode"] == 0o600, "the mode of the file copied, not of the one looked at"
+    backup.restore_files(server.ctx, bdir)
+    assert (server.app_root / "app.py").stat().st_mode & 0o777 == 0o600
+
+
+def test_one_sabotaged_file_does_not_stop_the_restore_of_the_others(server: Server, outside: Path) -> None:
+    install_base(server)
+    bdir = backup.create_files(server.ctx, "b1", ["app.py", "lib/util.py", "run.sh"], {"kind": "test"})
+    for rel in ("app.py", "run.sh"):
+        (server.app_root / rel).write_bytes(b"new version\n")
+    shutil.rmtree(server.app_root / "lib")
+    (server.app_root / "lib").symlink_to(outside.parent)  # planted where a directory was
+
+    with pytest.raises(
+        NesopError, match=r"could not restore lib/util.py: .*lib is a symlink.*every other file"
+    ):
+        backup.restore_files(server.ctx, bdir)
+
+    assert (server.app_root / "app.py").read_bytes() != b"new version\n"
+    assert (server.app_root / "run.sh").read_bytes() != b"new version\n"
+    assert sorted(p.name for p in outside.parent.iterdir()) == ["secret"]

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from nesop_deb.runtime import database
+from nesop_deb.runtime import database, owner
 from tests.unit.runtime_fixtures import M1, M2, write_migrations
 
 NOBODY = (65534, 65534)
@@ -127,4 +129,31 @@ def test_the_child_keeps_none_of_root_s_descriptors(shared: Path, tmp_path: Path
     finally:
         os.close(fd)
     assert str(fd) not in seen
-    assert len(seen) <= 5, seen  # stdio, the result pipe, and the listing's own descriptor
+    assert len(seen) <= 6, seen  # stdio, the two pipes, and the listing's own descriptor
+
+
+def stop_myself() -> list[str]:
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return []
+
+
+def hang() -> list[str]:
+    time.sleep(60)
+    return []
+
+
+def test_a_child_the_account_stops_is_noticed_and_killed() -> None:
+    """The child is the account's process: it can SIGSTOP it; root must not wait forever."""
+    started = time.monotonic()
+    with pytest.raises(database.MigrationError, match="was stopped by a signal"):
+        database._as_owner(NOBODY, stop_myself)
+    assert time.monotonic() - started < 10
+
+
+def test_a_child_that_never_answers_is_killed_at_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a database swapped for a FIFO does: SQLite's open blocks."""
+    monkeypatch.setattr(owner, "TIMEOUT", 1.0)
+    started = time.monotonic()
+    with pytest.raises(database.MigrationError, match=r"no answer within 1 s; the process was killed"):
+        database._as_owner(NOBODY, hang)
+    assert time.monotonic() - started < 10

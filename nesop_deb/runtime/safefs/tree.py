@@ -135,13 +135,23 @@ class Tree:
 
     @staticmethod
     def _mkdir_at(dfd: int, name: str, path: Path, mode: int, uid: int, gid: int) -> bool:
-        """Make one directory; owner and mode are set through its own fd. False if it existed."""
+        """Make one directory; owner and mode are set through its own fd. False if it existed.
+
+        Between the mkdir and the open the app's account may swap another directory in under
+        the name: only one that is, like ours, root's, 0700 and empty gets the owner and mode."""
         try:
             os.mkdir(name, 0o700, dir_fd=dfd)
         except FileExistsError:
             return False
-        fd = os.open(name, _DIR, dir_fd=dfd)
         try:
+            fd = os.open(name, _DIR | os.O_NONBLOCK, dir_fd=dfd)
+        except OSError as exc:
+            _refuse_link(path, exc, dfd)
+            raise
+        try:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) != 0o700 or os.listdir(fd):
+                raise LinkRefused(path, "replaced while it was being made")
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
@@ -306,17 +316,22 @@ class Tree:
         gid: int = -1,
         *,
         durable: bool = True,
-    ) -> None:
+    ) -> os.stat_result:
+        """Copy ``src/src_rel`` (a regular file, opened without following a link) to ``rel``;
+        return the status of the file actually copied, taken from its descriptor: a name the
+        app's account swaps between a look and the copy cannot lend the copy another's owner."""
         with src.open_file(src_rel) as fh:
+            st = os.fstat(fh.fileno())
             self.write_new(rel, fh, mode, uid, gid, durable=durable)
+        return st
 
-    def symlink_new(self, rel: str, target: str, uid: int = -1, gid: int = -1) -> None:
-        """Make a symlink the runtime means to make (a shipped one), replacing what was there."""
+    def symlink_new(self, rel: str, target: str) -> None:
+        """Make a symlink the runtime means to make (a shipped one), replacing what was there.
+        It stays root's: a link's owner grants nothing, and changing it by name afterwards could
+        land on whatever the app's account swapped in under that name."""
         with self._parent(rel) as (dfd, name, path):
             _unlink_entry(dfd, name, path)
             os.symlink(target, name, dir_fd=dfd)
-            if uid != -1 or gid != -1:
-                os.chown(name, uid, gid, dir_fd=dfd, follow_symlinks=False)
 
     def replace(self, src_rel: str, dst_rel: str, *, durable: bool = True) -> None:
         """Rename an entry over another (atomic; neither is followed if it is a link)."""
@@ -347,14 +362,15 @@ class Tree:
             return False
 
     def rmtree(self, rel: str) -> None:
-        """Remove a directory and everything in it, following no link (``shutil``'s fd walk)."""
+        """Remove a directory and everything in it, following no link and opening nothing that is
+        not a directory (a FIFO swapped in cannot make root wait)."""
         with self._parent(rel) as (dfd, name, path):
             st = _lstat_at(dfd, name)
             if st is None:
                 return
             if not stat.S_ISDIR(st.st_mode):
                 raise LinkRefused(path, "not a directory")
-            shutil.rmtree(name, dir_fd=dfd)
+            _rmtree_at(dfd, name)
 
     def set_owner_mode(self, rel: str, uid: int, gid: int, mode: int) -> None:
         """Owner and mode of a regular file or directory, set on its fd (a link is refused)."""
@@ -424,6 +440,26 @@ class Tree:
 def parent_of(rel: str) -> str:
     """The directory of an app-relative path; "" for the root itself."""
     return os.path.dirname(rel)
+
+
+def _rmtree_at(dfd: int, name: str) -> None:
+    try:
+        fd = os.open(name, _DIR | os.O_NONBLOCK, dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=dfd)  # swapped for a file or a link since: it goes as it is
+        return
+    try:
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                _rmtree_at(fd, entry.name)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
 
 
 def _lstat_at(dfd: int, name: str) -> os.stat_result | None:
