@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import unicodedata
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -12,29 +11,10 @@ import click
 
 from nesop_deb import __version__
 from nesop_deb.errors import ExitCode, NesopError
+from nesop_deb.text import PrintableFormatter
+from nesop_deb.text import printable as printable  # re-exported: it lived here, callers import it here
 
 T = TypeVar("T")
-
-# Bidirectional overrides and isolates: not control characters, but they make a terminal show
-# a name in another order than it has ("exe.txt" shown for "txt.exe").
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _escape(c: str) -> str:
-    n = ord(c)
-    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}"
-
-
-def printable(text: object) -> str:
-    """``text`` safe to print on a terminal: control characters become ``\\xNN`` escapes.
-
-    Paths, versions and reasons come from packages and from the server's tree: a name holding an
-    escape sequence must not move the cursor, rewrite earlier lines or retitle the window of the
-    operator reading them. C0, DEL and C1 controls, lone surrogates (undecodable file names) and
-    bidirectional overrides are escaped; everything else, non-ASCII letters included, is kept.
-    """
-    s = str(text)
-    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cs") or c in _BIDI else c for c in s)
 
 
 def show(line: str, *, err: bool = False) -> None:
@@ -59,12 +39,10 @@ def group(prog: str, doc: str) -> click.Group:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    """Log to stderr, escaped: a line may quote a package's or the server's strings."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(PrintableFormatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[stderr], force=True)
 
 
 def guarded(prog: str, debug: bool, fn: Callable[[], T]) -> T:

@@ -37,6 +37,7 @@ from nesop_deb.debfile import UpdateDeb
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.runtime import apply, apps, repo
 from nesop_deb.runtime import log as runlog
+from nesop_deb.text import printable
 
 _MANIFEST_MEMBER = re.compile(r"(?:^|\s)(?:\./|/)?usr/share/[^/\s]+/update_manifest\.json$")
 _SHIM_MARKERS = (b"nesop_deb.hooks", b'\nMANIFEST = "')
@@ -164,7 +165,7 @@ def main() -> int:
         try:
             handle(Path(path))
         except NesopError as exc:
-            sys.stderr.write(f"nesop-deb: refusing {path}: {exc}\n")
+            sys.stderr.write(printable(f"nesop-deb: refusing {path}: {exc}") + "\n")  # a package's words
             failed = True
     return 1 if failed else 0
 

@@ -161,7 +161,10 @@ def writable_code(ctx: Context) -> list[str]:
         if rel in ("backups", "logs") or (rel and ctx.app.is_writable(rel)):
             dirs[:] = []
             continue
-        st = os.lstat(dirpath)
+        try:
+            st = os.lstat(dirpath)
+        except FileNotFoundError:
+            continue  # the app's account removed it since its parent was listed: nothing to check
         if st.st_uid == uid or st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid == gid):
             found.append(rel or ".")
     return found

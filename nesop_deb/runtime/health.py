@@ -9,10 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import requests
-
 from nesop_deb.errors import NesopError
-from nesop_deb.runtime import service
+from nesop_deb.runtime import httpget, service
 from nesop_deb.runtime.log import log
 
 SETTLE_SECONDS = 1.0
@@ -30,13 +28,14 @@ class Probe:
 
 
 def probe(url: str, timeout: float = 2.0) -> Probe:
+    """One GET of ``url``: 2xx is healthy. It takes at most ``timeout`` s, however the app answers."""
     try:
-        response = requests.get(url, timeout=timeout, allow_redirects=False)
-    except requests.RequestException as exc:
-        return Probe(False, f"no answer ({type(exc).__name__})")
-    if 200 <= response.status_code < 300:
-        return Probe(True, f"HTTP {response.status_code}")
-    return Probe(False, f"HTTP {response.status_code}: {response.text.strip()[:200]}")
+        answer = httpget.get(url, timeout)
+    except httpget.NoAnswer as exc:
+        return Probe(False, exc.message)
+    if 200 <= answer.status < 300:
+        return Probe(True, f"HTTP {answer.status}")
+    return Probe(False, f"HTTP {answer.status}: {answer.body.strip()[:200]}")
 
 
 def wait_healthy(

@@ -1,6 +1,8 @@
 """The update log: every step, timed and nested, to ``<root>/logs/update.log`` and to stderr.
 
 stderr reaches apt's term.log and the journal when dpkg runs us; the file is the operator's.
+Both are escaped (:class:`~nesop_deb.text.PrintableFormatter`): a line quotes what the app's
+account controls (its health answer, its journal, its file names).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from nesop_deb.runtime import safefs
+from nesop_deb.text import PrintableFormatter
 
 log = logging.getLogger("nesop_deb.runtime")
 _depth = 0
@@ -62,11 +65,11 @@ def setup(log_file: Path | None, *, verbose: bool = False) -> None:
         root.removeHandler(handler)
         handler.close()
     stderr = logging.StreamHandler(sys.stderr)
-    stderr.setFormatter(logging.Formatter("%(message)s"))
+    stderr.setFormatter(PrintableFormatter("%(message)s"))
     root.addHandler(stderr)
     if log_file is not None:
         handler = _LogFile(log_file)
-        handler.setFormatter(logging.Formatter(_FORMAT, "%Y-%m-%dT%H:%M:%S%z"))
+        handler.setFormatter(PrintableFormatter(_FORMAT, "%Y-%m-%dT%H:%M:%S%z"))
         root.addHandler(handler)
     if not any(isinstance(f, _Indent) for f in log.filters):
         log.addFilter(_Indent())

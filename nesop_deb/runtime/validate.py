@@ -179,7 +179,10 @@ def check_permissions(ctx: Context) -> CheckResult:
             continue
         for name in dirs + files:
             p = Path(dirpath) / name
-            s = p.lstat()
+            try:
+                s = p.lstat()
+            except FileNotFoundError:
+                continue  # the app's account removed it since the directory was listed: nothing to check
             if not stat.S_ISLNK(s.st_mode) and s.st_mode & 0o002:
                 problems.append(f"{p.relative_to(ctx.app_root)}: world-writable")
     for private in (ctx.backups_dir, ctx.state_dir):
@@ -219,8 +222,11 @@ def _parse_config(path: Path, data: bytes) -> None:
                 raise ValueError(f"line {n} is not KEY=VALUE")
 
 
+CONFIG_CAP = 4 << 20  # bytes: a config file is small; a bigger (perhaps sparse) one is not read
+
+
 def check_config(ctx: Context) -> CheckResult:
-    problems = []
+    problems: list[str] = []
     checked = 0
     with safefs.Tree.open(ctx.app_root) as app:
         for rel in ctx.app.config_files:
@@ -228,24 +234,39 @@ def check_config(ctx: Context) -> CheckResult:
                 try:
                     if app.lstat(name) is None:
                         continue
-                    data = app.read_bytes(name)  # a link there is refused, never read through
+                    data = _read_config(app, name)  # a link there is refused, never read through
                 except safefs.LinkRefused as exc:
                     problems.append(f"{name}: {exc.message}")
                     continue
+                except FileNotFoundError:
+                    continue  # removed since the lstat (the app's account may): nothing to check
                 checked += 1
-                try:
-                    _parse_config(Path(name), data)
-                except (
-                    SyntaxError,
-                    ValueError,
-                    UnicodeDecodeError,
-                    configparser.Error,
-                    tomllib.TOMLDecodeError,
-                ) as exc:
-                    problems.append(f"{name}: {exc}")
+                problem = _config_problem(name, data)
+                if problem is not None:
+                    problems.append(problem)
                 if name.endswith(".nesop-new"):
                     problems.append(f"{name}: a new version waits beside your edited file; merge it")
     return CheckResult("config", not problems, f"{checked} config files parsed", problems)
+
+
+def _read_config(app: safefs.Tree, name: str) -> bytes | None:
+    """The file's bytes; None when it holds more than :data:`CONFIG_CAP` (only that much is read)."""
+    with app.open_file(name) as fh:
+        data = fh.read(CONFIG_CAP + 1)
+    return None if len(data) > CONFIG_CAP else data
+
+
+def _config_problem(name: str, data: bytes | None) -> str | None:
+    if data is None:
+        too_large = f"larger than {CONFIG_CAP >> 20} MiB, too large to check"
+        return f"{name}: {too_large}; shrink it or take it out of [files] config"
+    try:
+        _parse_config(Path(name), data)
+    except (RecursionError, MemoryError) as exc:  # CPython's parsers run out of stack on deep nesting
+        return f"{name}: nested too deeply to parse ({type(exc).__name__}); flatten it"
+    except Exception as exc:  # whatever a parser says of the app's file is the file's problem, not ours
+        return f"{name}: {exc}"
+    return None
 
 
 def check_history(ctx: Context) -> CheckResult:

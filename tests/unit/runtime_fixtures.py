@@ -412,6 +412,25 @@ def fake_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Ser
     assert systemd.unexpected == [], "a command the fake server does not provide was run"
 
 
+def walk_with_ghosts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """``os.walk`` as the app's account can make it look, by deleting its own files: each
+    directory lists a file and a subdirectory that are gone when root looks at them, and before
+    it, a directory is handed out that is gone too. Returns the vanished directories handed out."""
+    real_walk = os.walk
+    ghosts: list[str] = []
+
+    def walk(top: Any, *args: Any, **kwargs: Any) -> Iterator[tuple[str, list[str], list[str]]]:
+        for dirpath, dirs, files in real_walk(top, *args, **kwargs):
+            ghosts.append(os.path.join(dirpath, "gone-dir"))
+            yield ghosts[-1], [], []  # listed by its parent, removed before root's turn
+            dirs.append("gone-dir")
+            files.append("gone-file")
+            yield dirpath, dirs, files
+
+    monkeypatch.setattr(os, "walk", walk)
+    return ghosts
+
+
 # --- snapshots ------------------------------------------------------------------------------------
 
 Entry = tuple[str, bytes | str | None, int, int, int]  # kind, content, mode, uid, gid

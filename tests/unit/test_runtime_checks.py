@@ -14,9 +14,11 @@ from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import backup, checks, history, operations, state
 from nesop_deb.runtime.context import AppSettings
 from tests.unit.runtime_fixtures import (
+    APP_ROOT,
     M2,
     M3,
     UNIT,
+    USER,
     Migration,
     Server,
     changes_101,
@@ -26,6 +28,7 @@ from tests.unit.runtime_fixtures import (
     install_base,
     release_101,
     tree,
+    walk_with_ghosts,
 )
 
 
@@ -207,3 +210,19 @@ def test_a_missing_app_user_is_refused_before_the_stop(server: Server) -> None:
 def test_settings_come_from_the_manifest() -> None:
     app = AppSettings.from_manifest_config(default_settings())
     assert (app.user, app.group, app.config_files, app.health_url) == ("app", "app", ("config.py",), None)
+
+
+def test_a_directory_removed_during_the_writable_code_walk_is_skipped(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    install_base(server)
+    # the app runs as its own account here (the fake server's is the test's, root)
+    (server.root / "etc/passwd").write_text(
+        f"root:x:0:0:root:/root:/bin/sh\n{USER}:x:4242:4242::{APP_ROOT}:/usr/sbin/nologin\n"
+    )
+    (server.root / "etc/group").write_text(f"root:x:0:\n{USER}:x:4242:\n")
+    (server.app_root / "lib").chmod(0o777)
+    ghosts = walk_with_ghosts(monkeypatch)
+
+    assert checks.writable_code(server.ctx) == ["lib"]
+    assert ghosts

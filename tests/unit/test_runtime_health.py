@@ -4,9 +4,14 @@ unit that failed or restarted."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
-from collections.abc import Iterator
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,3 +66,149 @@ def test_an_answer_from_a_unit_that_restarted_is_not_healthy(server: Server) -> 
 
     with pytest.raises(health.HealthError, match="restarted 1x"):
         health.wait_healthy(UNIT, url, timeout=10, restarts_before=0)
+
+
+# --- a hostile app: what root's probe must survive ------------------------------------------------
+
+
+class RawServer:
+    """A loopback TCP server: ``talk`` handles each connection, in its own thread, until it
+    returns, the probe hangs up, or the test ends."""
+
+    def __init__(self, talk: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        self.requests: list[bytes] = []
+        self.talk = talk
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        host, port = self.listener.getsockname()[:2]
+        return f"http://{host}:{port}/health"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                request += chunk
+            self.requests.append(request)
+            with contextlib.suppress(OSError):  # the probe hung up: what it should do
+                self.talk(conn, self.stop)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[socket.socket, threading.Event], None]], RawServer]]:
+    servers: list[RawServer] = []
+
+    def start(talk: Callable[[socket.socket, threading.Event], None]) -> RawServer:
+        servers.append(RawServer(talk))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+ENDLESS = 256 << 20  # as good as endless for a 64 KiB cap; a probe that reads it all holds 256 MiB
+
+
+def endless_body(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\n")
+    chunk = b"x" * 65536
+    for _ in range(ENDLESS // len(chunk)):
+        if stop.is_set():
+            return
+        conn.sendall(chunk)
+
+
+def trickle(head: bytes) -> Callable[[socket.socket, threading.Event], None]:
+    """Send ``head``, then one byte every 20 ms for as long as the probe listens."""
+
+    def talk(conn: socket.socket, stop: threading.Event) -> None:
+        conn.sendall(head)
+        while not stop.wait(0.02):
+            conn.sendall(b"x")
+
+    return talk
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_body_is_read_only_up_to_a_cap(raw_server: Any) -> None:
+    server = raw_server(endless_body)
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        result = health.probe(server.url, timeout=5)
+        took = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert result == health.Probe(False, "HTTP 503: " + "x" * 200)
+    assert took < 5
+    assert peak < 4 << 20, f"the probe held {peak >> 20} MiB"
+
+
+TRICKLED = {
+    "status line": b"HTTP/1.1 200",
+    "headers": b"HTTP/1.1 200 OK\r\nX-Slow: ",
+    "body with a length": b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
+    "body without a length": b"HTTP/1.0 503 Service Unavailable\r\n\r\n",  # ends when the connection does
+    "chunked body": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nF4240\r\n",
+    "TLS handshake": b"\x16\x03\x03",  # a server hello that never completes
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("head", TRICKLED.values(), ids=TRICKLED.keys())
+def test_an_answer_trickled_byte_by_byte_is_cut_at_the_deadline(raw_server: Any, head: bytes) -> None:
+    server = raw_server(trickle(head))
+    url = server.url.replace("http:", "https:") if head.startswith(b"\x16") else server.url
+    started = time.monotonic()
+
+    result = health.probe(url, timeout=0.5)
+
+    assert time.monotonic() - started < 1.5
+    assert result == health.Probe(False, "no complete answer within 0.5 s")
+
+
+def _ok(conn: socket.socket, stop: threading.Event) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.parametrize("leak", ["netrc", "proxy"])
+def test_root_s_credentials_and_proxy_are_not_the_app_s(
+    raw_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, leak: str
+) -> None:
+    server = raw_server(_ok)
+    proxy = raw_server(_ok)  # a proxy would see the probe (and could answer for the app)
+    for var in ("no_proxy", "NO_PROXY", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    if leak == "netrc":
+        (tmp_path / ".netrc").write_text("machine 127.0.0.1 login root password s3cret\n")
+        (tmp_path / ".netrc").chmod(0o600)
+        monkeypatch.setenv("HOME", str(tmp_path))
+    else:
+        monkeypatch.setenv("http_proxy", proxy.url.removesuffix("/health"))
+
+    assert health.probe(server.url) == health.Probe(True, "HTTP 200")
+    [request] = server.requests
+    assert request.startswith(b"GET /health HTTP/1.1\r\n")
+    assert b"authorization" not in request.lower()
+    assert proxy.requests == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +12,15 @@ import pytest
 
 from nesop_deb.errors import UsageError
 from nesop_deb.runtime import history, operations, state, validate
-from tests.unit.runtime_fixtures import UNIT, Server, db_dump, fake_server, install_base, release_101
+from tests.unit.runtime_fixtures import (
+    UNIT,
+    Server,
+    db_dump,
+    fake_server,
+    install_base,
+    release_101,
+    walk_with_ghosts,
+)
 
 SEVEN = ["files", "service", "database", "web", "permissions", "config", "history"]
 
@@ -182,3 +191,53 @@ def test_validate_does_not_touch_a_database_yoyo_never_managed(server: Server) -
     assert result.ok
     assert "0 migrations recorded" in result.summary
     assert db_dump(server.db) == before
+
+
+def test_a_config_file_too_large_is_a_problem_not_read(app: Validated) -> None:
+    with open(app.server.app_root / "config.py", "r+b") as fh:
+        fh.truncate(256 << 20)  # sparse: costs the app's account no disk, root's reader 256 MiB
+    tracemalloc.start()
+    try:
+        [result] = validate.run(app.server.ctx, ["config"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert result.problems == [
+        "config.py: larger than 4 MiB, too large to check; shrink it or take it out of [files] config"
+    ]
+    assert peak < 16 << 20, f"validate held {peak >> 20} MiB"
+
+
+NESTED = {
+    "settings.json": b"[" * 100_000,
+    "settings.toml": b"a = " + b"[" * 100_000,
+    "settings.py": b"x = " + b"-" * 100_000 + b"1\n",  # CPython 3.11: MemoryError; later: may differ
+}
+
+
+@pytest.mark.parametrize("name", NESTED)
+def test_a_deeply_nested_config_file_is_a_problem_not_a_crash(app: Validated, name: str) -> None:
+    app.server.settings["files"]["config"].append(name)
+    (app.server.app_root / name).write_bytes(NESTED[name])
+
+    [result] = validate.run(app.server.ctx, ["config"])
+
+    assert not result.ok
+    [problem] = result.problems
+    assert problem.startswith(f"{name}: "), problem
+    if not name.endswith(".py"):
+        assert problem == f"{name}: nested too deeply to parse (RecursionError); flatten it"
+
+
+def test_files_removed_during_the_permissions_walk_are_skipped(
+    app: Validated, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ghosts = walk_with_ghosts(monkeypatch)
+    (app.server.app_root / "app.py").chmod(0o666)
+
+    [result] = validate.run(app.server.ctx, ["permissions"])
+
+    assert ghosts
+    assert "app.py: world-writable" in result.problems
+    assert not any("gone" in p for p in result.problems), result.problems
