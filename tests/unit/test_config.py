@@ -15,7 +15,7 @@ from nesop_deb.render import render
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples/nesop-store/app" / CONFIG_NAME
 
-# The example of DESIGN.md §3, verbatim.
+# The contract example of nesop-deb.toml (docs/guide.md 3.2), with the writable data directory.
 CONTRACT = """
 [app]
 name = "nesop-store"                 # package = "<name>-update" unless [package].name is set
@@ -24,7 +24,7 @@ user = "nesop"
 group = "nesop"
 service = "nesop-store.service"
 unit_file = "deploy/nesop-store.service"   # optional: a first install (--full) installs and enables it
-writable = ["data"]                        # DESIGN.md §7: the rest is root's
+writable = ["data"]  # the rest of the tree is root's
 [package]
 maintainer = "NESOP Team <ops@example.com>"
 [files]
