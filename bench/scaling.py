@@ -58,7 +58,7 @@ def _shape(server: Server, source: Path, assets_bytes: int, db_bytes: int) -> in
     server.remove(MEDIA)
     assets.fill(server.box.path(MEDIA), source, assets_bytes)
     db = dbfill.grow(server.box.path(store.DB), db_bytes)
-    server.chown_app(store.APP_ROOT)
+    server.chown_app(f"{store.APP_ROOT}/data")  # the grown database is the store's; the assets root's
     server.start_service()
     return db
 
