@@ -302,6 +302,8 @@ class Backup:
             self.job.early_db.close()
             self.job.early_db = None
         backup.drop_early_database(self.job.ctx, self.job.backup_dir)
+        if backup.exists(self.job.ctx, self.job.backup_name):
+            backup.forget_database(self.job.ctx, self.job.backup_dir)
 
 
 class Stop:
@@ -351,6 +353,7 @@ class SnapshotDatabase:
         backup.drop_early_database(job.ctx, job.backup_dir)
         started = time.monotonic()
         if backup.add_database(job.ctx, job.backup_dir) is None:
+            backup.forget_database(job.ctx, job.backup_dir)
             return  # no database (yet): nothing an undo could restore
         size = backup.database_size(job.ctx, job.backup_dir)
         took = f"{_mib(size)} in {time.monotonic() - started:.3f} s"

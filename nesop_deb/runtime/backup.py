@@ -220,14 +220,35 @@ def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot
     if db is None or not db.exists():
         return None
     with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
-        return database.snapshot_held(db, bdir, DB_EARLY, accounts.app_owner(ctx))
+        early = database.snapshot_held(db, bdir, DB_EARLY, accounts.app_owner(ctx))
+    try:
+        # recorded (and sealed) now, under the name it will have: keeping it after the stop is
+        # then one rename; until that rename, the manifest names a file that is not there, and no
+        # restore can use the unchecked copy
+        _record_database(ctx, backup_dir, early.sha256)
+    except BaseException:
+        early.close()
+        raise
+    return early
 
 
 def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnapshot) -> None:
-    """Make an early copy the backup's snapshot (the database is known unchanged since)."""
+    """Make an early copy the backup's snapshot (the database is known unchanged since): the
+    manifest already names it (see :func:`copy_database_early`), so this is one rename."""
     with open_backups(ctx) as backups:
         backups.replace(f"{check_name(backup_dir.name)}/{DB_EARLY}", f"{backup_dir.name}/{DB_FILE}")
-    _record_database(ctx, backup_dir, early.sha256)
+
+
+def forget_database(ctx: Context, backup_dir: Path) -> None:
+    """Record that the backup holds no database snapshot, when its manifest names one that is
+    not there (an early copy that never became the snapshot)."""
+    if has_database(ctx, backup_dir):
+        return
+    data = read_manifest(ctx, backup_dir)
+    if data.get("database") is not None:
+        data["database"] = None
+        with open_backups(ctx) as backups:
+            _write_manifest(ctx, backups, backup_dir.name, backup_dir.name, data)
 
 
 def drop_early_database(ctx: Context, backup_dir: Path) -> None:

@@ -264,9 +264,7 @@ def test_a_job_rebuilt_after_a_crash_copies_again(server: Server, monkeypatch: p
     bdir = server.ctx.backups_dir / str(journal["backup"])
     early = bdir / backup.DB_EARLY
     assert items(early) == BASE_ITEMS, "the crash left the copy taken before the stop"
-    assert backup.read_manifest(server.ctx, bdir)["database"] is None, (
-        "an early copy is not the backup's snapshot"
-    )
+    assert not (bdir / backup.DB_FILE).exists(), "an early copy is not the backup's snapshot"
 
     ctx = server.ctx  # rebuilt as operations.recover rebuilds it: from the journal alone
     manifest = operations._journal_manifest(ctx, journal)
@@ -311,3 +309,23 @@ def test_the_early_copy_failing_falls_back_to_a_copy_after_the_stop(
     assert "could not copy the database before the stop (database is locked)" in caplog.text
     assert "database copied after the stop" in caplog.text
     assert items(server.db) == [*BASE_ITEMS, (3, "plum")]
+
+
+def test_an_update_failing_before_the_stop_leaves_a_backup_without_a_snapshot(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The early copy is recorded under its final name before the stop; an update that never got
+    to check it leaves a backup that says it holds no database (rather than naming a missing one)."""
+    install_base(server)
+    ctx = server.ctx
+    manifest = release_101(server)
+
+    def refuse(_self: apply.Stop) -> None:
+        raise RuntimeError("the stop failed")
+
+    monkeypatch.setattr(apply.Stop, "apply", refuse)
+    with pytest.raises(transaction.TransactionFailed):
+        operations.run_apply(ctx, manifest, ctx.share, state.load(ctx))
+    [bdir] = [d for d in ctx.backups_dir.iterdir() if d.name.startswith("pre_update_")]
+    assert backup.read_manifest(ctx, bdir)["database"] is None
+    assert not (bdir / backup.DB_FILE).exists() and not (bdir / backup.DB_EARLY).exists()
