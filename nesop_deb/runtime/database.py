@@ -147,7 +147,7 @@ def _copy_as(owner: tuple[int, int], db: Path, *, hold: bool) -> Copy:
     if not hold:
         child.close()
         return Copy(data, int(head["version"]), None, lambda: None)
-    return Copy(data, int(head["version"]), probe, child.close)
+    return Copy(data, int(head["version"]), probe, lambda: child.close(wait=False))
 
 
 @dataclass
@@ -210,7 +210,8 @@ def snapshot_held(db: Path, dest: Tree, name: str, owner: Owner = None) -> HeldS
     except BaseException:
         copy.close()
         raise
-    return HeldSnapshot(db, dest.path / name, digest, len(copy.data), copy.data_version, file_id, copy)
+    size, copy.data = len(copy.data), b""  # on disk now: not held in memory through the stop
+    return HeldSnapshot(db, dest.path / name, digest, size, copy.data_version, file_id, copy)
 
 
 def restore(

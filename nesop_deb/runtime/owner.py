@@ -9,6 +9,7 @@ once. Messages are length-prefixed frames.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import select
@@ -23,6 +24,22 @@ from nesop_deb.errors import NesopError
 TIMEOUT = 1800.0  # seconds root waits for one answer (a migration of a large database included)
 _HEADER = struct.Struct(">Q")
 _TICK = 0.2
+
+
+_UNREAPED: list[int] = []  # children told to end, not waited for (see Child.close)
+
+
+def _reap(*, block: bool = False) -> None:
+    for pid in list(_UNREAPED):
+        try:
+            done, _status = os.waitpid(pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _UNREAPED.remove(pid)
+
+
+atexit.register(lambda: _reap(block=True))
 
 
 class OwnerError(NesopError):
@@ -85,6 +102,7 @@ class Child:
     def __init__(self, owner: tuple[int, int], work: Callable[[Channel], None], what: str,
                  timeout: float | None = None) -> None:  # fmt: skip
         self.what, self.timeout = what, TIMEOUT if timeout is None else timeout
+        _reap()
         up_r, up_w = os.pipe()  # child -> root
         down_r, down_w = os.pipe()  # root -> child
         self.pid = os.fork()
@@ -139,9 +157,14 @@ class Child:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 
-    def close(self) -> None:
-        """End the child (closing its pipe ends it; a child that does not end is killed)."""
+    def close(self, *, wait: bool = True) -> None:
+        """End the child: closing its pipe ends it. ``wait``: until it has (one that does not end
+        is killed); else it is reaped later, as a child holding a large copy takes tens of
+        milliseconds to free it, which an outage should not wait for."""
         self.channel.close()
+        if not wait:
+            _UNREAPED.append(self.pid)
+            return
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -153,7 +176,7 @@ class Child:
             if time.monotonic() > deadline:
                 self.kill()
                 deadline = float("inf")
-            time.sleep(0.01)
+            time.sleep(0.001)
 
 
 def _stopped(pid: int) -> bool:
