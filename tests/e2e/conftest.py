@@ -19,7 +19,7 @@ from typing import Any, NoReturn, Protocol
 
 import pytest
 
-from . import reliability
+from . import reliability, store
 from .testbed import (
     BASE_PACKAGES,
     Backend,
@@ -170,6 +170,14 @@ def new_container(base_root: Path, tmp_path: Path) -> Iterator[ContainerFactory]
 def container(new_container: ContainerFactory) -> Container:
     """A freshly booted Debian 12 container, stopped after the test."""
     return new_container()
+
+
+@pytest.fixture
+def server(new_container: ContainerFactory, toolchain_deb: Path) -> Container:
+    """A booted container with the nesop-deb toolchain installed, and no app yet."""
+    box = new_container()
+    store.install_toolchain(box, toolchain_deb)
+    return box
 
 
 def _record(box: Container) -> None:

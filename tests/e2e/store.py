@@ -184,6 +184,12 @@ def apt_install(
     )
 
 
+def apply_ok(box: Container, repo: ExampleRepo, ref: str) -> None:
+    """Build ``ref``'s update and install it with apt; it must succeed."""
+    result = apt_install(box, repo.build(ref))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def live_tree(box: Container) -> dict[str, tuple[str, int]]:
     root = box.path(APP_ROOT)
     files: dict[str, tuple[str, int]] = {}

@@ -9,15 +9,7 @@ from pathlib import Path
 import pytest
 
 from . import store
-from .conftest import ContainerFactory
 from .testbed import Container
-
-
-@pytest.fixture
-def server(new_container: ContainerFactory, toolchain_deb: Path) -> Container:
-    box = new_container()
-    store.install_toolchain(box, toolchain_deb)
-    return box
 
 
 def _applied(box: Container, repo: store.ExampleRepo, deb: Path, ref: str, version: str) -> None:

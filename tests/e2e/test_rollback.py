@@ -3,25 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
-import pytest
 
 from . import store
-from .conftest import ContainerFactory
 from .testbed import Container
-
-
-@pytest.fixture
-def server(new_container: ContainerFactory, toolchain_deb: Path) -> Container:
-    box = new_container()
-    store.install_toolchain(box, toolchain_deb)
-    return box
-
-
-def _apply(box: Container, repo: store.ExampleRepo, ref: str) -> None:
-    result = store.apt_install(box, repo.build(ref))
-    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def _apt(box: Container, *args: str) -> str:
@@ -36,12 +20,12 @@ def test_apt_downgrade_across_versions_keeps_every_row(
     repo = example_repo
     store.deploy_by_hand(server, repo, "v1.0.3")
     rows = store.register_customers(server, 2)
-    _apply(server, repo, "v1.0.4")
+    store.apply_ok(server, repo, "v1.0.4")
     schema_104 = store.db_dump(server)["schema"]
     rows += store.register_customers(server, 2)
-    _apply(server, repo, "v1.0.5")
+    store.apply_ok(server, repo, "v1.0.5")
     rows += store.register_customers(server, 2)
-    _apply(server, repo, "v1.0.6")
+    store.apply_ok(server, repo, "v1.0.6")
     rows += store.register_customers(server, 2)
     policy = server.run(["apt-cache", "policy", store.PACKAGE]).stdout
     for v in ("1.0.4", "1.0.5", "1.0.6"):
@@ -82,7 +66,7 @@ def test_apt_downgrade_across_versions_keeps_every_row(
 def test_apt_downgrade_out_of_a_failed_update(server: Container, example_repo: store.ExampleRepo) -> None:
     repo = example_repo
     store.deploy_by_hand(server, repo, "v1.0.5")
-    _apply(server, repo, "v1.0.6")
+    store.apply_ok(server, repo, "v1.0.6")
     deb = repo.build("broken/health", "--version", "1.0.7", "--since", "v1.0.6")
     assert store.apt_install(server, deb).returncode != 0
     assert store.dpkg_status(server) == ("iF", "1.0.7")
@@ -107,8 +91,8 @@ def test_apt_downgrade_out_of_a_failed_update(server: Container, example_repo: s
 def test_nesop_update_rollback_commands(server: Container, example_repo: store.ExampleRepo) -> None:
     repo = example_repo
     store.deploy_by_hand(server, repo, "v1.0.4")
-    _apply(server, repo, "v1.0.5")
-    _apply(server, repo, "v1.0.6")
+    store.apply_ok(server, repo, "v1.0.5")
+    store.apply_ok(server, repo, "v1.0.6")
     rows = store.register_customers(server, 2)
 
     out = server.run(["nesop-update", "rollback", "--to", "1.0.5"]).stdout

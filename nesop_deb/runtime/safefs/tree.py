@@ -112,15 +112,18 @@ class Tree:
 
     # -- walking ------------------------------------------------------------------------------
 
-    def _open_dirs(self, parts: list[str], *, create: bool, mode: int, uid: int, gid: int) -> int:
-        """A new fd for the directory ``parts`` below this one, made where ``create`` says."""
+    def _open_dirs(
+        self, parts: list[str], *, create: bool, mode: int, uid: int, gid: int, made: list[str] | None = None
+    ) -> int:
+        """A new fd for the directory ``parts`` below this one, made where ``create`` says (the
+        ones made are appended to ``made``, relative, parents first)."""
         fd = os.dup(self.fd)
         path = self.path
         try:
-            for part in parts:
+            for i, part in enumerate(parts):
                 path = path / part
-                if create:
-                    self._mkdir_at(fd, part, path, mode, uid, gid)
+                if create and self._mkdir_at(fd, part, path, mode, uid, gid) and made is not None:
+                    made.append("/".join(parts[: i + 1]))
                 try:
                     nxt = os.open(part, _DIR, dir_fd=fd)
                 except OSError as exc:
@@ -182,23 +185,7 @@ class Tree:
     def mkdirs(self, rel: str, *, mode: int = 0o755, uid: int = -1, gid: int = -1) -> list[str]:
         """Make ``rel`` and its missing parents; return the ones made (relative, parents first)."""
         made: list[str] = []
-        parts = _rel(rel)
-        fd = os.dup(self.fd)
-        path = self.path
-        try:
-            for i, part in enumerate(parts):
-                path = path / part
-                if self._mkdir_at(fd, part, path, mode, uid, gid):
-                    made.append("/".join(parts[: i + 1]))
-                try:
-                    nxt = os.open(part, _DIR, dir_fd=fd)
-                except OSError as exc:
-                    _refuse_link(path, exc, fd)
-                    raise
-                os.close(fd)
-                fd = nxt
-        finally:
-            os.close(fd)
+        os.close(self._open_dirs(_rel(rel), create=True, mode=mode, uid=uid, gid=gid, made=made))
         return made
 
     # -- reading ------------------------------------------------------------------------------
@@ -371,23 +358,6 @@ class Tree:
             if not stat.S_ISDIR(st.st_mode):
                 raise LinkRefused(path, "not a directory")
             _rmtree_at(dfd, name)
-
-    def set_owner_mode(self, rel: str, uid: int, gid: int, mode: int) -> None:
-        """Owner and mode of a regular file or directory, set on its fd (a link is refused)."""
-        with self._parent(rel) as (dfd, name, path):
-            try:
-                fd = os.open(name, _READ, dir_fd=dfd)
-            except OSError as exc:
-                _refuse_link(path, exc)
-                raise
-            try:
-                st = os.fstat(fd)
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                    raise LinkRefused(path, "not a regular file or directory")
-                os.fchown(fd, uid, gid)
-                os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
 
     def fsync(self) -> None:
         os.fsync(self.fd)
