@@ -24,6 +24,7 @@ from nesop_deb.errors import NesopError
 TIMEOUT = 1800.0  # seconds root waits for one answer (a migration of a large database included)
 _HEADER = struct.Struct(">Q")
 _TICK = 0.2
+STOP_GRACE = 2.0  # seconds a child may stay stopped (a whole process group paused and resumed)
 
 
 _UNREAPED: list[int] = []  # children told to end, not waited for (see Child.close)
@@ -139,9 +140,13 @@ class Child:
         return frame
 
     def _wait(self, deadline: float) -> None:
-        """Until the pipe has data; a stopped child or the deadline ends the wait (and the child)."""
+        """Until the pipe has data; a child that stays stopped, or the deadline, ends the wait
+        (and the child)."""
+        stopped_since: float | None = None
         while not select.select([self.channel.rfd], [], [], _TICK)[0]:
-            if _stopped(self.pid):
+            now = time.monotonic()
+            stopped_since = (stopped_since or now) if _stopped(self.pid) else None
+            if stopped_since is not None and now - stopped_since > STOP_GRACE:
                 self.kill()
                 raise OwnerError(
                     f"{self.what}: the process working as the app's account was stopped by a signal"
@@ -184,4 +189,6 @@ def _stopped(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    return stat.rsplit(")", 1)[-1].split()[0] in ("T", "t")
+    # "T": stopped by a signal, which the account can send; "t" (traced) is a debugger's, and the
+    # account cannot trace this child (changing its uid made it undumpable)
+    return stat.rsplit(")", 1)[-1].split()[0] == "T"
