@@ -302,8 +302,12 @@ class Backup:
             self.job.early_db.close()
             self.job.early_db = None
         backup.drop_early_database(self.job.ctx, self.job.backup_dir)
-        if backup.exists(self.job.ctx, self.job.backup_name):
-            backup.forget_database(self.job.ctx, self.job.backup_dir)
+        try:
+            if backup.exists(self.job.ctx, self.job.backup_name):
+                backup.forget_database(self.job.ctx, self.job.backup_dir)
+        except (OSError, NesopError) as exc:
+            # only a record: a restore of this backup then says its database file is missing
+            log.warning("cannot record that %s holds no database: %s", self.job.backup_name, exc)
 
 
 class Stop:

@@ -329,3 +329,32 @@ def test_an_update_failing_before_the_stop_leaves_a_backup_without_a_snapshot(
     [bdir] = [d for d in ctx.backups_dir.iterdir() if d.name.startswith("pre_update_")]
     assert backup.read_manifest(ctx, bdir)["database"] is None
     assert not (bdir / backup.DB_FILE).exists() and not (bdir / backup.DB_EARLY).exists()
+
+
+def test_a_read_only_backups_dir_at_snapshot_db_fails_the_step_and_the_undo_still_completes(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing can be renamed or rewritten in the backup any more: the step fails, and the undo
+    (which would record that the backup holds no database) carries on past that record."""
+    install_base(server)
+    ctx = server.ctx
+    manifest = release_101(server)
+    before = db_dump(server.db)
+
+    def read_only(*_args: object, **_kw: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    real_stop = apply.Stop.apply
+
+    def stop_then_freeze(self: apply.Stop) -> None:
+        real_stop(self)
+        monkeypatch.setattr(backup, "keep_early_database", read_only)
+        monkeypatch.setattr(backup, "_write_manifest", read_only)
+
+    monkeypatch.setattr(apply.Stop, "apply", stop_then_freeze)
+    with pytest.raises(transaction.TransactionFailed) as failed:
+        operations.run_apply(ctx, manifest, ctx.share, state.load(ctx))
+    assert failed.value.step == "snapshot-db"
+    assert failed.value.undo_errors == []
+    assert db_dump(server.db) == before
+    assert server.systemd.is_active(UNIT)
