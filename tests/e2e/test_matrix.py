@@ -404,7 +404,7 @@ UNDO_FAULTS = {
     "SIGKILL": "old version whole after configure -a (undo finished; the retry fails again)",
     "power loss": "old version whole after boot + configure -a (likewise)",
     "step fails": "apt fails, journal kept; after the fix configure -a finishes the undo (likewise)",
-    "disk full": "apt fails, journal kept; after freeing space configure -a finishes the undo (likewise)",
+    "disk full": "apt fails; files back or journal kept; space freed, configure -a ends whole (likewise)",
 }
 
 
@@ -435,12 +435,17 @@ def test_fault_while_a_failed_update_is_undone(
     apt.pause_when(LOG_DIR, faults.log_says(box, f"{LOG_DIR}/update.log", "-> undo apply-files"), "its undo")
 
     fix = break_the_undo(box, apt, kind)  # step fails: the old app, its files back, will not start
+    finished = False
     if fix is not None:
-        # the undo could not finish: it says so, and leaves its journal for the next run
         failed = store.history(box)[-1]
         assert (failed["action"], failed["version"], failed["status"]) == ("apply", "1.0.7", "failed"), failed
-        assert failed["undo_errors"] and failed["old_app_healthy"] is False, failed
-        assert box.path(store.JOURNAL).exists()
+        # a full disk may still leave room for the few files the undo writes back: then the files
+        # are back and the journal is closed, though the old app may not serve on the full disk;
+        # else the undo says it could not finish
+        finished = kind == "disk full" and not failed["undo_errors"]
+        if not finished:
+            assert failed["undo_errors"] and failed["old_app_healthy"] is False, failed
+            assert box.path(store.JOURNAL).exists()
         assert store.dpkg_status(box) == ("iF", "1.0.7")
         fix()
 
@@ -452,7 +457,8 @@ def test_fault_while_a_failed_update_is_undone(
     assert store.dpkg_status(box) == ("iF", "1.0.7")
     assert not box.path(store.JOURNAL).exists()
     statuses = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
-    assert ("recover", "1.0.7", "interrupted") in statuses and statuses[-1] == ("apply", "1.0.7", "failed")
+    assert finished or ("recover", "1.0.7", "interrupted") in statuses
+    assert statuses[-1] == ("apply", "1.0.7", "failed")
     # and back to a clean dpkg: the live version from the local repository
     back = box.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{store.PACKAGE}=1.0.6"],
                    check=False, timeout=300)  # fmt: skip
