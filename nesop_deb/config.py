@@ -33,6 +33,14 @@ def is_package_name(name: str) -> bool:
     return _PACKAGE_NAME.fullmatch(name) is not None
 
 
+def is_unit_name(name: str) -> bool:
+    return _UNIT_NAME.fullmatch(name) is not None
+
+
+def is_account_name(name: str) -> bool:
+    return _USER_NAME.fullmatch(name) is not None
+
+
 def health_timeout_ok(value: float) -> bool:
     """Whether ``value`` is a usable health timeout in seconds: finite, above 0, at most an hour."""
     return math.isfinite(value) and 0 < value <= MAX_HEALTH_TIMEOUT

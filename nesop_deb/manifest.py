@@ -7,13 +7,18 @@ The builder writes it; ``nesop-deb inspect``/``verify`` and the server runtime r
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from nesop_deb import versions
-from nesop_deb.config import MAX_HEALTH_TIMEOUT, health_timeout_ok, is_package_name
+from nesop_deb.config import (
+    MAX_HEALTH_TIMEOUT,
+    health_timeout_ok,
+    is_account_name,
+    is_package_name,
+    is_unit_name,
+)
 from nesop_deb.errors import NesopError
 from nesop_deb.paths import (
     UnsafePath,
@@ -234,24 +239,19 @@ def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
     return section
 
 
-_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_UNIT_NAME = re.compile(r"[A-Za-z0-9:_.@\\-]+\.service")
-_ACCOUNT = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
-
-
 def _check_app(app: dict[str, Any]) -> None:
     """Who and where: the account root hands files to, the tree it writes, the unit it runs."""
     name, root, service = app.get("name"), app.get("root"), app.get("service")
-    if not isinstance(name, str) or not _PACKAGE_NAME.fullmatch(name):
+    if not isinstance(name, str) or not is_package_name(name):
         raise ManifestError(f"update manifest: config.app.name {name!r} is not a valid app name")
     if not isinstance(root, str) or (problem := app_root_problem(root)) is not None:
         why = "is not a path" if not isinstance(root, str) else problem
         raise ManifestError(f"update manifest: config.app.root {root!r} {why}")
     for key in ("user", "group"):
         value = app.get(key, "root")
-        if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
+        if not isinstance(value, str) or not is_account_name(value):
             raise ManifestError(f"update manifest: config.app.{key} {value!r} is not a valid account name")
-    if not isinstance(service, str) or not _UNIT_NAME.fullmatch(service):
+    if not isinstance(service, str) or not is_unit_name(service):
         raise ManifestError(f"update manifest: config.app.service {service!r} is not a systemd service name")
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from nesop_deb import __version__, versions
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import safefs, state
+from nesop_deb.runtime import database, safefs, state
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import free_bytes
 from nesop_deb.runtime.log import log
@@ -124,16 +124,13 @@ def root_records(ctx: Context) -> None:
         log.warning("%s", writable_code_problem(ctx, found))
 
 
-SIDECARS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database
-
-
 def database_files(ctx: Context) -> None:
     """The database and the files SQLite keeps beside it must be plain files: a link there (which
     the app's account can plant in its own directory) would break every connection after the stop."""
     db = ctx.database_path
     if db is None:
         return
-    for name in ("", *SIDECARS):
+    for name in ("", *database.SIDECARS):
         path = db.with_name(db.name + name)
         try:
             st = path.lstat()

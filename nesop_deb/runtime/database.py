@@ -21,6 +21,8 @@ from nesop_deb.errors import NesopError
 from nesop_deb.runtime import owner as owner_
 from nesop_deb.runtime.safefs import TMP_SUFFIX, LinkRefused, Tree
 
+SIDECARS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database
+
 
 class MigrationError(NesopError):
     """A migration failed (its own transaction was rolled back by the database)."""
@@ -220,7 +222,7 @@ def restore(
     """Put ``backup/name`` back in place of ``db`` (the app is stopped), keeping the current one
     aside as ``backup/keep_current_as``. Owner and mode stay those of the database replaced."""
     with _directory_of(db, app_root) as directory:
-        for suffix in ("-wal", "-shm", "-journal"):
+        for suffix in SIDECARS:
             side = directory.lstat(db.name + suffix)
             if side is not None and stat.S_ISLNK(side.st_mode):
                 directory.unlink(db.name + suffix)  # planted: SQLite could open nothing with it there

@@ -15,7 +15,7 @@ import hashlib
 import os
 from pathlib import Path
 
-TMP_SUFFIX = ".nesop-tmp"  # the same name safefs uses in the app tree
+from nesop_deb.runtime.safefs import TMP_SUFFIX  # one name for a file not yet in place
 
 
 def sha256_file(path: Path) -> str:
