@@ -1,4 +1,4 @@
-"""``update_manifest.json`` (contract: DESIGN.md §3): what an update package changes, as data.
+"""``update_manifest.json`` (contract: docs/architecture.md §17): what an update package changes, as data.
 
 The builder writes it; ``nesop-deb inspect``/``verify`` and the server runtime read it back through
 :func:`loads`, which validates every field (paths included) before anything trusts it.
@@ -71,6 +71,16 @@ class MigrationEntry:
 
 
 @dataclass(frozen=True)
+class LeftBehind:
+    """A file the build's range changed that a partial package (``--files``, ``--no-migrations``)
+    does not write: the server keeps it as the base has it until a later update writes it."""
+
+    path: str
+    base_sha256: str | None  # the content the server keeps (the base's); None: absent there
+    release_sha256: str | None  # the release's content; None: the release deletes it
+
+
+@dataclass(frozen=True)
 class Manifest:
     package: str
     version: str
@@ -87,6 +97,7 @@ class Manifest:
     config_files: tuple[str, ...] = ()
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    left_behind: tuple[LeftBehind, ...] = ()  # a partial package: changes of the range it leaves out
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -107,6 +118,8 @@ class Manifest:
             "files": [_entry_dict(asdict(f)) for f in self.files],
             "migrations": [_entry_dict(asdict(m)) for m in self.migrations],
         }
+        if self.left_behind:  # written only by a partial package: others read as they always did
+            data["left_behind"] = [asdict(lb) for lb in self.left_behind]
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def counts(self) -> dict[str, int]:
@@ -217,6 +230,28 @@ def _migration(d: Any, i: int) -> MigrationEntry:
         rollback,
         None if rsha is None else _sha(rsha, f"{where}.rollback_sha256"),
     )
+
+
+def _left_behind(data: dict[str, Any], files: tuple[FileEntry, ...]) -> tuple[LeftBehind, ...]:
+    raw = data.get("left_behind", [])
+    if not isinstance(raw, list):
+        raise ManifestError("update manifest: left_behind is not a list")
+    written = {p for f in files for p in (f.path, f.renamed_from) if p is not None}
+    out: list[LeftBehind] = []
+    for i, d in enumerate(raw):
+        where = f"left_behind[{i}]"
+        if not isinstance(d, dict):
+            raise ManifestError(f"update manifest: {where} is not an object")
+        path = _path(d.get("path"), f"{where}.path")
+        base, release = d.get("base_sha256"), d.get("release_sha256")
+        base = None if base is None else _sha(base, f"{where}.base_sha256")
+        release = None if release is None else _sha(release, f"{where}.release_sha256")
+        if base is None and release is None:
+            raise ManifestError(f"update manifest: {where}: {path!r} is absent both before and after")
+        if path in written or any(lb.path == path for lb in out):
+            raise ManifestError(f"update manifest: {path!r} appears twice")
+        out.append(LeftBehind(path, base, release))
+    return tuple(out)
 
 
 def _package(data: dict[str, Any]) -> str:
@@ -333,4 +368,5 @@ def loads(text: str | bytes) -> Manifest:
         files=files,
         migrations=tuple(_migration(m, i) for i, m in enumerate(_req(data, "migrations", list, "manifest"))),
         config_files=tuple(_path(p, "config_files") for p in data.get("config_files", [])),
+        left_behind=_left_behind(data, files),
     )

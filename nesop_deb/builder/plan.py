@@ -16,7 +16,7 @@ from pathlib import Path
 from nesop_deb import __version__, config, versions
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
 from nesop_deb.errors import BuildError, UsageError
-from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
+from nesop_deb.manifest import Action, FileEntry, LeftBehind, Manifest, MigrationEntry
 from nesop_deb.paths import (
     UnsafePath,
     control_character,
@@ -37,6 +37,7 @@ class BuildOptions:
     no_migrations: bool = False
     full: bool = False
     allow_dirty: bool = False
+    allow_partial: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,32 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(p == "." or path == p or path.startswith(p + "/") for p in prefixes)
 
 
+def _check_named(
+    only: tuple[str, ...],
+    changes: Sequence[Change],
+    head: Mapping[str, TreeEntry],
+    exclude: tuple[str, ...],
+) -> None:
+    """Each ``--files`` path must name something at HEAD or changed in the range, and a file that
+    ``[files] exclude`` removes cannot be asked for."""
+    changed = {p for ch in changes for p in (ch.path, ch.old_path) if p is not None}
+    for p in only:
+        if p == ".":
+            continue
+        if p in head or p in changed:
+            if excluded(p, exclude):
+                raise UsageError(
+                    f"--files {p}: [files] exclude removes it from what ships",
+                    hint="name files that ship, or change [files].exclude in nesop-deb.toml",
+                )
+            continue
+        if not any(_under(k, (p,)) for k in (*head, *changed)):
+            raise UsageError(
+                f"--files {p}: no such file in the repository at HEAD",
+                hint="name files as git tracks them, relative to the app directory",
+            )
+
+
 def select_files(
     changes: Sequence[Change],
     head: Mapping[str, TreeEntry],
@@ -112,14 +139,12 @@ def select_files(
     exclude: tuple[str, ...],
     only: tuple[str, ...] = (),
 ) -> list[FileEntry]:
-    """The file entries of an update from git's changes between base and head (pure)."""
+    """The file entries of an update from git's changes between base and head (pure).
+
+    ``only`` (``--files``) narrows them to those paths; a file it names that did not change in the
+    range ships as HEAD has it (the user asked for it)."""
     if only:
-        for p in only:
-            if not any(_under(k, (p,)) for k in (*head, *base)):
-                raise UsageError(
-                    f"--files {p}: no such file in the repository",
-                    hint="name files as git tracks them, relative to the app directory",
-                )
+        _check_named(only, changes, head, exclude)
     entries: list[FileEntry] = []
     for ch in changes:
         paths = [ch.path] + ([ch.old_path] if ch.old_path else [])
@@ -168,8 +193,61 @@ def select_files(
         pre = _sha256(blobs[old_entry.blob]) if old_entry is not None else None
         action = Action.ADD if old_entry is None else Action.MODIFY
         entries.append(FileEntry(ch.path, action, _sha256(data), len(data), _mode(new), pre, None, link))
+    changed = {p for ch in changes for p in (ch.path, ch.old_path) if p is not None}
+    for p in only:
+        if p in head and p not in changed:  # named, unchanged: ship it as HEAD has it
+            new = head[p]
+            _check_entry(new, blobs)
+            data = blobs[new.blob]
+            link = data.decode("utf-8", "surrogateescape") if new.mode == "120000" else None
+            pre = _sha256(blobs[base[p].blob]) if p in base else None
+            action = Action.MODIFY if p in base else Action.ADD
+            entries.append(FileEntry(p, action, _sha256(data), len(data), _mode(new), pre, None, link))
     _check_link_chains(entries)
     return sorted(entries, key=lambda e: e.path)
+
+
+def left_behind(
+    changes: Sequence[Change],
+    head: Mapping[str, TreeEntry],
+    base: Mapping[str, TreeEntry],
+    blobs: Mapping[str, bytes],
+    exclude: tuple[str, ...],
+    files: Sequence[FileEntry],
+) -> list[LeftBehind]:
+    """The paths the range changes, among those that ship, that ``files`` does not write (pure):
+    what a partial package leaves on the server as the base has it."""
+    written = {p for f in files for p in (f.path, f.renamed_from) if p is not None}
+    out: dict[str, LeftBehind] = {}
+
+    def digest(tree: Mapping[str, TreeEntry], path: str | None) -> str | None:
+        return None if path is None else _sha256(blobs[tree[path].blob])
+
+    for ch in changes:
+        sides: list[tuple[str, str | None, str | None]] = []  # (path, at base, at head)
+        old_ships = ch.old_path is not None and not excluded(ch.old_path, exclude)
+        if ch.status == "R" and ch.old_path is not None and old_ships:
+            sides.append((ch.old_path, ch.old_path, None))
+        if not excluded(ch.path, exclude):
+            if ch.status == "D":
+                sides.append((ch.path, ch.path, None))
+            elif ch.status in ("A", "R"):
+                sides.append((ch.path, None, ch.path))
+            else:
+                sides.append((ch.path, ch.path, ch.path))
+        for path, at_base, at_head in sides:
+            entries = [base.get(at_base or ""), head.get(at_head or "")]
+            if path in written or any(e is not None and e.mode == "160000" for e in entries):
+                continue  # shipped, or a submodule (never shippable: the full range refuses it)
+            out[path] = LeftBehind(path, digest(base, at_base), digest(head, at_head))
+    return [out[p] for p in sorted(out)]
+
+
+def is_migration_file(path: str, migrations_dir: str) -> bool:
+    """A migration (or its rollback) as ``[migrations] dir`` holds them: ``<dir>/NNNN_name.sql``."""
+    prefix = migrations_dir.rstrip("/") + "/"
+    name = path[len(prefix) :] if path.startswith(prefix) else ""
+    return "/" not in name and MIGRATION_NAME.match(name) is not None
 
 
 def _check_link_chains(entries: Sequence[FileEntry]) -> None:
@@ -299,6 +377,88 @@ def _resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
     return str(tagged[0])
 
 
+def _check_version_names_head(repo: GitRepo, head: str, version: str, options: BuildOptions) -> None:
+    """``--version X`` names HEAD's content: HEAD must carry the tag vX, or ``--since`` says which
+    release the update starts from (an untagged fix branch). A ``--full`` build has no base: its
+    HEAD may carry no release tag, or vX."""
+    if options.version is None:
+        return
+    tagged = sorted(v for v in (versions.from_tag(t) for t in repo.tags_at(head)) if v is not None)
+    if any(versions.compare(str(v), version) == 0 for v in tagged):
+        return
+    if options.since is not None and not options.full:
+        return
+    if options.full and not tagged:
+        return
+    what = f"HEAD is the release v{tagged[-1]}" if tagged else "HEAD carries no release tag"
+    raise UsageError(
+        f"--version {version}: {what}, so the package would ship HEAD's content as {version}",
+        hint=(
+            f"check out v{version} (or tag HEAD: git tag v{version}), or name the release it updates"
+            " with --since vX.Y.Z"
+            if not options.full
+            else f"check out v{version} (or tag HEAD: git tag v{version})"
+        ),
+    )
+
+
+def _names(left: Sequence[LeftBehind], limit: int = 20) -> str:
+    shown = ", ".join(lb.path for lb in left[:limit])
+    return shown + (f" and {len(left) - limit} more" if len(left) > limit else "")
+
+
+def _left_out_cause(options: BuildOptions, left: Sequence[LeftBehind], migrations_dir: str) -> str:
+    by_migrations = any(is_migration_file(lb.path, migrations_dir) for lb in left)
+    by_files = bool(options.files) and any(not is_migration_file(lb.path, migrations_dir) for lb in left)
+    return (
+        " and ".join(name for name, on in (("--files", by_files), ("--no-migrations", by_migrations)) if on)
+        or "--files"
+    )
+
+
+def _leaves_out(options: BuildOptions, left: Sequence[LeftBehind], migrations_dir: str) -> str:
+    cause = _left_out_cause(options, left, migrations_dir)
+    return f"{cause} {'leave' if ' and ' in cause else 'leaves'} out"
+
+
+def _partial_refused(
+    options: BuildOptions, left: Sequence[LeftBehind], migrations_dir: str, rng: str
+) -> UsageError:
+    cause = _left_out_cause(options, left, migrations_dir)
+    fix = "add them to --files" if "--files" in cause else "drop --no-migrations"
+    if cause == "--no-migrations":
+        fix += " (updates built from the next release tag will not carry them either)"
+    leaves_out = _leaves_out(options, left, migrations_dir)
+    return UsageError(
+        f"{leaves_out} {len(left)} file(s) that {rng} changed: {_names(left)}",
+        hint=(
+            f"{fix}, or build with --allow-partial: the server then keeps these as they were until"
+            " an update writes them"
+        ),
+    )
+
+
+def _check_unit_file(
+    cfg: config.Config, head: Mapping[str, TreeEntry], files: Sequence[FileEntry], full: bool
+) -> None:
+    """``[app] unit_file`` is what a first install enables: it must be a file that ships."""
+    unit = cfg.app.unit_file
+    if unit is None:
+        return
+    if unit not in head:
+        why = "is not in the repository at HEAD"
+    elif excluded(unit, cfg.files.exclude):
+        why = "is removed by [files] exclude"
+    elif full and not any(f.path == unit for f in files):
+        why = "is not among the files this --full build ships (--files)"
+    else:
+        return
+    raise BuildError(
+        f"[app] unit_file {unit} {why}, so a first install could not enable the service",
+        hint="commit the unit file there, take it out of [files] exclude, or fix [app] unit_file",
+    )
+
+
 def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     """Read the repository and decide everything the package will hold."""
     repo = GitRepo(app_dir)
@@ -332,6 +492,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                 hint="pass --since REF, or --full for a first install",
             )
         since_ref = below[0]
+    _check_version_names_head(repo, head, version, options)
     if since_ref is not None and not options.full:
         since_commit = repo.resolve(since_ref)
         base_version = (
@@ -375,29 +536,50 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded
     wanted = {head_tree[c.path].blob for c in changes if c.path in head_tree}
     wanted |= {base_tree[p].blob for c in changes for p in (c.path, c.old_path) if p and p in base_tree}
+    wanted |= {t[p].blob for p in only for t in (head_tree, base_tree) if p in t}  # named, unchanged
     wanted -= {e.blob for e in (*head_tree.values(), *base_tree.values()) if e.mode == "160000"}
     blobs = repo.blobs(sorted(wanted))
 
-    files = select_files(changes, head_tree, base_tree, blobs, cfg.files.exclude, only)
+    mig_dir = cfg.migrations.dir
+
+    def migration_change(ch: Change) -> bool:
+        return any(p is not None and is_migration_file(p, mig_dir) for p in (ch.path, ch.old_path))
+
+    shippable = [c for c in changes if not (options.no_migrations and migration_change(c))]
+    if options.no_migrations:
+        for p in only:
+            if is_migration_file(p, mig_dir):
+                raise UsageError(
+                    f"--files {p}: --no-migrations leaves migration files out",
+                    hint="drop --no-migrations to ship the range's migrations, or do not name it",
+                )
+    elif only:
+        # --files narrows the app's files; the range's migrations still ship, and their files with them
+        ships = {c.path for c in shippable if migration_change(c) and not excluded(c.path, cfg.files.exclude)}
+        only += tuple(sorted(ships - set(only)))
+    files = select_files(shippable, head_tree, base_tree, blobs, cfg.files.exclude, only)
     migrations: list[MigrationEntry] = []
     migration_data: dict[str, bytes] = {}
     if not options.no_migrations:
         migrations, migration_data = select_migrations(
-            changes, head_tree, base_tree, blobs, cfg.migrations.dir, options.full or since_commit is None
+            changes, head_tree, base_tree, blobs, mig_dir, options.full or since_commit is None
         )
-    elif any(c.path.startswith(cfg.migrations.dir.rstrip("/") + "/") for c in changes):
-        notes.append("--no-migrations: migrations in the range are not applied by this update")
     if migrations and cfg.migrations.database is None:
         raise BuildError(
             f"the range adds migrations ({migrations[0].id}...) but [migrations].database is not set",
             hint="set it in nesop-deb.toml, or build with --no-migrations",
         )
+    rng = f"{since_ref}..HEAD" if since_commit else "HEAD"
+    left = left_behind(changes, head_tree, base_tree, blobs, cfg.files.exclude, files)
     if not files and not migrations:
-        rng = f"{since_ref}..HEAD" if since_ref else "HEAD"
+        why = f" ({_leaves_out(options, left, mig_dir)} {_names(left)})" if left else ""
         raise UsageError(
-            f"nothing to ship: no included file or migration changed in {rng}",
+            f"nothing to ship: no included file or migration changed in {rng}{why}",
             hint="commit the changes first, or check [files].exclude and --files",
         )
+    if left and not options.allow_partial:
+        raise _partial_refused(options, left, mig_dir, rng)
+    _check_unit_file(cfg, head_tree, files, options.full or since_commit is None)
 
     payload = {f.path: blobs[head_tree[f.path].blob] for f in files if f.ships_payload}
     epoch = repo.commit_time(head)
@@ -415,6 +597,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         files=tuple(files),
         migrations=tuple(migrations),
         config_files=tuple(p for p in cfg.files.config if p in head_tree or p in base_tree),
+        left_behind=tuple(left),
     )
     commits = repo.log(since_commit, head)
     return BuildPlan(cfg, manifest, payload, migration_data, commits, epoch, tuple(notes))
@@ -427,6 +610,7 @@ def describe(manifest: Manifest) -> list[str]:
     lines = [
         f"{manifest.package} {manifest.version} ({base}): {c['add']} added, {c['modify']} modified, "
         f"{c['rename']} renamed, {c['delete']} deleted, {len(manifest.migrations)} migration(s)"
+        + (f", {len(manifest.left_behind)} left out (partial)" if manifest.left_behind else "")
     ]
     symbol = {Action.ADD: "+", Action.MODIFY: "~", Action.RENAME: ">", Action.DELETE: "-"}
     for f in manifest.files:
@@ -434,7 +618,9 @@ def describe(manifest: Manifest) -> list[str]:
         lines.append(f"{symbol[f.action]} {f.path}{extra}")
     for m in manifest.migrations:
         lines.append(f"migration {m.id}{'' if m.reversible else ' (not reversible)'}")
+    for lb in manifest.left_behind:
+        lines.append(f"! {lb.path} (left out: stays as the base has it)")
     return lines
 
 
-__all__ = ["BuildOptions", "BuildPlan", "describe", "make_plan"]
+__all__ = ["BuildOptions", "BuildPlan", "describe", "left_behind", "make_plan"]

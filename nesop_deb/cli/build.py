@@ -20,10 +20,28 @@ cli = group("nesop-deb", "Turn an app's changes into versioned update packages (
 
 @cli.command()
 @click.option("-C", "directory", type=click.Path(path_type=Path), default=".", help="The app repository.")
-@click.option("--version", "version", help="Package version (default: the vX.Y.Z tag on HEAD).")
+@click.option(
+    "--version",
+    "version",
+    help="Package version (default: the vX.Y.Z tag on HEAD; another needs that tag on HEAD, or --since).",
+)
 @click.option("--since", help="Compare with this ref (default: the highest release tag below the version).")
-@click.option("--files", "files", multiple=True, help="Ship only changes to these paths (repeatable).")
-@click.option("--no-migrations", is_flag=True, help="Do not ship the migrations added in the range.")
+@click.option(
+    "--files",
+    "files",
+    multiple=True,
+    help="Ship only these paths (repeatable); a named file that did not change ships as HEAD has it.",
+)
+@click.option(
+    "--no-migrations",
+    is_flag=True,
+    help="Ship no migrations: the range's migration files are neither shipped nor run.",
+)
+@click.option(
+    "--allow-partial",
+    is_flag=True,
+    help="Build although --files or --no-migrations leaves out changes of the range (listed, and recorded).",
+)
 @click.option("--full", is_flag=True, help="Ship every included file: a first install.")
 @click.option("--output", type=click.Path(path_type=Path), default="dist", help="Where the .deb goes.")
 @click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
@@ -45,6 +63,7 @@ def build(
     no_migrations: bool,
     full: bool,
     output: Path,
+    allow_partial: bool,
     allow_dirty: bool,
     dry_run: bool,
     sign_key: str | None,
@@ -57,10 +76,20 @@ def build(
     def run() -> None:
         if sign_key is not None and not dry_run:
             signing.check_key(sign_key)
-        options = BuildOptions(version, since, files + extra_files, no_migrations, full, allow_dirty)
+        options = BuildOptions(
+            version, since, files + extra_files, no_migrations, full, allow_dirty, allow_partial
+        )
         plan = make_plan(directory, options)
         for note in plan.notes:
             show(f"note: {note}", err=True)
+        left = plan.manifest.left_behind
+        if left:
+            names = ", ".join(lb.path for lb in left)
+            show(
+                f"warning: partial update: {len(left)} changed file(s) left out ({names}); the server"
+                " keeps them as they were until an update writes them",
+                err=True,
+            )
         for line in describe(plan.manifest):
             show(line, err=True)
         if dry_run:
@@ -115,6 +144,8 @@ def inspect(debug: bool, deb: Path, as_json: bool) -> None:
             click.echo("  (none)")
         if m.config_files:
             show(f"config files (local edits kept): {', '.join(m.config_files)}")
+        if m.left_behind:
+            show(f"left out (partial; kept as they were): {', '.join(lb.path for lb in m.left_behind)}")
         show(f"scripts:    {', '.join(sorted(update.scripts))}")
 
     guarded("nesop-deb", debug, run)

@@ -158,6 +158,42 @@ def _args(*args: str) -> Callable[[Repo], list[str]]:
     return lambda repo: list(args)
 
 
+def _partial(*args: str) -> Callable[[Repo], list[str]]:
+    """v1.0.2 changes server.py and static/app.js and adds a migration; build with ``args``."""
+
+    def prepare(repo: Repo) -> list[str]:
+        repo.write("server.py", "print('v1.0.2')\n")
+        repo.write("static/app.js", "let a = 2;\n")
+        repo.write("migrations/0002_price.sql", "ALTER TABLE product ADD COLUMN price INTEGER;\n")
+        _release(repo)
+        return list(args)
+
+    return prepare
+
+
+def _unit_file(where: str, commit_it: bool) -> Callable[[Repo], list[str]]:
+    def prepare(repo: Repo) -> list[str]:
+        text = SHOP_CONFIG.replace(
+            'service = "shop.service"', f'service = "shop.service"\nunit_file = "{where}"'
+        )
+        repo.write("nesop-deb.toml", text)
+        if commit_it:
+            repo.write(where, "[Service]\nExecStart=/usr/bin/python3 server.py\n")
+        repo.write("server.py", "print('v1.0.2')\n")
+        _release(repo)
+        return []
+
+    return prepare
+
+
+def _untagged_with(*args: str) -> Callable[[Repo], list[str]]:
+    def prepare(repo: Repo) -> list[str]:
+        _untagged(repo)
+        return list(args)
+
+    return prepare
+
+
 BAD_TOML = SHOP_CONFIG.replace('root = "/srv/shop"', 'root "/srv/shop"')
 CASES = [
     Case("not-a-repository", _not_a_repo, ("plain", "is not a git repository"), "git init"),
@@ -197,6 +233,66 @@ CASES = [
     Case("since-untagged", _since_untagged, ("--since HEAD~1", "no vX.Y.Z release tag"), "v1.0.4"),
     Case(
         "no-base", _args("--version", "0.9", "--files", "server.py"), ("no release tag below 0.9",), "--full"
+    ),
+    Case(
+        "partial-files",
+        _partial("--files", "server.py"),
+        ("--files leaves out 1 file(s) that v1.0.1..HEAD changed: static/app.js",),
+        "--allow-partial",
+    ),
+    Case(
+        "partial-files-and-no-migrations",
+        _partial("--files", "server.py", "--no-migrations"),
+        ("--files and --no-migrations leave out 2 file(s)", "static/app.js", "migrations/0002_price.sql"),
+        "--allow-partial",
+    ),
+    Case(
+        "partial-no-migrations",
+        _partial("--no-migrations"),
+        ("--no-migrations leaves out 1 file(s)", "migrations/0002_price.sql"),
+        "drop --no-migrations",
+    ),
+    Case(
+        "files-excluded",
+        _args("--files", "docs/readme.md"),
+        ("--files docs/readme.md", "[files] exclude removes it"),
+        "change [files].exclude",
+    ),
+    Case(
+        "files-deleted-file",
+        _args("--files", "static/gone.js"),
+        ("--files static/gone.js", "no such file in the repository at HEAD"),
+        "name files",
+    ),
+    Case(
+        "unit-file-excluded",
+        _unit_file("docs/shop.service", commit_it=True),
+        ("[app] unit_file docs/shop.service", "removed by [files] exclude"),
+        "take it out of [files] exclude",
+    ),
+    Case(
+        "unit-file-missing",
+        _unit_file("deploy/shop.service", commit_it=False),
+        ("[app] unit_file deploy/shop.service", "not in the repository at HEAD"),
+        "fix [app] unit_file",
+    ),
+    Case(
+        "version-not-at-head",
+        _args("--version", "1.0.5"),
+        ("--version 1.0.5", "HEAD is the release v1.0.1", "HEAD's content as 1.0.5"),
+        "--since vX.Y.Z",
+    ),
+    Case(
+        "version-untagged-head",
+        _untagged_with("--version", "1.0.2"),
+        ("--version 1.0.2", "HEAD carries no release tag"),
+        "git tag v1.0.2",
+    ),
+    Case(
+        "full-version-not-at-head",
+        _args("--full", "--version", "1.0.9"),
+        ("--version 1.0.9", "HEAD is the release v1.0.1"),
+        "check out v1.0.9",
     ),
     Case("config-missing", _no_config, ("nesop-deb.toml: no such file",), "nesop-deb init"),
     Case(
@@ -240,7 +336,14 @@ CASES = [
         "add a new one",
     ),
 ]
-SUBPROCESS_CASES = {"not-a-repository", "files-parent", "version-space", "dirty", "config-wrong-type"}
+SUBPROCESS_CASES = {
+    "not-a-repository",
+    "files-parent",
+    "version-space",
+    "dirty",
+    "config-wrong-type",
+    "partial-files",
+}
 
 
 def _check_refusal(outcome: Outcome, case: Case, tmp_path: Path, output: Path) -> None:

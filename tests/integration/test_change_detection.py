@@ -317,10 +317,14 @@ def test_files_narrows_to_a_directory(base: Repo) -> None:
     base.write("lib/other.py", "Y = 1\n")
     base.write("server.py", "print('v2')\n")
     base.commit("1.0.1", tag="v1.0.1")
-    assert set(plan_files(base.path, files=("lib",))) == {"lib/a/b/deep.py", "lib/other.py"}
-    assert set(plan_files(base.path, files=(str(base.path / "server.py"),))) == {"server.py"}
-    with pytest.raises(UsageError, match="nothing to ship"):
-        make_plan(base.path, BuildOptions(files=("config.py",)))  # exists, but did not change
+    got = plan_files(base.path, files=("lib",), allow_partial=True)
+    assert set(got) == {"lib/a/b/deep.py", "lib/other.py"}
+    got = plan_files(base.path, files=(str(base.path / "server.py"),), allow_partial=True)
+    assert set(got) == {"server.py"}
+    # a file that did not change ships as HEAD has it: the user asked for it
+    got = plan_files(base.path, files=("config.py", "lib", "server.py"))
+    assert got["config.py"]["action"] == "modify"
+    assert got["config.py"]["sha256"] == got["config.py"]["preimage_sha256"] == sha256(b"DEBUG = False\n")
 
 
 def test_a_range_with_only_a_migration(base: Repo) -> None:
@@ -329,8 +333,9 @@ def test_a_range_with_only_a_migration(base: Repo) -> None:
     plan = make_plan(base.path, BuildOptions())
     assert [m.id for m in plan.manifest.migrations] == ["0002_add"]
     assert [f.path for f in plan.manifest.files] == ["migrations/0002_add.sql"]
-    plan = make_plan(base.path, BuildOptions(no_migrations=True))
-    assert plan.manifest.migrations == ()
-    assert any("--no-migrations" in note for note in plan.notes)
-    with pytest.raises(UsageError, match="nothing to ship"):
-        make_plan(base.path, BuildOptions(no_migrations=True, files=("server.py",)))
+    with pytest.raises(UsageError, match=r"nothing to ship: .* \(--no-migrations leaves out migrations/0002"):
+        make_plan(base.path, BuildOptions(no_migrations=True))
+    # --files narrows the app's files, not the migrations: they ship with their files
+    plan = make_plan(base.path, BuildOptions(files=("server.py",)))
+    assert [m.id for m in plan.manifest.migrations] == ["0002_add"]
+    assert [f.path for f in plan.manifest.files] == ["migrations/0002_add.sql", "server.py"]

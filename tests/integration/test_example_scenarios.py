@@ -254,37 +254,46 @@ def test_full_build_of_the_first_release(built: Callable[..., Built], example_re
 def test_files_option_with_no_migrations_is_the_original_bug_fix_usage(
     built: Callable[..., Built], example_repo: Repo
 ) -> None:
-    # v1.0.6 changes server.py, other files and adds a migration: only server.py must ship
-    b = built("v1.0.6", "--files", "server.py", "--no-migrations")
+    # v1.0.6 changes server.py, other files and adds a migration: only server.py ships, and the
+    # package names (and records) everything else the range changed
+    b = built("v1.0.6", "--files", "server.py", "--no-migrations", "--allow-partial")
     manifest, _ = package_manifest(b.deb, b.package)
     assert [f["path"] for f in manifest["files"]] == ["server.py"]
     assert manifest["migrations"] == []
-    everything = expected_entries(example_repo, "v1.0.5", "v1.0.6", [])
+    everything = expected_entries(example_repo, "v1.0.5", "v1.0.6", _exclude(b))
     assert len(everything) > 1
     expected = {"server.py": everything["server.py"]}
     assert manifest["files"] == [{"path": "server.py", **expected["server.py"]}]
     check_payload(b.deb, b.package, expected, example_repo, "v1.0.6")
     assert not any(n.startswith(f"usr/share/{b.package}/migrations/") for n in data_members(b.deb))
-    assert "--no-migrations" in b.outcome.stderr  # says the range's migrations are left out
+    left = {lb["path"]: lb for lb in manifest["left_behind"]}
+    assert set(left) == set(everything) - {"server.py"}
+    assert {p for p in left if p.startswith("migrations/")} == {
+        "migrations/0004_newsletter.sql",
+        "migrations/0004_newsletter.rollback.sql",
+    }
+    assert left["maintenance.html"]["release_sha256"] is None  # the release deletes it
+    assert "warning: partial update" in b.outcome.stderr and "maintenance.html" in b.outcome.stderr
 
 
 def test_several_files_after_one_option_as_the_guide_writes_them(built: Callable[..., Built]) -> None:
     # the guide: create_update_package.py --files index.html admin.html --no-migrations
-    b = built("v1.0.2", "--files", "index.html", "admin.html", "--no-migrations")
+    b = built("v1.0.2", "--files", "index.html", "admin.html", "--no-migrations", "--allow-partial")
     manifest, _ = package_manifest(b.deb, b.package)
     assert [f["path"] for f in manifest["files"]] == ["admin.html", "index.html"]
     # and scenario 4: --files config.py requirements.txt
-    b = built("v1.0.4", "--files", "config.py", "requirements.txt")
+    b = built("v1.0.4", "--files", "config.py", "requirements.txt", "--allow-partial")
     manifest, _ = package_manifest(b.deb, b.package)
     assert [f["path"] for f in manifest["files"]] == ["config.py", "requirements.txt"]
+    assert [lb["path"] for lb in manifest["left_behind"]] == ["VERSION", "manage.py", "server.py"]
 
 
 @pytest.mark.parametrize("branch", ["broken/migration", "broken/start", "broken/health"])
 def test_untagged_branches_build_with_an_explicit_version(
     built: Callable[..., Built], example_repo: Repo, branch: str
 ) -> None:
-    # the failure scenarios' packages: no tag on HEAD, so --version; the base is the highest release below
-    b = built(branch, "--version", "1.0.7")
+    # the failure scenarios' packages: no tag on HEAD, so --version, with the release it updates
+    b = built(branch, "--version", "1.0.7", "--since", "v1.0.6")
     assert b.outcome.last_line == str(b.deb) and b.deb.name == f"{b.package}_1.0.7_all.deb"
     manifest, _ = package_manifest(b.deb, b.package)
     assert manifest["version"] == "1.0.7" and manifest["bases"] == ["1.0.6"]

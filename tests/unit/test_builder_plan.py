@@ -194,12 +194,12 @@ def test_only_names_an_unknown_path() -> None:
     assert info.value.hint is not None
 
 
-def test_only_accepts_a_file_that_exists_but_did_not_change() -> None:
+def test_only_ships_a_named_file_that_did_not_change_as_head_has_it() -> None:
     base, head = trees()
     base.add("server.py", b"x").add("a.py", b"1")
-    head.add("server.py", b"x").add("a.py", b"2")
+    head.add("server.py", b"x", "100755").add("a.py", b"2")
     got = select_files([Change("M", "a.py")], head.entries, base.entries, head.blobs, (), ("server.py",))
-    assert got == []  # the caller turns "nothing to ship" into an error
+    assert got == [FileEntry("server.py", Action.MODIFY, sha(b"x"), 1, 0o755, sha(b"x"))]
 
 
 def test_full_files_ships_every_included_file_as_an_addition() -> None:
