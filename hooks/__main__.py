@@ -2,7 +2,7 @@
 
 Maps dpkg's call to an intent (:mod:`nesop_deb.hooks.dispatch`) and carries it out. A non-zero
 exit makes dpkg fail the step: in preinst that unwinds for free, in postinst the runtime has
-already restored the old app (DESIGN.md §1).
+already restored the old app (docs/architecture.md §3.1).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """dpkg's maintainer-script arguments → one intent, in one pure function.
 
-The raw conditions come from Debian Policy §6.5-6.6 and dpkg's own behaviour (DESIGN.md §1). The
+The raw conditions come from Debian Policy §6.5-6.6 and dpkg's own behaviour (docs/architecture.md §3). The
 whole argument matrix is one test table (tests/unit/test_dispatch.py); anything else fails loudly.
 """
 

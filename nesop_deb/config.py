@@ -1,4 +1,4 @@
-"""The app's ``nesop-deb.toml`` (contract: DESIGN.md §3), loaded into frozen values.
+"""The app's ``nesop-deb.toml`` (contract: docs/architecture.md §17), loaded into frozen values.
 
 Every app-specific value the builder and the runtime use comes from here. Unknown keys and wrong
 types are errors naming the file, the key and the fix: a typo must never silently fall back to a

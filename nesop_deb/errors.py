@@ -1,4 +1,4 @@
-"""The one exception root of nesop-deb, and the exit codes the CLIs map it to (contract)."""
+"""The one exception root of nesop-deb, and the exit codes the CLIs map it to (docs/architecture.md §17)."""
 
 from __future__ import annotations
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -19,15 +20,69 @@ from nesop_deb import debfile, proc, signing
 from nesop_deb.builder.plan import describe
 from nesop_deb.cli.common import group, guarded, show
 from nesop_deb.errors import ExitCode, NesopError, UsageError
-from nesop_deb.runtime import apps, apthook, backup, health, history, manual, repo, service, state, validate
+from nesop_deb.runtime import (
+    adopt,
+    apps,
+    apthook,
+    backup,
+    failures,
+    health,
+    history,
+    manual,
+    operations,
+    repo,
+    service,
+    state,
+    validate,
+)
+from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 
 PROG = "nesop-update"
-app_option = click.option("--app", "app_name", metavar="NAME", help="The app, where several are managed.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
+# --config FILE names an app no package manages yet (a server deployed by hand). It is taken before
+# the command (the contract's `nesop-update --config FILE status`) and after it, beside --app; both
+# land in the context's meta, which every nested context shares.
+CONFIG_KEY = "nesop_update.config"
+F = TypeVar("F", bound=Callable[..., Any])
 
-cli = group(PROG, "Operate the apps updated by nesop-deb packages on this server.")
+
+def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
+    if value is None:
+        return
+    given = ctx.meta.get(CONFIG_KEY)
+    if given is not None and given != value:
+        raise click.BadParameter(f"given twice ({given} and {value}); give one", param_hint="--config")
+    ctx.meta[CONFIG_KEY] = value
+
+
+config_option = click.option(
+    "--config",
+    metavar="FILE",
+    type=click.Path(path_type=Path),
+    expose_value=False,
+    callback=_remember_config,
+    help="The app's nesop-deb.toml: operate an app no package manages yet (deployed by hand).",
+)
+
+
+def app_option(f: F) -> F:
+    """``--app NAME`` and ``--config FILE``: which app a command works on (see :func:`_select`)."""
+    f = config_option(f)
+    return click.option("--app", "app_name", metavar="NAME", help="The app, where several are managed.")(f)
+
+
+def _config_given() -> Path | None:
+    value = click.get_current_context().meta.get(CONFIG_KEY)
+    return value if isinstance(value, Path) else None
+
+
+def _select(app_name: str | None) -> Context:
+    return apps.select(app_name, _config_given())
+
+
+cli = config_option(group(PROG, "Operate the apps updated by nesop-deb packages on this server."))
 
 
 def _emit(data: Any) -> None:
@@ -40,6 +95,19 @@ def _package_state(package: str) -> tuple[str, str]:
     return abbrev.strip() or "not installed", version.strip()
 
 
+def _adoption(ctx: Context) -> dict[str, Any] | None:
+    found = adopt.recorded(ctx)
+    return None if found is None else found.to_dict()
+
+
+def _show_adoption(adopted: Any, current: str | None) -> None:
+    if isinstance(adopted, dict):
+        source = f" from {adopted['config_file']}" if adopted.get("config_file") else ""
+        show(f"adopted:      {adopted['time']}{source}: {adopted['files']} files recorded")
+    elif current is None:
+        show(f"adopted:      no (`{PROG} adopt` records the app and its files: no --config needed after)")
+
+
 @cli.command()
 @app_option
 @json_option
@@ -48,13 +116,14 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
     """App version, package state, service, health, last update, pending journal."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         st = state.load(ctx)
         abbrev, pkg_version = _package_state(ctx.package)
         svc = service.status(ctx.app.service)
         probe = health.probe(ctx.app.health_url) if ctx.app.health_url else None
         entries = history.entries(ctx)
         journal = state.read_journal(ctx)
+        failure = failures.read(ctx)
         data = {
             "app": ctx.app.name,
             "root": str(ctx.app_root),
@@ -70,8 +139,10 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
             else {"url": ctx.app.health_url, "ok": probe.ok, "detail": probe.detail},
             "last_update": entries[-1] if entries else None,
             "pending_journal": journal,
+            "failed": None if failure is None else dataclasses.asdict(failure),
             "held": repo.held_version(ctx),
             "applied": [a.version for a in st.applied],
+            "adopted": _adoption(ctx),
         }
         if as_json:
             _emit(data)
@@ -80,10 +151,17 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         show(f"version:      {st.current or 'unmanaged (no update applied yet)'}")
         show(f"package:      {ctx.package} {pkg_version} [{abbrev}]")
         if (abbrev.startswith("iF") or abbrev.startswith("iU")) and not journal:
-            click.echo("              (half-configured: the last update failed and the old app was restored;")
-            click.echo(
-                "               see `nesop-update history`, then fix and `apt-get install -f` or roll back)"
-            )
+            back = f"apt install {ctx.package}={st.current}" if st.current else f"apt remove {ctx.package}"
+            if failure is not None and failure.version == pkg_version:
+                click.echo(f"              (failed at {failure.step}: {failure.reason};")
+                click.echo(
+                    f"               the old app was restored; fix it and `{PROG} retry`, or `{back}`)"
+                )
+            else:
+                click.echo(
+                    "              (half-configured: the last update failed and the old app was restored;"
+                )
+                click.echo(f"               see `{PROG} history`, then fix and `{PROG} retry`, or `{back}`)")
         show(f"service:      {ctx.app.service} {svc.active_state}/{svc.sub_state} (pid {svc.main_pid})")
         if probe is not None:
             show(f"health:       {'ok' if probe.ok else 'FAILING'} ({ctx.app.health_url}: {probe.detail})")
@@ -91,6 +169,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
             e = entries[-1]
             show(f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}")
         show(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
+        _show_adoption(data["adopted"], st.current)
         held = repo.held_version(ctx)
         if held:
             show(f"held at:      {held} (after a rollback; `{PROG} release` lets apt upgrade again)")
@@ -103,6 +182,34 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
     guarded(PROG, debug, run)
 
 
+@cli.command(name="adopt")
+@click.argument("file", required=False, type=click.Path(path_type=Path))
+@app_option
+@click.pass_obj
+def adopt_cmd(debug: bool, file: Path | None, app_name: str | None) -> None:
+    """Record the app (from FILE, its nesop-deb.toml) and every file of it.
+
+    For a server deployed by hand, before its first update package. Later commands find the app
+    without --config, and `validate --check files` checks each file against this record. No
+    version is recorded: the first update package still adopts the app as on a server never
+    adopted. Run it again to record the files anew after changing them on purpose."""
+
+    def run() -> None:
+        given = _config_given()
+        if file is not None and given is not None and file != given:
+            raise UsageError(f"adopt {file} --config {given}: two config files", hint="give one")
+        config_file = file or given
+        ctx = apps.select(app_name, config_file)
+        done = adopt.adopt(ctx, None if config_file is None else config_file.absolute())
+        st = state.load(ctx)
+        if st.current is None:
+            show(f"{ctx.app.name}: adopted {ctx.app_root} ({done.files} files); --config not needed now")
+        else:
+            show(f"{ctx.app.name}: recorded {done.files} files of {ctx.app_root} ({st.current} live)")
+
+    guarded(PROG, debug, run)
+
+
 @cli.command(name="backup")
 @click.argument("name", required=False)
 @app_option
@@ -111,7 +218,7 @@ def backup_cmd(debug: bool, name: str | None, app_name: str | None) -> None:
     """Back up the app's files and a database snapshot now (optionally named NAME)."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         if name is not None and ("/" in name or name.startswith(".")):
             raise UsageError(
                 f"backup name {name!r} must be a plain name", hint="use letters, digits, _ and -"
@@ -153,7 +260,7 @@ def list_backups(debug: bool, app_name: str | None, as_json: bool) -> None:
     """Backups with time, version, size and what they cover."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         rows = _backup_rows(ctx)
         if as_json:
             _emit(rows)
@@ -185,7 +292,7 @@ def rollback(debug: bool, name: str | None, to_version: str | None, app_name: st
             raise UsageError(
                 "give a backup NAME or --to VERSION (one of them)", hint="see nesop-update list-backups"
             )
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         if name is not None:
             manual.restore_backup(ctx, name)
             show(f"{ctx.app.name}: restored backup {name}")
@@ -205,7 +312,7 @@ def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
     """Every apply and rollback, with what dpkg's log says about the package."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         entries = history.entries(ctx)
         dpkg_lines = _dpkg_log(ctx)
         apt_lines = _apt_history(ctx)
@@ -268,7 +375,7 @@ def validate_cmd(debug: bool, checks: tuple[str, ...], app_name: str | None, as_
     """Check files, service, database, web, permissions, config and history (and custom checks)."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         results = validate.run(ctx, list(checks) or None)
         if as_json:
             _emit([r.to_dict() for r in results])
@@ -354,7 +461,7 @@ def release(debug: bool, app_name: str | None) -> None:
     """Let apt upgrade the app again after a rollback held it at a version."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
+        ctx = _select(app_name)
         held = repo.held_version(ctx)
         if repo.release(ctx):
             show(f"{ctx.package}: released the hold at {held}; `apt upgrade` may install newer versions")
@@ -367,12 +474,54 @@ def release(debug: bool, app_name: str | None) -> None:
 @cli.command()
 @app_option
 @click.pass_obj
-def recover(debug: bool, app_name: str | None) -> None:
-    """Finish an interrupted transaction: bring the app back to one whole version."""
+def retry(debug: bool, app_name: str | None) -> None:
+    """Try a failed version again, after fixing what made it fail (runs dpkg --configure).
+
+    A version that failed after the app was stopped is not tried again on its own: apt runs its
+    postinst again and again, and each would be an outage."""
 
     def run() -> None:
-        ctx = apps.select(app_name)
-        show(f"{ctx.app.name}: {manual.recover(ctx)}")
+        ctx = _select(app_name)
+        runlog.setup(ctx.log_file)
+        output = operations.retry(ctx)
+        if output:
+            click.echo(output)
+        show(f"{ctx.package}: {state.load(ctx).current} is live and configured")
+
+    guarded(PROG, debug, run)
+
+
+@cli.command()
+@app_option
+@click.option(
+    "--boot",
+    is_flag=True,
+    help="Before the app's service starts (systemd runs this at boot): leave the service to systemd "
+    "and never wait for the lock. Every managed app unless --app is given.",
+)
+@click.pass_obj
+def recover(debug: bool, app_name: str | None, boot: bool) -> None:
+    """Finish an interrupted transaction: bring the app back to one whole version."""
+    from nesop_deb.runtime import bootrecover
+
+    def run() -> None:
+        if not boot:
+            ctx = _select(app_name)
+            show(f"{ctx.app.name}: {manual.recover(ctx)}")
+            return
+        if app_name is not None:
+            ctx = _select(app_name)
+            show(f"{ctx.app.name}: {bootrecover.recover(ctx)}")
+            return
+        failed = []
+        for ctx in apps.managed():
+            try:
+                show(f"{ctx.app.name}: {bootrecover.recover(ctx)}")
+            except NesopError as exc:  # one app's failure must not leave the others' journals
+                show(f"{PROG}: error: {exc}", err=True)
+                failed.append(ctx.app.name)
+        if failed:
+            raise NesopError(f"the recovery failed for {', '.join(failed)}", hint="see the errors above")
 
     guarded(PROG, debug, run)
 

@@ -25,7 +25,18 @@ from typing import Any
 from nesop_deb import manifest as mf
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import accounts, backup, database, health, history, safefs, service, state, transaction
+from nesop_deb.runtime import (
+    accounts,
+    backup,
+    database,
+    health,
+    history,
+    pages,
+    safefs,
+    service,
+    state,
+    transaction,
+)
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.fsutil import sha256_file, write_atomic
 from nesop_deb.runtime.log import log
@@ -156,6 +167,7 @@ class Record:
 
     def apply(self) -> None:
         state.record_version(self.job.ctx, self.job.manifest, self.job.source / "migrations")
+        state.record_left_behind(self.job.ctx, self.job.manifest, self.job.previous)
 
     def undo(self) -> None:
         st = state.load(self.job.ctx)
@@ -187,13 +199,16 @@ class Prepare:
             ctx.app_root.mkdir(parents=True, mode=0o755)
         with_db = bool(job.manifest.migrations)
         backup.reserve(ctx, job.reserve, backup.undo_space(ctx, job.touched(), with_db=with_db))
+        # a config file a partial update left at its earlier content was not edited here
+        left = state.left_behind(ctx, job.previous)
         with job.app() as app:
             for path in job.manifest.config_files:
                 entry = next((f for f in job.manifest.files if f.path == path and f.ships_payload), None)
                 if entry is None:
                     continue
                 live = app.digest(path)
-                if live is not None and live not in (entry.preimage_sha256, entry.sha256):
+                ours = {entry.preimage_sha256, entry.sha256} | ({left[path]} if path in left else set())
+                if live is not None and live not in ours:
                     job.kept_config.append(path)
                     log.warning(
                         "%s was edited on this server: kept; the new version goes to %s%s",
@@ -527,6 +542,15 @@ class HealthGate:
             app.health_timeout,
             restarts_before=self.start.restarts_before,
         )
+        if app.health_url is not None and app.health_pages:
+            # the pages a user loads, and what they load: a page whose script was not shipped fails
+            report = pages.check(app.health_url, app.health_pages)
+            if not report.ok:
+                more = f" (and {len(report.problems) - 3} more)" if len(report.problems) > 3 else ""
+                raise health.HealthError(
+                    "; ".join(report.problems[:3]) + more, hint="the pages are in [health] pages"
+                )
+            log.info("%d page(s) and %d asset(s) answered 2xx", report.pages, report.assets)
 
     def undo(self) -> None:
         """Nothing: Start.undo stops the new app."""

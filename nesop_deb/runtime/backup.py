@@ -1,4 +1,4 @@
-"""Backups under ``<root>/backups/<name>/`` (root:root 0700), contract DESIGN.md §4.
+"""Backups under ``<root>/backups/<name>/`` (root:root 0700), contract docs/architecture.md §17.
 
 A backup holds exactly what an operation touches: those files with owner and mode, the list of
 touched paths that did not exist, and a snapshot of the database; ``backup_manifest.json`` lists

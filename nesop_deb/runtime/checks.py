@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from nesop_deb import __version__, versions
@@ -66,19 +67,29 @@ def base_version(st: state.State, manifest: Manifest) -> None:
         )
 
 
-def drift(ctx: Context, manifest: Manifest) -> list[Drift]:
-    """Live files that are neither the update's pre-image nor its result (config files excepted)."""
+def drift(
+    ctx: Context, manifest: Manifest, left_behind: Mapping[str, str | None] | None = None
+) -> list[Drift]:
+    """Live files that are neither the update's pre-image nor its result (config files excepted).
+
+    A file a partial update left behind (``state.left_behind`` of the live version, read when not
+    given) is not drift either at the content that update left it at: the next update, built from
+    the release the server claims, expects the release's content there."""
     found: list[Drift] = []
     config = set(manifest.config_files)
     if not ctx.app_root.is_dir():
         return found  # a first install: nothing is there to differ
+    if left_behind is None:
+        left_behind = state.left_behind(ctx, state.load(ctx).current)
     with safefs.Tree.open(ctx.app_root) as app:
         for f in manifest.files:
-            found += _drift_of(app, f, config)
+            found += _drift_of(app, f, config, left_behind)
     return found
 
 
-def _drift_of(app: safefs.Tree, f: FileEntry, config: set[str]) -> list[Drift]:
+def _drift_of(
+    app: safefs.Tree, f: FileEntry, config: set[str], left_behind: Mapping[str, str | None]
+) -> list[Drift]:
     checks: list[tuple[str, set[str | None]]] = []
     if f.action is Action.ADD:
         checks.append((f.path, {None, f.sha256}))
@@ -93,6 +104,8 @@ def _drift_of(app: safefs.Tree, f: FileEntry, config: set[str]) -> list[Drift]:
     for path, allowed in checks:
         if path in config:
             continue
+        if path in left_behind:
+            allowed.add(left_behind[path])
         live = app.digest(path)
         if live not in allowed:
             expected = " or ".join(sorted("absent" if a is None else a[:12] for a in allowed))
@@ -100,8 +113,8 @@ def _drift_of(app: safefs.Tree, f: FileEntry, config: set[str]) -> list[Drift]:
     return found
 
 
-def no_drift(ctx: Context, manifest: Manifest) -> None:
-    found = drift(ctx, manifest)
+def no_drift(ctx: Context, manifest: Manifest, st: state.State | None = None) -> None:
+    found = drift(ctx, manifest, None if st is None else state.left_behind(ctx, st.current))
     if found:
         first = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -253,7 +266,7 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
         if ctx.app_root.is_dir():
             root_records(ctx)
         if check_drift:
-            no_drift(ctx, manifest)
+            no_drift(ctx, manifest, st)
         if manifest.migrations:
             database_files(ctx)
         if ctx.app_root.is_dir():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from nesop_deb.config import Config
 from nesop_deb.errors import UsageError
 
 
@@ -60,6 +61,34 @@ class AppSettings:
             config_files=tuple(cfg.get("files", {}).get("config", ())),
             writable=tuple(app.get("writable", ())),
         )
+
+    @classmethod
+    def from_config(cls, config: Config) -> AppSettings:
+        """The settings of an app's ``nesop-deb.toml``: what its packages would carry."""
+        return cls.from_manifest_config(config.to_dict())
+
+    def to_config(self) -> dict[str, Any]:
+        """The settings as a manifest's ``config`` holds them (:meth:`from_manifest_config` reads
+        it back): what an adoption records, so that later commands need no config file."""
+        return {
+            "app": {
+                "name": self.name,
+                "root": self.root,
+                "user": self.user,
+                "group": self.group,
+                "service": self.service,
+                "unit_file": self.unit_file,
+                "writable": list(self.writable),
+            },
+            "files": {"config": list(self.config_files)},
+            "migrations": {"dir": self.migrations_dir, "database": self.database},
+            "health": {
+                "url": self.health_url,
+                "timeout": self.health_timeout,
+                "pages": list(self.health_pages),
+            },
+            "backups": {"keep": self.keep_backups},
+        }
 
 
 @dataclass(frozen=True)

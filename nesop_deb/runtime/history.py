@@ -1,4 +1,4 @@
-"""``<root>/logs/update_history.json``: a valid JSON array, one entry per attempt (contract)."""
+"""``<root>/logs/update_history.json``: a valid JSON array, one entry per attempt (architecture.md §17)."""
 
 from __future__ import annotations
 

@@ -6,11 +6,12 @@ a safety backup of what the restore will touch is taken first, so a failed resto
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from nesop_deb.runtime import backup, health, history, lock, service, state, transaction
+from nesop_deb.errors import RefusedError
+from nesop_deb.paths import link_stays_inside
+from nesop_deb.runtime import backup, health, history, inventory, lock, safefs, service, state, transaction
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -19,19 +20,34 @@ SKIP_DIRS = ("backups", "logs")
 
 
 def app_files(ctx: Context) -> list[str]:
-    """Every file of the app tree except its backups and logs (what a manual backup holds)."""
-    found = []
-    for dirpath, dirs, files in os.walk(ctx.app_root):
-        rel_dir = Path(dirpath).relative_to(ctx.app_root)
-        if rel_dir == Path():
-            dirs[:] = [d for d in dirs if d not in SKIP_DIRS]
-        db = ctx.database_path
-        for name in files:
-            p = Path(dirpath) / name
-            if db is not None and p.name.startswith(db.name) and p.parent == db.parent:
-                continue  # the database goes in as a consistent snapshot instead
-            found.append(str(rel_dir / name) if rel_dir != Path() else name)
-    return sorted(found)
+    """Every file and link of the app tree except its backups and logs (what a manual backup
+    holds), walked without following a link (:mod:`inventory`); the database goes in as a
+    consistent snapshot instead, and a link out of the tree is left as it is."""
+    db = ctx.database_path
+    inside = db is not None and ctx.app_root in db.parents
+    db_dir, _, db_name = (
+        db.relative_to(ctx.app_root).as_posix().rpartition("/") if db and inside else ("", "", "")
+    )
+
+    def skip(rel: str) -> bool:
+        parent, _, name = rel.rpartition("/")
+        return rel in SKIP_DIRS or (inside and parent == db_dir and name.startswith(db_name))
+
+    with safefs.Tree.open(ctx.app_root) as app:
+        found = inventory.scan(app, skip, digest=lambda _rel: False)
+        if found.refused:
+            raise RefusedError(
+                f"{ctx.app_root}/{found.refused[0]}",
+                hint="fix that entry and back up again; nothing was written",
+            )
+        files = []
+        for rel, entry in sorted(found.entries.items()):
+            if entry.kind == inventory.LINK and not link_stays_inside(rel, target := app.readlink(rel)):
+                # what it points at is not the app's: a backup never restores a link out of the tree
+                log.warning("%s -> %s leaves the app's tree: not backed up", rel, target)
+            elif entry.kind in (inventory.FILE, inventory.LINK):
+                files.append(rel)
+    return files
 
 
 def manual_backup(ctx: Context, name: str | None) -> Path:

@@ -15,6 +15,7 @@ from nesop_deb.runtime import (
     apply,
     backup,
     checks,
+    failures,
     health,
     history,
     lock,
@@ -75,29 +76,46 @@ def lock_path(ctx: Context) -> Path:
 
 
 def _setup_log(ctx: Context) -> None:
-    log_file = ctx.log_file if ctx.app_root.is_dir() else None
-    runlog.setup(log_file)
+    runlog.setup(ctx.log_file)  # on a first install, it waits in memory until the root exists
 
 
 def preflight(manifest: Manifest) -> None:
     """preinst install/upgrade: read-only checks; refusing here costs nothing (dpkg unwinds)."""
     ctx = apply.context_for(manifest)
     _setup_log(ctx)
-    with runlog.step(f"preflight {manifest.package} {manifest.version}"):
-        if lock_path(ctx).exists():
-            with lock.held(lock_path(ctx), f"preflight {manifest.version}", wait=5):
-                pass
-        checks.preflight(ctx, manifest)
+    try:
+        with runlog.step(f"preflight {manifest.package} {manifest.version}"):
+            if lock_path(ctx).exists():
+                with lock.held(lock_path(ctx), f"preflight {manifest.version}", wait=5):
+                    pass
+            checks.preflight(ctx, manifest)
+    except NesopError as exc:
+        _note_refusal(ctx, manifest, "preflight", exc)
+        raise
 
 
 def preflight_downgrade(manifest: Manifest) -> None:
     """preinst of an older version replacing a newer one: the newer prerm must have undone it."""
     ctx = apply.context_for(manifest)
+    _setup_log(ctx)
     st = state.load(ctx)
     if st.current is not None and st.current != manifest.version and st.entry(manifest.version) is None:
-        raise RefusedError(
+        exc = RefusedError(
             f"cannot go back to {manifest.version}: it was never applied on this server (live: {st.current})",
         )
+        _note_refusal(ctx, manifest, "preflight", exc)
+        raise exc
+
+
+def _note_refusal(ctx: Context, manifest: Manifest, step: str, exc: NesopError) -> None:
+    """A refusal goes into the history too (where the app has a root to hold it)."""
+    if not ctx.app_root.is_dir():
+        return  # a first install refused: nothing of the app exists yet, the log and journal say it
+    try:
+        live = state.load(ctx).current
+    except state.StateError:
+        live = None
+    history.note(ctx, refusal_entry(ctx, manifest, live, step, str(exc)))
 
 
 def ensure_running(ctx: Context) -> None:
@@ -122,8 +140,16 @@ def still_applied(ctx: Context, version: str) -> None:
         )
 
 
-def recover(ctx: Context) -> str | None:
-    """Finish an interrupted transaction (caller holds the lock). Returns what was done."""
+# the steps whose undo drives the app's service (Stop.undo starts it, Start.undo stops it)
+_SERVICE_STEPS = ("stop", "start", "health")
+
+
+def recover(ctx: Context, *, boot: bool = False) -> str | None:
+    """Finish an interrupted transaction (caller holds the lock). Returns what was done.
+
+    ``boot``: the app's service has not started and systemd starts it once this returns (the
+    boot unit, :mod:`nesop_deb.runtime.bootrecover`): the service is neither started, stopped
+    nor health-checked here, as a ``systemctl`` call on it would wait for this very recovery."""
     journal = state.read_journal(ctx)
     if journal is None:
         return None
@@ -133,7 +159,8 @@ def recover(ctx: Context) -> str | None:
         if backup.exists(ctx, safety.name):
             backup.restore_files(ctx, safety)
             backup.restore_database(ctx, safety, keep_current=True)
-        ensure_running(ctx)
+        if not boot:
+            ensure_running(ctx)
         state.clear_journal(ctx)
         return f"undid the interrupted restore of {journal.get('backup')}"
     if journal.get("kind") == "undo":
@@ -141,6 +168,13 @@ def recover(ctx: Context) -> str | None:
         from nesop_deb.runtime import undo
 
         target = str(journal.get("target"))
+        if boot:
+            # the rollback stops and starts the service itself: before the app starts, it would
+            # wait for this recovery; the app stays down rather than run a half-rolled-back tree
+            raise NesopError(
+                f"an interrupted rollback to {target} cannot be finished before {ctx.app.service} starts",
+                hint=f"run `nesop-update recover --app {ctx.app.name}`, which finishes it and starts the app",
+            )
         undo.undo_locked(ctx, target, resume_from=str(journal.get("version")))
         return f"finished the interrupted rollback to {target}"
     st = state.load(ctx)
@@ -167,14 +201,21 @@ def recover(ctx: Context) -> str | None:
         return f"{version} had been applied; nothing to undo"
     with runlog.step(f"recover: undo the interrupted {journal.get('kind')} of {version}"):
         started = time.monotonic()
+        failed_before = journal.get("phase") == "undoing"  # it had failed, and its undo was cut short
         manifest = _journal_manifest(ctx, journal)
         job = apply.Job(ctx, manifest, ctx.share, journal.get("from"), str(journal["backup"]))
         job.kept_config = list(journal.get("kept_config", []))
         job.created_dirs = list(journal.get("created_dirs", []))
         release = lambda: apply.release_reserve(ctx, job.backup_name)  # noqa: E731
-        errors = transaction.undo_from_journal(ctx, journal, lambda _j: apply.build_steps(job), release)
-        ensure_running(ctx)
-        healthy = _healthy(ctx)
+
+        def steps(_journal: dict[str, object]) -> list[transaction.Step]:
+            return [s for s in apply.build_steps(job) if not (boot and s.name in _SERVICE_STEPS)]
+
+        errors = transaction.undo_from_journal(ctx, journal, steps, release)
+        healthy: bool | None = None  # at boot: not started yet, systemd starts it after this
+        if not boot:
+            ensure_running(ctx)
+            healthy = _healthy(ctx)
         entry = apply.history_entry(
             job,
             "interrupted",
@@ -184,12 +225,27 @@ def recover(ctx: Context) -> str | None:
             reason=journal.get("reason") or "the process was killed during the update",
             undo_errors=errors,
             old_app_healthy=healthy,
+            **({"at_boot": True} if boot else {}),
         )
         history.note(ctx, entry)
         if errors:
             raise NesopError(f"recovery of {version} incomplete: {'; '.join(errors)}")
+        if failed_before:
+            _record_failure_of(ctx, journal, manifest)
         state.clear_journal(ctx)
     return f"undid the interrupted update to {version}"
+
+
+def _record_failure_of(ctx: Context, journal: dict[str, object], manifest: Manifest) -> None:
+    """An update that had failed (not one killed while it applied) and whose undo was interrupted
+    failed all the same: keep it from being tried again on its own."""
+    step, reason = journal.get("failed_step"), str(journal.get("reason") or "")
+    if not isinstance(step, str) or not reason:
+        return
+    was_transient = journal.get("transient")
+    if not isinstance(was_transient, bool):
+        was_transient = failures.transient_text(reason)
+    failures.record(ctx, manifest, step, reason, is_transient=was_transient)
 
 
 def _journal_manifest(ctx: Context, journal: dict[str, object]) -> Manifest:
@@ -218,6 +274,7 @@ def configure(package: str, version: str) -> None:
         recover(ctx)
         st = state.load(ctx)
         if st.current == manifest.version:
+            failures.clear(ctx)  # the live version's package is configured: dpkg is honest again
             with runlog.step(f"{package} {version} is already applied: checking it"):
                 was_running = service.status(ctx.app.service).active
                 ensure_running(ctx)
@@ -226,7 +283,59 @@ def configure(package: str, version: str) -> None:
                     ctx.app.service, ctx.app.health_url, ctx.app.health_timeout, settle=not was_running
                 )
             return
+        try:
+            failures.refuse_repeat(ctx, manifest, st.current)
+        except RefusedError as exc:
+            history.note(ctx, refusal_entry(ctx, manifest, st.current, "retry", str(exc)))
+            raise
         run_apply(ctx, manifest, ctx.share, st)
+
+
+def refusal_entry(
+    ctx: Context, manifest: Manifest, live: str | None, step: str, reason: str
+) -> dict[str, object]:
+    """The history entry of an update refused before any change (preinst, or a failed version's
+    postinst run again)."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "action": "apply",
+        "package": manifest.package,
+        "version": manifest.version,
+        "from": live,
+        "status": "refused",
+        "failed_step": step,
+        "reason": reason,
+        "backup": None,
+    }
+
+
+def retry(ctx: Context) -> str:
+    """``nesop-update retry``: forget the failure that holds a version back and let dpkg configure
+    it again (with the lock, recovery and every check that brings). Returns dpkg's output."""
+    from nesop_deb import proc
+
+    failure = failures.read(ctx)
+    status = proc.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Version}", ctx.package], check=False)
+    abbrev, installed = [*status.out.split(), "", ""][:2] if status.returncode == 0 else ("", "")
+    if abbrev not in ("iF", "iU", "iH", "iW", "it"):
+        failures.clear(ctx)
+        raise RefusedError(
+            f"nothing to retry: {ctx.package} is {f'{abbrev} {installed}' if abbrev else 'not installed'}",
+            hint="`dpkg -l` says what is installed; install the version you want with apt",
+        )
+    failures.clear(ctx)
+    if failure is not None:
+        log.info("retrying %s %s (it failed at %s: %s)", ctx.package, installed, failure.step, failure.reason)
+    result = proc.run(["dpkg", "--configure", ctx.package], check=False)
+    output = (result.out + result.err).strip()
+    if result.returncode != 0:
+        for line in output.splitlines():
+            log.error("%s", line)
+        raise NesopError(
+            f"{ctx.package} {installed} failed again (dpkg --configure exit code {result.returncode})",
+            hint="`nesop-update history` and the update log say why",
+        )
+    return output
 
 
 def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -> None:
@@ -276,6 +385,9 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
                     old_app_healthy=healthy,
                 ),
             )
+            failures.record(
+                ctx, manifest, exc.step, str(exc.cause), is_transient=failures.transient(exc.cause)
+            )
             if not exc.undo_errors:
                 state.clear_journal(ctx)
             log.error(
@@ -290,6 +402,7 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
             raise
         apply.release_reserve(ctx, job.backup_name)
         state.clear_journal(ctx)
+        failures.clear(ctx)
     _after_commit(ctx, job.manifest.version)
     log.info("%s is now at %s", ctx.app.name, job.manifest.version)
 

@@ -1,5 +1,5 @@
 """The app's service, through ``systemctl`` (never ``deb-systemd-invoke``: its exit code proves
-nothing, DESIGN.md §1). Every call goes through the subprocess seam."""
+nothing, docs/architecture.md §3 fact 9). Every call goes through the subprocess seam."""
 
 from __future__ import annotations
 

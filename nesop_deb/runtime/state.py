@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -170,3 +171,121 @@ def write_journal(ctx: Context, data: dict[str, Any]) -> None:
 def clear_journal(ctx: Context) -> None:
     with contextlib.suppress(FileNotFoundError):
         journal_path(ctx).unlink()
+
+
+# --- adoption: an app deployed by hand, taken on before its first package ---------------------
+
+
+def adoption_dir(ctx: Context) -> Path:
+    return ctx.state_dir / "adoption"
+
+
+ADOPTION = "adoption.json"  # what was adopted: the app's settings, when, from which config file
+ADOPTED_FILES = "files.json"  # the tree as it was then: every path with kind, sha256, mode, owner
+
+
+def save_adoption(ctx: Context, record: dict[str, Any], files: dict[str, Any]) -> None:
+    """Record an adoption: the tree first, then the record that names it with the tree's sha256 (a
+    crash between the two writes leaves a tree its record does not name: an incomplete adoption,
+    never a wrong one)."""
+    ensure_dir(ctx)
+    d = adoption_dir(ctx)
+    d.mkdir(mode=0o700, exist_ok=True)
+    d.chmod(0o700)
+    text = json.dumps(files, sort_keys=True) + "\n"
+    write_json_atomic(d / ADOPTED_FILES, text)
+    record = {**record, "files_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    write_json_atomic(d / ADOPTION, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def read_adoption(ctx: Context) -> dict[str, Any] | None:
+    """The adoption record; None when the app was never adopted."""
+    path = adoption_dir(ctx) / ADOPTION
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: unreadable ({exc})", hint="run `nesop-update adopt` again") from None
+    if not isinstance(data, dict):
+        raise StateError(f"{path}: not a JSON object", hint="run `nesop-update adopt` again")
+    return data
+
+
+def read_adopted_files(ctx: Context, sha256: str) -> dict[str, Any]:
+    """The tree an adoption recorded, which must be the one its record names by ``sha256``."""
+    path = adoption_dir(ctx) / ADOPTED_FILES
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise StateError(f"{path}: unreadable ({exc})", hint="run `nesop-update adopt` again") from None
+    if hashlib.sha256(raw).hexdigest() != sha256:
+        raise StateError(
+            f"{path} is not the tree its adoption recorded: an adoption was interrupted",
+            hint="run `nesop-update adopt` again",
+        )
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise StateError(f"{path}: not a JSON object", hint="run `nesop-update adopt` again")
+    return data
+
+
+def adoption_records(root: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(package, record) of every app adopted on the system below ``root``; unreadable ones are
+    left out (as an unreadable manifest is: the commands that use one report it)."""
+    found = []
+    for path in sorted((root / "var/lib").glob(f"*/adoption/{ADOPTION}")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            found.append((path.parent.parent.name, data))
+    return found
+
+
+# --- files a partial update left behind ----------------------------------------------------------
+
+LEFT_BEHIND = "left_behind.json"  # beside a version's manifest: {"files": {path: sha256 or null}}
+
+
+def left_behind(ctx: Context, version: str | None) -> dict[str, str | None]:
+    """The files that partial updates up to ``version`` left as they were: app-relative path →
+    the sha256 the server keeps (None: absent). Empty when nothing was left behind, and for
+    versions recorded before this was kept."""
+    if version is None:
+        return {}
+    path = version_dir(ctx, version) / LEFT_BEHIND
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StateError(f"{path}: unreadable ({exc})", hint="restore it from a backup of /var/lib") from None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in files.items()
+    ):
+        raise StateError(f"{path}: not a map of paths to sha256", hint="restore it from a backup of /var/lib")
+    return dict(files)
+
+
+def carry_left_behind(before: dict[str, str | None], manifest: Manifest) -> dict[str, str | None]:
+    """What is left behind once ``manifest`` is applied on top of ``before``: a file it writes
+    (or deletes) no longer is; one it leaves out is, at the content the server already keeps."""
+    written = {p for f in manifest.files for p in (f.path, f.renamed_from) if p is not None}
+    after = {p: sha for p, sha in before.items() if p not in written}
+    for lb in manifest.left_behind:
+        after.setdefault(lb.path, lb.base_sha256)
+    return dict(sorted(after.items()))
+
+
+def record_left_behind(ctx: Context, manifest: Manifest, previous: str | None) -> None:
+    """Beside the version's undo data: what is left behind once it is applied on ``previous``."""
+    files = carry_left_behind(left_behind(ctx, previous), manifest)
+    path = version_dir(ctx, manifest.version) / LEFT_BEHIND
+    if files:
+        write_json_atomic(path, json.dumps({"files": files}, indent=2, sort_keys=True) + "\n")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()

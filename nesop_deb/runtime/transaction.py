@@ -15,7 +15,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from nesop_deb.errors import NesopError
-from nesop_deb.runtime import state
+from nesop_deb.runtime import failures, state
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
 from nesop_deb.runtime.log import step as log_step
@@ -97,6 +97,7 @@ def run(
                 journal["phase"] = "undoing"
                 journal["failed_step"] = s.name
                 journal["reason"] = str(exc)
+                journal["transient"] = failures.transient(exc)
                 try:
                     state.write_journal(ctx, journal)
                 except OSError as journal_exc:  # a full or broken disk: undo all the same

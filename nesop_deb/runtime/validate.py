@@ -21,7 +21,19 @@ from pathlib import Path
 from nesop_deb import proc
 from nesop_deb.errors import NesopError, UsageError
 from nesop_deb.manifest import Action
-from nesop_deb.runtime import accounts, checks, database, health, history, safefs, service, state
+from nesop_deb.runtime import (
+    accounts,
+    adopt,
+    checks,
+    database,
+    health,
+    history,
+    inventory,
+    pages,
+    safefs,
+    service,
+    state,
+)
 from nesop_deb.runtime.context import Context
 
 
@@ -48,11 +60,17 @@ def expected_files(ctx: Context, st: state.State) -> dict[str, tuple[str | None,
                 expected.pop(f.path, None)  # the server's own edit stands: not ours to check
                 continue
             expected[f.path] = (None, None) if f.action is Action.DELETE else (f.sha256, f.mode)
+    # a partial update left these at the content the server had: that is what must be there
+    for rel, sha in state.left_behind(ctx, st.current).items():
+        expected[rel] = (sha, expected.get(rel, (None, None))[1] if sha is not None else None)
     return expected
 
 
 def check_files(ctx: Context) -> CheckResult:
     st = state.load(ctx)
+    base = adopt.baseline(ctx)
+    if base is not None:
+        return _check_adopted_files(ctx, st, base)
     if not st.applied:
         return CheckResult("files", ctx.app_root.is_dir(), f"no update applied yet; {ctx.app_root} exists")
     problems: list[str] = []
@@ -61,7 +79,56 @@ def check_files(ctx: Context) -> CheckResult:
         for rel, (sha, _mode) in sorted(expected.items()):
             _compare(app, rel, sha, st.current, problems)
     n = sum(1 for s, _ in expected.values() if s is not None)
-    return CheckResult("files", not problems, f"{n} files of {st.current} checked by sha256", problems)
+    summary = f"{n} files of {st.current} checked by sha256"
+    left = state.left_behind(ctx, st.current)
+    if left:
+        shown = ", ".join(list(left)[:5]) + (", …" if len(left) > 5 else "")
+        summary += f"; {len(left)} left at an earlier version by a partial update ({shown})"
+    return CheckResult("files", not problems, summary, problems)
+
+
+def _check_adopted_files(ctx: Context, st: state.State, base: adopt.Baseline) -> CheckResult:
+    """Every file of an adopted app: what the applied updates wrote as their manifests say, every
+    other file as it was adopted, and nothing more (a file no update wrote and not there then)."""
+    if base.adoption.root != ctx.app.root:
+        return CheckResult(
+            "files",
+            False,
+            f"adopted at {base.adoption.root}, but the app is at {ctx.app.root}",
+            [f"run `nesop-update adopt` again to record {ctx.app_root}"],
+        )
+    if not ctx.app_root.is_dir():
+        return CheckResult("files", False, f"{ctx.app_root} does not exist (adopted {base.adoption.time})")
+    problems: list[str] = []
+    expected = expected_files(ctx, st) if st.applied else {}
+    updated = adopt.updated_paths(ctx, st) | base.managed
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel, (sha, _mode) in sorted(expected.items()):
+            _compare(app, rel, sha, st.current, problems)
+        found = inventory.scan(app, adopt.skip(ctx), digest=lambda rel: rel not in updated)
+    problems += found.refused
+    since = f"since the adoption of {base.adoption.time}"
+    checked = 0
+    for rel, was in sorted(base.entries.items()):
+        if rel in updated or was.kind == inventory.DIR:
+            continue
+        checked += 1
+        now = found.entries.get(rel)
+        if now is None:
+            if not any(r.startswith(f"{rel}:") for r in found.refused):
+                problems.append(f"{rel}: missing {since}")
+        elif now.kind != was.kind:
+            problems.append(f"{rel}: a {now.kind}, but a {was.kind} when adopted ({base.adoption.time})")
+        elif now.sha256 != was.sha256:
+            problems.append(f"{rel}: content changed {since}, and no update wrote it")
+    for rel, now in sorted(found.entries.items()):
+        if rel not in base.entries and rel not in updated and now.kind != inventory.DIR:
+            problems.append(f"{rel}: new {since}, and no update wrote it")
+    summary = f"{checked} files checked by sha256 as adopted {base.adoption.time}"
+    if st.applied:
+        n = sum(1 for s, _ in expected.values() if s is not None)
+        summary += f", {n} as {st.current} wrote them"
+    return CheckResult("files", not problems, summary, problems)
 
 
 def _compare(app: safefs.Tree, rel: str, sha: str | None, version: str | None, problems: list[str]) -> None:
@@ -133,18 +200,12 @@ def check_web(ctx: Context) -> CheckResult:
     result = health.probe(url, timeout=5)
     if not result.ok:
         problems.append(f"{url}: {result.detail}")
-    base = url.split("/", 3)
-    answered = 0
-    for page in ctx.app.health_pages:
-        page_url = page if page.startswith("http") else f"{base[0]}//{base[2]}/{page.lstrip('/')}"
-        r = health.probe(page_url, timeout=5)
-        if r.ok:
-            answered += 1
-        else:
-            problems.append(f"{page_url}: {r.detail}")
     summary = f"{url}: {result.detail}"
     if ctx.app.health_pages:
-        summary += f"; {answered} of {len(ctx.app.health_pages)} more pages answered 2xx"
+        # each page, and the scripts, style sheets and images it loads from the app
+        report = pages.check(url, ctx.app.health_pages)
+        problems += report.problems
+        summary += f"; {report.pages} pages and {report.assets} assets they load checked"
     return CheckResult("web", not problems, summary, problems)
 
 
@@ -170,6 +231,7 @@ def check_permissions(ctx: Context) -> CheckResult:
                 problems.append(f"{rel}: owned by {s.st_uid}:{s.st_gid}, expected {want}")
             if mode is not None and s.st_mode & 0o7777 != mode:
                 problems.append(f"{rel}: mode {s.st_mode & 0o7777:o}, expected {mode:o}")
+    adopted = _adopted_permissions(ctx, st, problems)
     found = checks.writable_code(ctx)
     if found:
         problems.append(checks.writable_code_problem(ctx, found))
@@ -200,9 +262,38 @@ def check_permissions(ctx: Context) -> CheckResult:
             problems.append(f"{ctx.logs_dir}: must be a directory only root can write to")
     except FileNotFoundError:
         pass
-    return CheckResult(
-        "permissions", not problems, f"owner, group and mode of {len(expected)} files", problems
-    )
+    summary = f"owner, group and mode of {len(expected)} files"
+    if adopted is not None:
+        summary += f", and of {adopted} entries as adopted"
+    return CheckResult("permissions", not problems, summary, problems)
+
+
+def _adopted_permissions(ctx: Context, st: state.State, problems: list[str]) -> int | None:
+    """Files and directories of an adopted app that no update wrote may have lost access since the
+    adoption (made root's, ``chmod go-w``: what 5.6 of the guide asks for), never gained it."""
+    base = adopt.baseline(ctx)
+    if base is None or base.adoption.root != ctx.app.root or not ctx.app_root.is_dir():
+        return None  # the files check says why
+    updated = adopt.updated_paths(ctx, st) | base.managed
+    checked = 0
+    with safefs.Tree.open(ctx.app_root) as app:
+        for rel, was in sorted(base.entries.items()):
+            if rel in updated or was.kind == inventory.LINK:
+                continue  # a link's own owner and mode grant nothing
+            try:
+                s = app.lstat(rel)
+            except safefs.LinkRefused as exc:
+                problems.append(f"{rel}: {exc.message}")
+                continue
+            if s is None or inventory.kind_of(s.st_mode) != was.kind:
+                continue  # gone or replaced: the files check reports it
+            checked += 1
+            if (s.st_uid, s.st_gid) not in {(was.uid, was.gid), (0, 0)}:
+                problems.append(f"{rel}: owned by {s.st_uid}:{s.st_gid}, by {was.uid}:{was.gid} when adopted")
+            mode = stat.S_IMODE(s.st_mode)
+            if mode & ~was.mode:
+                problems.append(f"{rel}: mode {mode:o}, {was.mode:o} when adopted")
+    return checked
 
 
 def _parse_config(path: Path, data: bytes) -> None:

@@ -37,6 +37,7 @@ BASE_PACKAGES: tuple[str, ...] = (
     "procps",
     "python3",
     "sqlite3",
+    "sudo",  # the guide's server commands are run as written (tests/e2e/test_guide_scenarios.py)
     "systemd",
     "systemd-sysv",
 )

@@ -294,16 +294,18 @@ def snapshot(box: Container) -> Mapping[str, Any]:
 
 
 def assert_configure_a_completes_the_update(
-    box: Container, repo: ExampleRepo, rows: list[str], *, before: str = "interrupted"
+    box: Container, repo: ExampleRepo, rows: list[str], *, before: str = "interrupted", retry: bool = False
 ) -> None:
     """After the fault: `dpkg --configure -a` ends with 1.0.5 whole, healthy, every row kept.
 
     ``before``: what the history says of the attempt the fault broke ("interrupted": a crash the
     recovery undid; "failed": a step that failed and was undone; "any": a crash while committing,
-    undone or kept depending on the instant)."""
+    undone or kept depending on the instant). ``retry``: the version failed after the stop, so it
+    is tried again the documented way, `nesop-update retry`."""
     if before == "interrupted":
         assert box.path(JOURNAL).exists(), "the journal must survive the fault"
-    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    command = ["nesop-update", "retry"] if retry else ["dpkg", "--configure", "-a"]
+    result = box.run(command, check=False, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not box.path(JOURNAL).exists()
     assert dpkg_status(box) == ("ii", "1.0.5")
@@ -316,8 +318,28 @@ def assert_configure_a_completes_the_update(
         assert ("recover", "1.0.5", "interrupted") in statuses
     elif before == "failed":
         assert ("apply", "1.0.5", "failed") in statuses
+    if retry:
+        assert ("apply", "1.0.5", "refused") in statuses, "configure -a must have refused it first"
     assert statuses[-1] in (("apply", "1.0.5", "success"), ("recover", "1.0.5", "committed")), statuses
     assert leftovers(box) == []
+
+
+def assert_not_tried_again_on_its_own(box: Container, version: str, step: str) -> None:
+    """A version that failed after the stop: apt's next `dpkg --configure -a` refuses it before
+    the stop (the app keeps its process), says why and the ways out, and dpkg stays honest."""
+    pid = box.service_main_pid(UNIT)
+    before = snapshot(box)
+    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert f"{version} failed at {step}" in output and "nesop-update retry" in output, output[-2000:]
+    # the way back: the live version's package, or (on a server deployed by hand) none at all
+    assert f"apt install {PACKAGE}=" in output or f"apt remove {PACKAGE}`" in output, output[-2000:]
+    assert box.service_main_pid(UNIT) == pid, "the app must not be stopped for a retry nobody asked for"
+    assert snapshot(box) == before
+    assert dpkg_status(box) == ("iF", version)
+    last = history(box)[-1]
+    assert (last["action"], last["version"], last["status"]) == ("apply", version, "refused"), last
 
 
 def leftovers(box: Container) -> list[str]:

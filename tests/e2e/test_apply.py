@@ -158,6 +158,14 @@ def test_wrong_base_version_is_refused(server: Container, example_repo: store.Ex
     assert server.service_main_pid(store.UNIT) == pid
     assert store.snapshot(server) == before
     assert store.dpkg_status(server) == ("ii", "1.0.4")
+    # the preinst's refusal is a record too: in the history, and in the journal
+    last = store.history(server)[-1]
+    assert (last["version"], last["from"], last["status"], last["failed_step"]) == (
+        "1.0.6", "1.0.4", "refused", "preflight",
+    ), last  # fmt: skip
+    assert "needs base 1.0.5" in last["reason"]
+    errors = server.run(["journalctl", "-t", "nesop-update", "-p", "err", "--no-pager", "-o", "cat"]).stdout
+    assert "needs base 1.0.5 but 1.0.4 is installed" in errors, errors
 
 
 @pytest.mark.fault("step fails", "preflight", ends_as="refused, nothing changed (tampered)")

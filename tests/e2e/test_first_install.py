@@ -30,6 +30,13 @@ def test_full_package_installs_the_app_then_nesop_update_applies_an_update(
     uid = int(box.run(["id", "-u", "nesop"]).stdout)
     assert (db.st_uid, db.st_gid) == (uid, uid)
     assert store.dpkg_status(box) == ("ii", "1.0.4")
+    # the first install is in the update log (written once the root existed) and in the journal
+    first = box.path(f"{store.APP_ROOT}/logs/update.log").read_text()
+    assert "-> apply nesop-store-update 1.0.4 (live: unmanaged)" in first, first[:500]
+    assert "nesop-store is now at 1.0.4" in first
+    journal = box.run(["journalctl", "-t", "nesop-update", "--no-pager", "-o", "cat"]).stdout
+    assert "-> apply nesop-store-update 1.0.4 (live: unmanaged)" in journal, journal[-2000:]
+    assert "nesop-store is now at 1.0.4" in journal
 
     upd = example_repo.build("v1.0.5")
     box.copy_in(upd, f"/var/tmp/{upd.name}")

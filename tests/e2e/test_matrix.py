@@ -22,9 +22,11 @@ from .testbed import Container
 STATE_DIR = f"/var/lib/{store.PACKAGE}"
 LOG_DIR = f"{store.APP_ROOT}/logs"
 BACKUPS = f"{store.APP_ROOT}/backups"
+RECOVER_UNIT = "nesop-update-recover@nesop-store.service"  # the boot unit of the store's service
 APPLY_STEPS = (
     "record", "stage", "backup", "stop", "snapshot-db", "apply-files", "migrate", "start", "health", "commit",
 )  # fmt: skip
+AFTER_STOP = APPLY_STEPS[APPLY_STEPS.index("stop") + 1 :]  # a failure there cost an outage
 
 
 def start_update(box: Container, repo: store.ExampleRepo, toolchain: Path) -> tuple[list[str], int]:
@@ -61,8 +63,35 @@ CRASH_ENDS = {
 }
 
 
+def _served_after_boot(box: Container, repo: store.ExampleRepo, step: str) -> None:
+    """Right after the boot, before any command is typed: the boot unit finished the transaction
+    before the app started, so the app serves one whole version, the old one unless the update
+    had committed; dpkg's own state waits for `dpkg --configure -a`."""
+    if step != "preflight":  # the update's manifest was unpacked: its app waits for its recovery
+        assert box.run(["systemctl", "is-active", RECOVER_UNIT], check=False).stdout.strip() == "active"
+    box.wait_http(store.HEALTH, timeout=30)
+    version = store.health(box)["version"]
+    assert version == "1.0.4" or (step == "commit" and version == "1.0.5"), version
+    store.assert_tree(box, repo, f"v{version}")
+    assert not box.path(store.JOURNAL).exists()
+    if step == "preflight":
+        return
+    last = store.history(box)[-1]
+    said = (last["action"], last["version"], last["status"])
+    if version == "1.0.4":
+        assert said == ("recover", "1.0.5", "interrupted") and last.get("at_boot") is True, last
+    else:
+        assert said in (("apply", "1.0.5", "success"), ("recover", "1.0.5", "committed")), last
+
+
 def _after_crash(
-    box: Container, repo: store.ExampleRepo, rows: list[str], step: str, main_pid: int | None
+    box: Container,
+    repo: store.ExampleRepo,
+    rows: list[str],
+    step: str,
+    main_pid: int | None,
+    *,
+    recovered_at_boot: bool = False,
 ) -> None:
     if step == "preflight":
         # the preinst changes nothing: the old app never stopped; dpkg wants the install again
@@ -79,11 +108,15 @@ def _after_crash(
         assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
         return
     assert store.dpkg_status(box)[0] in ("iF", "iU")
-    before = "any" if step == "commit" else "interrupted"
+    # after a boot, the journal is already gone (_served_after_boot checked the history)
+    before = "any" if step == "commit" or recovered_at_boot else "interrupted"
     store.assert_configure_a_completes_the_update(box, repo, rows, before=before)
 
 
-CRASH_AFTER = {"SIGKILL": "dpkg --configure -a", "power loss": "boot + dpkg --configure -a"}
+CRASH_AFTER = {
+    "SIGKILL": "dpkg --configure -a",
+    "power loss": "boot (the app serves one whole version at once) + dpkg --configure -a",
+}
 
 
 @pytest.mark.parametrize(
@@ -117,8 +150,10 @@ def test_crash(
         box.kill_hard()  # every process of the machine at once, no shutdown
         apt.untrace()
         box.boot()
+        _served_after_boot(box, example_repo, step)
 
-    _after_crash(box, example_repo, rows, step, main_pid if kind == "SIGKILL" else None)
+    booted = kind == "power loss"
+    _after_crash(box, example_repo, rows, step, None if booted else main_pid, recovered_at_boot=booted)
 
 
 # --- a step that fails --------------------------------------------------------------------------
@@ -171,10 +206,13 @@ BREAKS: dict[str, tuple[Callable[[Container], Callable[[], None]], str]] = {
 }
 
 
-@pytest.mark.parametrize(
-    "step",
-    [cell("step fails", s, "old version whole, every row, iF; fixed, configure -a applies") for s in BREAKS],
-)
+def _step_fails_ends_as(step: str) -> str:
+    if step in AFTER_STOP:  # it cost an outage: not tried again until someone says so
+        return "old version whole, every row, iF; configure -a refuses it; fixed, nesop-update retry applies"
+    return "old version whole, every row, iF; fixed, configure -a applies"
+
+
+@pytest.mark.parametrize("step", [cell("step fails", s, _step_fails_ends_as(s)) for s in BREAKS])
 def test_step_fails(
     step: str, new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:
@@ -195,8 +233,11 @@ def test_step_fails(
     # the space set aside for the undo could not go where the backups dir is read-only
     clean = step not in ("backup", "snapshot-db")
     store.assert_old_version_whole(box, example_repo, rows, (step,), clean=clean)
+    after_stop = step in AFTER_STOP
+    if after_stop:
+        store.assert_not_tried_again_on_its_own(box, "1.0.5", step)
     repair()
-    store.assert_configure_a_completes_the_update(box, example_repo, rows, before="failed")
+    store.assert_configure_a_completes_the_update(box, example_repo, rows, before="failed", retry=after_stop)
 
 
 @pytest.mark.fault("step fails", "stop", ends_as="old app never stopped, iF; fixed, configure -a applies")
@@ -401,7 +442,7 @@ def test_rollback_fault(
 
 
 UNDO_FAULTS = {
-    "SIGKILL": "old version whole after configure -a (undo finished; the retry fails again)",
+    "SIGKILL": "old version whole after configure -a (undo finished; the failed version is refused)",
     "power loss": "old version whole after boot + configure -a (likewise)",
     "step fails": "apt fails, journal kept; after the fix configure -a finishes the undo (likewise)",
     "disk full": "apt fails; files back or journal kept; space freed, configure -a ends whole (likewise)",
@@ -449,8 +490,14 @@ def test_fault_while_a_failed_update_is_undone(
         assert store.dpkg_status(box) == ("iF", "1.0.7")
         fix()
 
+    pid_before = box.service_main_pid(store.UNIT) if finished else None
     result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
-    assert result.returncode != 0  # the undo is finished, then 1.0.7 is tried again and fails again
+    output = result.stdout + result.stderr
+    # the undo is finished; 1.0.7, which failed after the stop, is refused without another outage
+    assert result.returncode != 0
+    assert "1.0.7 failed at" in output and "nesop-update retry" in output, output[-2000:]
+    if pid_before:
+        assert box.service_main_pid(store.UNIT) == pid_before
     store.assert_tree(box, example_repo, "v1.0.6")
     assert store.health(box)["version"] == "1.0.6"
     assert set(rows) <= store.customer_emails(box)
@@ -458,7 +505,8 @@ def test_fault_while_a_failed_update_is_undone(
     assert not box.path(store.JOURNAL).exists()
     statuses = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
     assert finished or ("recover", "1.0.7", "interrupted") in statuses
-    assert statuses[-1] == ("apply", "1.0.7", "failed")
+    assert ("apply", "1.0.7", "failed") in statuses or ("recover", "1.0.7", "interrupted") in statuses
+    assert statuses[-1] == ("apply", "1.0.7", "refused")
     # and back to a clean dpkg: the live version from the local repository
     back = box.run(["apt-get", "install", "-y", "-q", "--allow-downgrades", f"{store.PACKAGE}=1.0.6"],
                    check=False, timeout=300)  # fmt: skip

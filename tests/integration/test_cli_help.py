@@ -31,7 +31,9 @@ COMMANDS: list[tuple[Path, tuple[str, ...]]] = [
     (NESOP_UPDATE, ("validate",)),
     (NESOP_UPDATE, ("apply",)),
     (NESOP_UPDATE, ("recover",)),
-    (NESOP_UPDATE, ("release",)),  # beyond DESIGN.md's list: lifts the hold a rollback sets
+    (NESOP_UPDATE, ("retry",)),  # tries a failed version again, after a fix
+    (NESOP_UPDATE, ("adopt",)),  # records an app deployed by hand (`--config FILE` names it once)
+    (NESOP_UPDATE, ("release",)),  # beyond docs/architecture.md §17's list: lifts the hold a rollback sets
 ]
 
 

@@ -29,7 +29,7 @@ writable = ["data"]  # the rest of the tree is root's
 maintainer = "NESOP Team <ops@example.com>"
 [files]
 exclude = ["tests/**", "docs/**", "nesop-deb.toml", "Makefile", "debian/**"]   # git-tracked files minus these
-config = ["config.py", ".env.production"]          # never silently overwrite local edits (§5)
+config = ["config.py", ".env.production"]          # never silently overwrite local edits (architecture §17)
 [migrations]
 dir = "migrations"
 database = "sqlite:////opt/nesop-store/data/nesop_store_production.db"
