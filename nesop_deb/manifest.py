@@ -290,6 +290,12 @@ def _check_app(app: dict[str, Any]) -> None:
         raise ManifestError(f"update manifest: config.app.service {service!r} is not a systemd service name")
 
 
+def check_config(cfg: dict[str, Any]) -> None:
+    """Raise :class:`ManifestError` unless ``cfg`` holds app settings the runtime may act on as root
+    (a manifest's ``config``, or what an adoption recorded)."""
+    _check_config(cfg)
+
+
 def _check_config(cfg: dict[str, Any]) -> None:
     """The app settings the runtime acts on as root: paths it writes, how long it waits."""
     _check_app(_section(cfg, "app"))

@@ -153,7 +153,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         if (abbrev.startswith("iF") or abbrev.startswith("iU")) and not journal:
             back = f"apt install {ctx.package}={st.current}" if st.current else f"apt remove {ctx.package}"
             if failure is not None and failure.version == pkg_version:
-                click.echo(f"              (failed at {failure.step}: {failure.reason};")
+                show(f"              (failed at {failure.step}: {failure.reason};")
                 click.echo(
                     f"               the old app was restored; fix it and `{PROG} retry`, or `{back}`)"
                 )
@@ -517,8 +517,8 @@ def recover(debug: bool, app_name: str | None, boot: bool) -> None:
         for ctx in apps.managed():
             try:
                 show(f"{ctx.app.name}: {bootrecover.recover(ctx)}")
-            except NesopError as exc:  # one app's failure must not leave the others' journals
-                show(f"{PROG}: error: {exc}", err=True)
+            except Exception as exc:  # one app's failure must not leave the others' journals
+                show(f"{PROG}: error: {ctx.app.name}: {exc}", err=True)
                 failed.append(ctx.app.name)
         if failed:
             raise NesopError(f"the recovery failed for {', '.join(failed)}", hint="see the errors above")

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nesop_deb import config
+from nesop_deb import manifest as mf
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Action
 from nesop_deb.runtime import checks, database, inventory, lock, safefs, state
@@ -188,10 +190,12 @@ def adopted_contexts(root: Path) -> list[Context]:
     """Every app adopted on the system below ``root``, with the settings its adoption recorded."""
     found = []
     for package, data in state.adoption_records(root):
+        if not config.is_package_name(package) or data.get("package") != package:
+            continue
         try:
+            mf.check_config(data["config"])  # the settings root acts on, checked as a manifest's are
             settings = AppSettings.from_manifest_config(data["config"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, mf.ManifestError):
             continue  # damaged: left out, as an unreadable manifest is
-        if data.get("package") == package:
-            found.append(Context(package, settings, root))
+        found.append(Context(package, settings, root))
     return found

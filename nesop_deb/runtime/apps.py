@@ -13,7 +13,7 @@ from pathlib import Path
 from nesop_deb import config
 from nesop_deb import manifest as mf
 from nesop_deb.errors import ConfigError, RefusedError, UsageError
-from nesop_deb.runtime import accounts, adopt
+from nesop_deb.runtime import adopt
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.log import log
 
@@ -45,34 +45,37 @@ def managed() -> list[Context]:
 
 def from_config(path: Path) -> Context:
     """The app an ``nesop-deb.toml`` describes (the builder's config). Root takes the app's root,
-    service and database from it, so a file the app's account could change is refused."""
-    fd = _open_config(path)
+    service and database from it, so it must be a file only root can change, on a path only root
+    can change: that is decided from the file and its directories alone, before it is read."""
+    real = Path(os.path.realpath(path))
+    _only_root_can_change(path, real)
+    fd = _open_config(path, real)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path}: not a regular file", hint="give the app's nesop-deb.toml")
+            raise ConfigError(f"--config {path}: not a regular file", hint="give the app's nesop-deb.toml")
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise _changeable(path)
         with os.fdopen(os.dup(fd), "rb") as fh:
             data = fh.read(CONFIG_CAP + 1)
     finally:
         os.close(fd)
     if len(data) > CONFIG_CAP:
-        raise ConfigError(f"{path}: larger than {CONFIG_CAP >> 10} KiB, not an nesop-deb.toml")
+        raise ConfigError(f"--config {path}: larger than {CONFIG_CAP >> 10} KiB, not an nesop-deb.toml")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"{path}: not UTF-8 text ({exc.reason})", hint="give the app's nesop-deb.toml"
+            f"--config {path}: not UTF-8 text ({exc.reason})", hint="give the app's nesop-deb.toml"
         ) from None
     cfg = config.loads(text, str(path))
-    ctx = Context(cfg.package.name, AppSettings.from_config(cfg), _root())
-    _only_root_can_change(path, st, ctx)
-    return ctx
+    return Context(cfg.package.name, AppSettings.from_config(cfg), _root())
 
 
-def _open_config(path: Path) -> int:
+def _open_config(path: Path, real: Path) -> int:
     try:
-        # O_NONBLOCK: a FIFO given (or swapped in) as the file must not hang root
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        # the resolved path, never through a link; O_NONBLOCK: a FIFO must not hang root
+        return os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise ConfigError(
             f"--config {path}: no such file",
@@ -82,33 +85,25 @@ def _open_config(path: Path) -> int:
         raise ConfigError(f"--config {path}: cannot read it ({exc.strerror})") from None
 
 
-def _account_can_write(st: os.stat_result, uid: int, gid: int, *, directory: bool) -> bool:
-    """Whether the app's account may change this file (or, for a directory, replace its entries)."""
-    if st.st_uid == uid:
-        return True
-    if directory and st.st_mode & stat.S_ISVTX:
-        return False  # sticky: only an entry's owner may replace it (the file is checked on its own)
-    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid == gid))
+def _changeable(path: Path) -> RefusedError:
+    return RefusedError(
+        f"--config {path}: someone other than root can change it, and root would take the app's "
+        "root, service and database from it",
+        hint=f"keep it where only root writes: install -m 644 -o root {path} /etc/nesop-deb/",
+    )
 
 
-def _only_root_can_change(path: Path, st: os.stat_result, ctx: Context) -> None:
-    owner = accounts.app_owner(ctx)
-    if owner is None or owner[0] == 0:
-        return  # no account, or the app runs as root: there is no one else to guard against
-    uid, gid = owner
-    parent = Path(os.path.realpath(path)).parent
-    try:
-        parent_st = parent.stat()
-    except OSError:
-        parent_st = None
-    if _account_can_write(st, uid, gid, directory=False) or (
-        parent_st is not None and _account_can_write(parent_st, uid, gid, directory=True)
-    ):
-        raise RefusedError(
-            f"--config {path}: the app's account ({ctx.app.user}) can change it, and root would take "
-            "the app's root, service and database from it",
-            hint=f"keep it where only root writes: install -m 644 {path} /etc/nesop-deb/{ctx.app.name}.toml",
-        )
+def _only_root_can_change(path: Path, real: Path) -> None:
+    """Every directory above ``real`` is root's and writable by no one else (or sticky, where no
+    one may replace an entry of another's)."""
+    for directory in real.parents:
+        try:
+            st = directory.lstat()
+        except OSError:
+            continue  # the open that follows says what is missing
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+            raise _changeable(path)
 
 
 def select(name: str | None, config_file: Path | None = None) -> Context:

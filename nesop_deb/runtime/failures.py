@@ -17,32 +17,26 @@ import contextlib
 import errno
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nesop_deb.errors import RefusedError
+from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import state
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import write_json_atomic
+from nesop_deb.text import printable
 
 # the steps of an update that run once the app is stopped: a failure there cost an outage
 AFTER_STOP = ("snapshot-db", "apply-files", "migrate", "start", "health", "commit")
 
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EINTR, errno.EAGAIN}
-# how a full disk reads once wrapped in a message (SQLite, the reserve) and a signal's message
-_TRANSIENT_TEXT = (
-    "No space left",
-    "Disk quota exceeded",
-    "disk is full",
-    "disk I/O error",
-    "database is locked",
-    "table is locked",
-    "cannot set aside",
-    "interrupted by signal",
-)
+# SQLite's primary result codes for a busy or locked database, an I/O error and a full disk
+_TRANSIENT_SQLITE = {5, 6, 10, 13}  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_IOERR, SQLITE_FULL
+FULL_BELOW = 1 << 20  # bytes free: a file system with less is full for the update's purposes
 
 
 @dataclass(frozen=True)
@@ -64,25 +58,41 @@ def manifest_digest(manifest: Manifest) -> str:
     return hashlib.sha256(manifest.to_json().encode()).hexdigest()
 
 
-def transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what caused it) is of a kind that goes away without a fix to the app:
-    a full disk, a signal, a busy database."""
+def transient(exc: BaseException, ctx: Context | None = None) -> bool:
+    """Whether ``exc`` is of a kind that goes away without a fix to the app: a full disk, a signal,
+    a busy database. Judged from the exception's type and codes, and (with ``ctx``) from the file
+    systems the update writes being full now, never from a message's text: a message may quote
+    the app (its health answer, its log, its migration's error), which must not be able to turn
+    a failure into one that is retried at every apt run."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _TRANSIENT_ERRNOS:
             return True
-        if isinstance(current, sqlite3.OperationalError) and transient_text(str(current)):
+        code = getattr(current, "sqlite_errorcode", None)
+        if isinstance(current, sqlite3.Error) and isinstance(code, int) and code & 0xFF in _TRANSIENT_SQLITE:
             return True
         if type(current).__name__ == "Interrupted":  # the transaction's own signal exception
             return True
         current = current.__cause__ or current.__context__
-    return transient_text(str(exc))
+    return ctx is not None and full(ctx)
 
 
-def transient_text(reason: str) -> bool:
-    return any(marker in reason for marker in _TRANSIENT_TEXT)
+def full(ctx: Context) -> bool:
+    """Whether a file system the update writes (the app's, its database's, the state's) is full."""
+    places = [ctx.app_root, ctx.state_dir]
+    with contextlib.suppress(NesopError):
+        if ctx.database_path is not None:
+            places.append(ctx.database_path.parent)
+    for place in places:
+        try:
+            st = os.statvfs(place)
+        except OSError:
+            continue
+        if st.f_bavail * st.f_frsize < FULL_BELOW:
+            return True
+    return False
 
 
 def _path(ctx: Context) -> Path:
@@ -94,13 +104,19 @@ def record(ctx: Context, manifest: Manifest, step: str, reason: str, *, is_trans
         version=manifest.version,
         manifest_sha256=manifest_digest(manifest),
         step=step,
-        reason=reason if len(reason) <= 300 else reason[:297] + "...",
+        reason=printable(reason if len(reason) <= 300 else reason[:297] + "..."),  # it quotes the app
         transient=is_transient,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
     state.ensure_dir(ctx)
     write_json_atomic(_path(ctx), json.dumps(asdict(failure), indent=2, sort_keys=True) + "\n")
     return failure
+
+
+def keep(ctx: Context, failure: Failure) -> None:
+    """Write ``failure`` back as it was."""
+    state.ensure_dir(ctx)
+    write_json_atomic(_path(ctx), json.dumps(asdict(failure), indent=2, sort_keys=True) + "\n")
 
 
 def read(ctx: Context) -> Failure | None:

@@ -96,6 +96,9 @@ def _scan(
         except RefusedError as exc:  # a link or special file swapped in, or a name no path may hold
             out.refused.append(f"{rel}: {exc.message}")
             continue
+        except OSError as exc:  # swapped for another kind between the look and the read
+            out.refused.append(f"{rel}: changed while it was read ({exc.strerror})")
+            continue
         out.entries[rel] = Entry(kind, sha, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
         if kind != DIR:
             continue
@@ -108,6 +111,9 @@ def _scan(
             continue
         except RefusedError as exc:  # swapped for a link since the look
             out.refused.append(f"{rel}: {exc.message}")
+            continue
+        except OSError as exc:  # swapped for a file since the look
+            out.refused.append(f"{rel}: changed while it was read ({exc.strerror})")
             continue
         with sub:
             _scan(sub, rel + "/", skip, digest, out, depth + 1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import sys
 import time
 from collections.abc import Iterator
@@ -20,7 +21,17 @@ from nesop_deb.errors import RefusedError
 def held(path: Path, what: str, wait: float = 10.0) -> Iterator[None]:
     """Hold the lock while the block runs; wait up to ``wait`` seconds, then refuse."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # never through a link: root truncates and writes this file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        raise RefusedError(
+            f"{what}: cannot open the lock {path} ({exc.strerror}); it must be a file of root's",
+            hint=f"remove it if it is not one: rm {path}",
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RefusedError(f"{what}: the lock {path} is not a regular file", hint=f"remove it: rm {path}")
     try:
         deadline = time.monotonic() + wait
         while True:

@@ -161,8 +161,8 @@ class _Journal(logging.Handler):
             + _field("PRIORITY", str(_PRIORITY.get(record.levelno, 6)))
             + _field("SYSLOG_IDENTIFIER", IDENTIFIER)
         )
-        with contextlib.suppress(OSError):
-            self.sock.send(payload)
+        with contextlib.suppress(OSError):  # a journal that cannot keep up loses the line, never holds root
+            self.sock.send(payload, socket.MSG_DONTWAIT)
 
     def close(self) -> None:
         try:

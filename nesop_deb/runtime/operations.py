@@ -242,10 +242,8 @@ def _record_failure_of(ctx: Context, journal: dict[str, object], manifest: Manif
     step, reason = journal.get("failed_step"), str(journal.get("reason") or "")
     if not isinstance(step, str) or not reason:
         return
-    was_transient = journal.get("transient")
-    if not isinstance(was_transient, bool):
-        was_transient = failures.transient_text(reason)
-    failures.record(ctx, manifest, step, reason, is_transient=was_transient)
+    # a journal written before this was judged counts as transient: tried again, as it was then
+    failures.record(ctx, manifest, step, reason, is_transient=journal.get("transient") is not False)
 
 
 def _journal_manifest(ctx: Context, journal: dict[str, object]) -> Manifest:
@@ -317,6 +315,7 @@ def retry(ctx: Context) -> str:
     failure = failures.read(ctx)
     status = proc.run(["dpkg-query", "-W", "-f", "${db:Status-Abbrev} ${Version}", ctx.package], check=False)
     abbrev, installed = [*status.out.split(), "", ""][:2] if status.returncode == 0 else ("", "")
+    abbrev = abbrev[:2]  # a third letter is an error flag (reinstreq)
     if abbrev not in ("iF", "iU", "iH", "iW", "it"):
         failures.clear(ctx)
         raise RefusedError(
@@ -328,6 +327,10 @@ def retry(ctx: Context) -> str:
         log.info("retrying %s %s (it failed at %s: %s)", ctx.package, installed, failure.step, failure.reason)
     result = proc.run(["dpkg", "--configure", ctx.package], check=False)
     output = (result.out + result.err).strip()
+    if result.returncode != 0 and failure is not None and failures.read(ctx) is None:
+        # dpkg failed before the postinst tried the version (its lock, another package): the
+        # version has still not been tried, so apt must still not try it on its own
+        failures.keep(ctx, failure)
     if result.returncode != 0:
         for line in output.splitlines():
             log.error("%s", line)
@@ -385,9 +388,9 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
                     old_app_healthy=healthy,
                 ),
             )
-            failures.record(
-                ctx, manifest, exc.step, str(exc.cause), is_transient=failures.transient(exc.cause)
-            )
+            # judged before the undo (a full disk is full then); a journal without it: transient
+            was_transient = journal.get("transient") is not False
+            failures.record(ctx, manifest, exc.step, str(exc.cause), is_transient=was_transient)
             if not exc.undo_errors:
                 state.clear_journal(ctx)
             log.error(

@@ -10,6 +10,7 @@ page are read for references, at most :data:`MAX_ASSETS` per page.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from urllib.parse import urldefrag, urljoin, urlsplit
@@ -18,6 +19,7 @@ from nesop_deb.runtime import httpget
 
 MAX_ASSETS = 100
 TIMEOUT = 5.0  # seconds per GET
+BUDGET = 60.0  # seconds for every page and asset together
 
 # element → the attributes that load a resource with the page (not navigation: <a href>, forms)
 _LOADS = {
@@ -69,8 +71,12 @@ def references(url: str, html: str) -> list[str]:
     for ref in parser.found:
         if ref.startswith(("data:", "blob:", "javascript:")):
             continue
-        absolute = urldefrag(urljoin(url, ref.strip()))[0]
-        if urlsplit(absolute)[:2] == origin and absolute != url:
+        try:
+            absolute = urldefrag(urljoin(url, ref.strip()))[0]
+            same = urlsplit(absolute)[:2] == origin
+        except ValueError:  # not a URL (`//[::1`): a browser loads nothing either
+            continue
+        if same and absolute != url:
             seen.setdefault(absolute, None)
     return list(seen)[:MAX_ASSETS]
 
@@ -97,14 +103,29 @@ def _fetch(url: str, timeout: float) -> tuple[httpget.Answer | None, str | None]
     return answer, None
 
 
-def check(health_url: str, pages: tuple[str, ...], timeout: float = TIMEOUT) -> PagesReport:
-    """GET each page and every asset it loads; a non-2xx answer or none at all is a problem."""
+def check(
+    health_url: str, pages: tuple[str, ...], timeout: float = TIMEOUT, budget: float = BUDGET
+) -> PagesReport:
+    """GET each page and every asset it loads; a non-2xx answer or none at all is a problem. All of
+    it within ``budget`` seconds (an app answering each GET slowly cannot hold root longer)."""
     report = PagesReport()
     checked: set[str] = set()  # an asset several pages load is fetched once
+    deadline = time.monotonic() + budget
+
+    def fetch(url: str) -> tuple[httpget.Answer | None, str | None]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, f"not checked: the pages took more than {budget:g} s"
+        return _fetch(url, min(timeout, left))
+
     for page in pages:
-        url = page_url(health_url, page)
+        try:
+            url = page_url(health_url, page)
+        except ValueError:
+            report.problems.append(f"{page}: not a URL")
+            continue
         report.pages += 1
-        answer, problem = _fetch(url, timeout)
+        answer, problem = fetch(url)
         if answer is None:
             report.problems.append(f"{url}: {problem}")
             continue
@@ -113,7 +134,7 @@ def check(health_url: str, pages: tuple[str, ...], timeout: float = TIMEOUT) -> 
                 continue
             checked.add(asset)
             report.assets += 1
-            _, problem = _fetch(asset, timeout)
+            _, problem = fetch(asset)
             if problem is not None:
                 report.problems.append(f"{url} loads {asset}: {problem}")
     return report

@@ -3,7 +3,10 @@ nothing, docs/architecture.md §3 fact 9). Every call goes through the subproces
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from nesop_deb import proc
 from nesop_deb.errors import NesopError
@@ -59,10 +62,40 @@ def stop(unit: str) -> None:
 def start(unit: str, *, reset_failed: bool = True) -> None:
     """Start ``unit``. reset-failed first: a unit that hit its start limit in a failed attempt
     must be startable again. The update's own start skips it when the unit was known not to be
-    failed (it runs while the app is down, and every call there is outage)."""
+    failed (it runs while the app is down, and every call there is outage).
+
+    The runtime starts the app only on a whole tree (a new version applied, or an old one put
+    back), and says so while it does: the recovery unit the start pulls in sees this process
+    holds the lock and is starting the app, and need not wait for it (see :func:`starting`)."""
     if reset_failed:
         proc.run(["systemctl", "reset-failed", "--", unit], check=False)
-    _systemctl("start", "--", unit)
+    marker = _starting_dir() / unit
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        marker.write_text(f"{os.getpid()}\n", encoding="ascii")
+        said = True
+    except OSError:
+        said = False  # no /run to say it in: the recovery unit waits for the lock, bounded
+    try:
+        _systemctl("start", "--", unit)
+    finally:
+        if said:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+
+
+def _starting_dir() -> Path:
+    return Path(os.environ.get("DPKG_ROOT") or "/") / "run/nesop-deb/starting"
+
+
+def starting(unit: str) -> int | None:
+    """The pid of a live runtime process starting ``unit`` now (through :func:`start`), if any."""
+    try:
+        pid = int((_starting_dir() / unit).read_text(encoding="ascii").strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def daemon_reload() -> None:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,7 +80,13 @@ def save(ctx: Context, state: State) -> None:
 
 
 def ensure_dir(ctx: Context) -> None:
-    ctx.state_dir.mkdir(parents=True, exist_ok=True)
+    ctx.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = ctx.state_dir.lstat()
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        raise StateError(
+            f"{ctx.state_dir}: not a directory of root's own; the runtime keeps its state only there",
+            hint=f"move it aside (mv {ctx.state_dir} {ctx.state_dir}.old); it is made again",
+        )
     ctx.state_dir.chmod(0o700)
 
 
@@ -230,11 +238,25 @@ def read_adopted_files(ctx: Context, sha256: str) -> dict[str, Any]:
     return data
 
 
+def root_only(path: Path) -> bool:
+    """``path`` is no link, root's, and no one else may write it (a directory in /var/lib that an
+    app's account owns, such as a unit's StateDirectory, is not the runtime's)."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
+
+
 def adoption_records(root: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(package, record) of every app adopted on the system below ``root``; unreadable ones are
-    left out (as an unreadable manifest is: the commands that use one report it)."""
+    """(package, record) of every app adopted on the system below ``root``. Only records root
+    wrote count: the state directory, its ``adoption/`` and the record itself must be root's and
+    writable by no one else. Unreadable ones are left out (as an unreadable manifest is: the
+    commands that use one report it)."""
     found = []
     for path in sorted((root / "var/lib").glob(f"*/adoption/{ADOPTION}")):
+        if not all(root_only(p) for p in (path.parent.parent, path.parent, path)):
+            continue
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):

@@ -97,7 +97,7 @@ def run(
                 journal["phase"] = "undoing"
                 journal["failed_step"] = s.name
                 journal["reason"] = str(exc)
-                journal["transient"] = failures.transient(exc)
+                journal["transient"] = failures.transient(exc, ctx)  # before the undo frees space
                 try:
                     state.write_journal(ctx, journal)
                 except OSError as journal_exc:  # a full or broken disk: undo all the same

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nesop_deb.errors import ConfigError, RefusedError, UsageError
-from nesop_deb.runtime import adopt, apps, backup, manual, operations, state, validate
+from nesop_deb.runtime import adopt, apps, backup, lock, manual, operations, state, validate
 from nesop_deb.runtime.context import AppSettings
 from tests.unit.runtime_fixtures import (
     APP,
@@ -134,7 +134,11 @@ def test_a_config_the_apps_account_can_change_is_refused(deployed: Server) -> No
     assert apps.select(None, path).app.name == APP  # root's: fine
 
     os.chown(path, 4242, 4242)
-    with pytest.raises(RefusedError, match=r"the app's account \(app\) can change it"):
+    with pytest.raises(RefusedError, match="someone other than root can change it"):
+        apps.select(None, path)
+    # what the file says of the app's account does not matter: it could say anything
+    path.write_text(path.read_text().replace(f'user = "{USER}"', 'user = "root"'))
+    with pytest.raises(RefusedError, match="someone other than root can change it"):
         apps.select(None, path)
     os.chown(path, 0, 0)
     path.chmod(0o666)
@@ -361,3 +365,26 @@ def test_a_manual_backup_of_an_unpackaged_app_and_its_restore(deployed: Server, 
 
     assert (deployed.app_root / "app.py").read_bytes() == b"print('v1')\n"
     assert state.load(ctx).current is None
+
+
+def test_only_adoption_records_root_wrote_count(tmp_path: Path) -> None:
+    """A state directory the app's account owns (a unit's StateDirectory=) cannot plant an app."""
+    good = tmp_path / "var/lib/good-update/adoption"
+    evil = tmp_path / "var/lib/evil-update/adoption"
+    for d in (good, evil):
+        d.mkdir(parents=True)
+        (d / state.ADOPTION).write_text(json.dumps({"package": d.parent.name}))
+    os.chown(evil.parent, 4242, 4242)
+    assert [p for p, _ in state.adoption_records(tmp_path)] == ["good-update"]
+    os.chown(evil.parent, 0, 0)
+    (evil / state.ADOPTION).chmod(0o666)
+    assert [p for p, _ in state.adoption_records(tmp_path)] == ["good-update"]
+
+
+def test_a_lock_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "shadow"
+    victim.write_text("keep me\n")
+    (tmp_path / "lock").symlink_to(victim)
+    with pytest.raises(RefusedError, match="cannot open the lock"), lock.held(tmp_path / "lock", "test"):
+        pass
+    assert victim.read_text() == "keep me\n"

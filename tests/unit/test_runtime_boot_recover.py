@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,22 +101,59 @@ def test_without_a_journal_nothing_is_asked_of_systemd(server: Server) -> None:
     assert server.systemd.calls == []
 
 
-def test_a_held_lock_is_not_waited_for(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The holder is the transaction whose start step pulled the recovery unit in (or a recovery):
-    it finishes the journal and starts the app; waiting for it would deadlock both."""
+def test_a_holder_starting_the_app_is_not_waited_for(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The holder is the runtime starting the app on a whole tree (an update's start step, an
+    undo's last step, a recovery's restart): its start pulled the recovery unit in, and waits for
+    it, so waiting for the holder would deadlock both."""
     install_base(server)
     crash(server, monkeypatch, "apply-files", journaled_only=False)
     power_loss(server)
     journal = state.read_journal(server.ctx)
     tree_now = tree(server.app_root)
+    marker = server.root / "run/nesop-deb/starting" / server.ctx.app.service
+    marker.parent.mkdir(parents=True)
+    marker.write_text(f"{os.getpid()}\n")  # what service.start says while it starts the unit
 
     with lock.held(operations.lock_path(server.ctx), "configure demo-update 1.0.1"):
         done = bootrecover.recover(server.ctx)
 
-    assert done == "another operation holds the lock and finishes the transaction"
+    assert done == f"pid {os.getpid()} holds the lock and is starting the app"
     assert state.read_journal(server.ctx) == journal
     assert tree(server.app_root) == tree_now
     assert service_verbs(server) == []
+
+
+def test_another_holder_is_waited_for_then_the_journal_finished(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A holder that does not start the app (a backup, an adoption, a recovery by `dpkg
+    --configure -a` at boot still undoing): the app must not start before the tree is whole."""
+    install_base(server)
+    before = tree(server.app_root)
+    crash(server, monkeypatch, "apply-files", journaled_only=False)
+    power_loss(server)
+    holder = lock.held(operations.lock_path(server.ctx), "manual backup")
+    holder.__enter__()
+    threading.Timer(0.5, holder.__exit__, (None, None, None)).start()
+
+    done = bootrecover.recover(server.ctx)
+
+    assert "undid the interrupted update" in done
+    assert state.read_journal(server.ctx) is None
+    assert tree(server.app_root) == before
+
+
+def test_a_holder_that_never_lets_go_fails_the_unit(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    install_base(server)
+    crash(server, monkeypatch, "apply-files", journaled_only=False)
+    power_loss(server)
+    monkeypatch.setattr(bootrecover, "LOCK_WAIT", 0.3)
+    with (
+        lock.held(operations.lock_path(server.ctx), "manual backup"),
+        pytest.raises(NesopError, match=r"holds .* for 0.3 s; demo.service does not start until it is done"),
+    ):
+        bootrecover.recover(server.ctx)
+    assert state.read_journal(server.ctx) is not None
 
 
 def test_an_app_that_runs_is_left_to_the_operator(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from nesop_deb import proc
 from nesop_deb.errors import ExitCode, NesopError, RefusedError
 from nesop_deb.runtime import apply, failures, history, operations, state, transaction
 from tests.unit.runtime_fixtures import (
@@ -49,6 +52,34 @@ def break_step(monkeypatch: pytest.MonkeyPatch, step: str, exc: BaseException) -
 
     monkeypatch.setattr(cls, "apply", failing)
     return lambda: monkeypatch.setattr(cls, "apply", real)
+
+
+def sqlite_error(kind: str) -> sqlite3.Error:
+    """A real error from SQLite: a full database (SQLITE_FULL) or a locked one (SQLITE_BUSY)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.db"
+        first = sqlite3.connect(path, timeout=0)
+        try:
+            first.execute("CREATE TABLE t (x)")
+            first.commit()
+            if kind == "full":
+                first.execute("PRAGMA max_page_count = 2")
+                try:
+                    first.execute("INSERT INTO t VALUES (zeroblob(100000))")
+                except sqlite3.Error as exc:
+                    return exc
+            else:
+                first.execute("BEGIN EXCLUSIVE")
+                second = sqlite3.connect(path, timeout=0)
+                try:
+                    second.execute("SELECT * FROM t")
+                except sqlite3.Error as exc:
+                    return exc
+                finally:
+                    second.close()
+        finally:
+            first.close()
+    raise AssertionError(f"SQLite did not fail ({kind})")
 
 
 def statuses(server: Server) -> list[tuple[str, str]]:
@@ -98,7 +129,7 @@ def test_a_version_that_failed_after_the_stop_is_refused_before_the_stop(
     [
         ("backup", RuntimeError("cannot read a file to back up")),  # before the stop: no outage
         ("apply-files", OSError(errno.ENOSPC, "No space left on device")),  # transient
-        ("migrate", sqlite3.OperationalError("database or disk is full")),  # transient
+        ("migrate", sqlite_error("full")),  # transient: SQLITE_FULL
         ("start", transaction.Interrupted("interrupted by signal SIGTERM")),  # a signal
     ],
 )
@@ -186,17 +217,39 @@ def test_an_interrupted_undo_of_a_failed_update_still_counts_as_failed(
     [
         (OSError(errno.ENOSPC, "No space left on device"), True),
         (OSError(errno.EDQUOT, "Disk quota exceeded"), True),
-        (sqlite3.OperationalError("database or disk is full"), True),
-        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite_error("full"), True),
+        (sqlite_error("locked"), True),
         (transaction.Interrupted("interrupted by signal SIGHUP"), True),
-        (NesopError("cannot set aside 3.0 MiB for the undo: No space left on device"), True),
         (OSError(errno.EACCES, "Permission denied"), False),
         (sqlite3.OperationalError("no such column: price"), False),
         (NesopError("health check failed: HTTP 500"), False),
+        # words the app controls (its health answer, its log, its migration's error) count for nothing
+        (NesopError("nesop-store.service failed to start; its log says: database is locked"), False),
+        (sqlite3.OperationalError("database or disk is full"), False),  # RAISE(ABORT, '...')
+        (NesopError("migration 0003 failed: No space left on device"), False),
     ],
 )
 def test_what_counts_as_transient(exc: BaseException, expected: bool) -> None:
     assert failures.transient(exc) is expected
+
+
+def test_a_full_file_system_makes_any_failure_transient(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app that cannot start on a full disk says so only in its own words: the file system
+    the update writes is measured instead."""
+    state.ensure_dir(server.ctx)
+    server.app_root.mkdir(parents=True)
+    cause = NesopError("nesop-store.service failed to start")
+    assert failures.transient(cause, server.ctx) is False
+    real = os.statvfs
+
+    def nearly_full(path: Any) -> Any:
+        st = real(path)
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 0, 10, *tuple(st)[5:]))
+
+    monkeypatch.setattr(os, "statvfs", nearly_full)
+    assert failures.transient(cause, server.ctx) is True
 
 
 def test_a_wrapped_full_disk_is_transient() -> None:
@@ -213,3 +266,27 @@ def test_an_unreadable_record_never_blocks(server: Server) -> None:
     state.ensure_dir(server.ctx)
     (server.ctx.state_dir / "failed.json").write_text("{not json")
     assert failures.read(server.ctx) is None
+
+
+def test_retry_keeps_the_record_when_dpkg_never_ran_the_postinst(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`nesop-update retry` while apt holds dpkg's lock: the version was not tried, so it stays
+    one that apt does not try on its own."""
+    failed_update(server, monkeypatch, "start", RuntimeError("the app will not start"))
+    before = failures.read(server.ctx)
+    fake = server.systemd
+
+    def dpkg(argv: list[str], *rest: Any) -> proc.Result:
+        if argv[0] == "dpkg-query":
+            return proc.Result(argv, 0, b"iFR 1.0.1", b"")
+        if argv[0] == "dpkg":
+            return proc.Result(
+                argv, 2, b"", b"dpkg: error: dpkg frontend lock was locked by another process\n"
+            )
+        return fake(argv, *rest)
+
+    monkeypatch.setattr(proc, "executor", dpkg)
+    with pytest.raises(NesopError, match=r"1\.0\.1 failed again \(dpkg --configure exit code 2\)"):
+        operations.retry(server.ctx)
+    assert failures.read(server.ctx) == before

@@ -120,3 +120,16 @@ def test_the_health_gate_fails_an_update_whose_page_loads_a_missing_asset(
     failures.clear(server.ctx)
     operations.configure(PACKAGE, "1.0.1")
     assert server.applied()[-1] == "1.0.1"
+
+
+def test_a_reference_that_is_not_a_url_is_skipped() -> None:
+    assert pages.references("http://h/", '<img src="//[::1"><script src="/a.js"></script>') == [
+        "http://h/a.js"
+    ]
+
+
+def test_the_pages_have_one_budget_whatever_each_answer_takes(site: dict[str, tuple[int, bytes]]) -> None:
+    site["/"] = (200, b'<script src="/a.js"></script>')
+    site["/a.js"] = (200, b"x")
+    report = pages.check(f"{base(site)}/health", ("/",), budget=0)
+    assert report.problems == [f"{base(site)}/: not checked: the pages took more than 0 s"]
