@@ -278,7 +278,7 @@ def _refuse_python(prefix: str, name: str) -> None:
     fix = (
         f"write it as {prefix}{m.group('id')}{m.group('rollback') or ''}.sql"
         if m
-        else f"move it out of {prefix} (or build with --no-migrations)"
+        else f"move it out of {prefix} (or build with --no-migrations --allow-partial)"
     )
     raise BuildError(
         f"{prefix}{name}: Python migrations are not supported", hint=f"only SQL migrations are: {fix}"
@@ -317,7 +317,8 @@ def select_migrations(
             if m.group("rollback") is None and (released or ch.status != "A"):
                 raise BuildError(
                     f"{ch.old_path or ch.path} was changed after it was released",
-                    hint="never edit a released migration: add a new one (or build with --no-migrations)",
+                    hint="never edit a released migration: add a new one "
+                    "(or build with --no-migrations --allow-partial)",
                 )
             if ch.status in ("A", "R"):
                 new_names.add(name)
@@ -567,7 +568,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     if migrations and cfg.migrations.database is None:
         raise BuildError(
             f"the range adds migrations ({migrations[0].id}...) but [migrations].database is not set",
-            hint="set it in nesop-deb.toml, or build with --no-migrations",
+            hint="set it in nesop-deb.toml, or build with --no-migrations --allow-partial",
         )
     rng = f"{since_ref}..HEAD" if since_commit else "HEAD"
     left = left_behind(changes, head_tree, base_tree, blobs, cfg.files.exclude, files)

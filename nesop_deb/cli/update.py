@@ -113,7 +113,8 @@ def _show_adoption(adopted: Any, current: str | None) -> None:
 @json_option
 @click.pass_obj
 def status(debug: bool, app_name: str | None, as_json: bool) -> None:
-    """App version, package state, service, health, last update, pending journal."""
+    """App version, package state, service, health, last update, a failed version, the adoption,
+    a pending journal."""
 
     def run() -> None:
         ctx = _select(app_name)
@@ -309,7 +310,7 @@ def rollback(debug: bool, name: str | None, to_version: str | None, app_name: st
 @json_option
 @click.pass_obj
 def history_cmd(debug: bool, app_name: str | None, as_json: bool) -> None:
-    """Every apply and rollback, with what dpkg's log says about the package."""
+    """Every apply, refusal, recovery and rollback, with what dpkg's log says about the package."""
 
     def run() -> None:
         ctx = _select(app_name)
@@ -496,8 +497,9 @@ def retry(debug: bool, app_name: str | None) -> None:
 @click.option(
     "--boot",
     is_flag=True,
-    help="Before the app's service starts (systemd runs this at boot): leave the service to systemd "
-    "and never wait for the lock. Every managed app unless --app is given.",
+    help="Before the app's service starts (systemd runs this at boot): leave the service to systemd; "
+    "wait for another operation's lock (up to 8 min) unless it is the one starting the app. Every "
+    "managed app unless --app is given.",
 )
 @click.pass_obj
 def recover(debug: bool, app_name: str | None, boot: bool) -> None:
