@@ -145,8 +145,11 @@ def select_files(
     range ships as HEAD has it (the user asked for it)."""
     if only:
         _check_named(only, changes, head, exclude)
+    changed = {p for ch in changes for p in (ch.path, ch.old_path) if p is not None}
+    # a named file that did not change ships as HEAD has it: as if the range had changed it
+    named = [Change("M", p) for p in only if p in head and p not in changed]
     entries: list[FileEntry] = []
-    for ch in changes:
+    for ch in [*changes, *named]:
         paths = [ch.path] + ([ch.old_path] if ch.old_path else [])
         if only and not any(_under(p, only) for p in paths):
             continue
@@ -193,16 +196,6 @@ def select_files(
         pre = _sha256(blobs[old_entry.blob]) if old_entry is not None else None
         action = Action.ADD if old_entry is None else Action.MODIFY
         entries.append(FileEntry(ch.path, action, _sha256(data), len(data), _mode(new), pre, None, link))
-    changed = {p for ch in changes for p in (ch.path, ch.old_path) if p is not None}
-    for p in only:
-        if p in head and p not in changed:  # named, unchanged: ship it as HEAD has it
-            new = head[p]
-            _check_entry(new, blobs)
-            data = blobs[new.blob]
-            link = data.decode("utf-8", "surrogateescape") if new.mode == "120000" else None
-            pre = _sha256(blobs[base[p].blob]) if p in base else None
-            action = Action.MODIFY if p in base else Action.ADD
-            entries.append(FileEntry(p, action, _sha256(data), len(data), _mode(new), pre, None, link))
     _check_link_chains(entries)
     return sorted(entries, key=lambda e: e.path)
 
@@ -417,8 +410,7 @@ def _left_out_cause(options: BuildOptions, left: Sequence[LeftBehind], migration
     )
 
 
-def _leaves_out(options: BuildOptions, left: Sequence[LeftBehind], migrations_dir: str) -> str:
-    cause = _left_out_cause(options, left, migrations_dir)
+def _leaves_out(cause: str) -> str:
     return f"{cause} {'leave' if ' and ' in cause else 'leaves'} out"
 
 
@@ -429,9 +421,8 @@ def _partial_refused(
     fix = "add them to --files" if "--files" in cause else "drop --no-migrations"
     if cause == "--no-migrations":
         fix += " (updates built from the next release tag will not carry them either)"
-    leaves_out = _leaves_out(options, left, migrations_dir)
     return UsageError(
-        f"{leaves_out} {len(left)} file(s) that {rng} changed: {_names(left)}",
+        f"{_leaves_out(cause)} {len(left)} file(s) that {rng} changed: {_names(left)}",
         hint=(
             f"{fix}, or build with --allow-partial: the server then keeps these as they were until"
             " an update writes them"
@@ -573,7 +564,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     rng = f"{since_ref}..HEAD" if since_commit else "HEAD"
     left = left_behind(changes, head_tree, base_tree, blobs, cfg.files.exclude, files)
     if not files and not migrations:
-        why = f" ({_leaves_out(options, left, mig_dir)} {_names(left)})" if left else ""
+        why = f" ({_leaves_out(_left_out_cause(options, left, mig_dir))} {_names(left)})" if left else ""
         raise UsageError(
             f"nothing to ship: no included file or migration changed in {rng}{why}",
             hint="commit the changes first, or check [files].exclude and --files",

@@ -13,7 +13,7 @@ from pathlib import Path
 from nesop_deb import config
 from nesop_deb import manifest as mf
 from nesop_deb.errors import ConfigError, RefusedError, UsageError
-from nesop_deb.runtime import adopt
+from nesop_deb.runtime import adopt, safefs
 from nesop_deb.runtime.context import AppSettings, Context
 from nesop_deb.runtime.log import log
 
@@ -54,7 +54,7 @@ def from_config(path: Path) -> Context:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"--config {path}: not a regular file", hint="give the app's nesop-deb.toml")
-        if st.st_uid != 0 or st.st_mode & 0o022:
+        if not safefs.is_private(st):
             raise _changeable(path)
         with os.fdopen(os.dup(fd), "rb") as fh:
             data = fh.read(CONFIG_CAP + 1)
@@ -101,8 +101,7 @@ def _only_root_can_change(path: Path, real: Path) -> None:
             st = directory.lstat()
         except OSError:
             continue  # the open that follows says what is missing
-        sticky = bool(st.st_mode & stat.S_ISVTX)
-        if st.st_uid != 0 or (st.st_mode & 0o022 and not sticky):
+        if not safefs.is_private(st) and not (st.st_uid == 0 and st.st_mode & stat.S_ISVTX):
             raise _changeable(path)
 
 

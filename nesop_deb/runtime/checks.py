@@ -67,20 +67,17 @@ def base_version(st: state.State, manifest: Manifest) -> None:
         )
 
 
-def drift(
-    ctx: Context, manifest: Manifest, left_behind: Mapping[str, str | None] | None = None
-) -> list[Drift]:
+def drift(ctx: Context, manifest: Manifest, st: state.State | None = None) -> list[Drift]:
     """Live files that are neither the update's pre-image nor its result (config files excepted).
 
-    A file a partial update left behind (``state.left_behind`` of the live version, read when not
-    given) is not drift either at the content that update left it at: the next update, built from
-    the release the server claims, expects the release's content there."""
+    A file a partial update left behind (``state.left_behind`` of the live version) is not drift
+    either at the content that update left it at: the next update, built from the release the
+    server claims, expects the release's content there."""
     found: list[Drift] = []
     config = set(manifest.config_files)
     if not ctx.app_root.is_dir():
         return found  # a first install: nothing is there to differ
-    if left_behind is None:
-        left_behind = state.left_behind(ctx, state.load(ctx).current)
+    left_behind = state.left_behind(ctx, (st or state.load(ctx)).current)
     with safefs.Tree.open(ctx.app_root) as app:
         for f in manifest.files:
             found += _drift_of(app, f, config, left_behind)
@@ -114,7 +111,7 @@ def _drift_of(
 
 
 def no_drift(ctx: Context, manifest: Manifest, st: state.State | None = None) -> None:
-    found = drift(ctx, manifest, None if st is None else state.left_behind(ctx, st.current))
+    found = drift(ctx, manifest, st)
     if found:
         first = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""

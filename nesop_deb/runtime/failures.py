@@ -76,10 +76,10 @@ def transient(exc: BaseException, ctx: Context | None = None) -> bool:
         if type(current).__name__ == "Interrupted":  # the transaction's own signal exception
             return True
         current = current.__cause__ or current.__context__
-    return ctx is not None and full(ctx)
+    return ctx is not None and _full(ctx)
 
 
-def full(ctx: Context) -> bool:
+def _full(ctx: Context) -> bool:
     """Whether a file system the update writes (the app's, its database's, the state's) is full."""
     places = [ctx.app_root, ctx.state_dir]
     with contextlib.suppress(NesopError):
@@ -108,13 +108,12 @@ def record(ctx: Context, manifest: Manifest, step: str, reason: str, *, is_trans
         transient=is_transient,
         time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     )
-    state.ensure_dir(ctx)
-    write_json_atomic(_path(ctx), json.dumps(asdict(failure), indent=2, sort_keys=True) + "\n")
+    keep(ctx, failure)
     return failure
 
 
 def keep(ctx: Context, failure: Failure) -> None:
-    """Write ``failure`` back as it was."""
+    """Write ``failure`` as the record (``retry`` puts one back as it was)."""
     state.ensure_dir(ctx)
     write_json_atomic(_path(ctx), json.dumps(asdict(failure), indent=2, sort_keys=True) + "\n")
 

@@ -237,10 +237,11 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
 
 
 def _record_failure_of(ctx: Context, journal: dict[str, object], manifest: Manifest) -> None:
-    """An update that had failed (not one killed while it applied) and whose undo was interrupted
-    failed all the same: keep it from being tried again on its own."""
+    """Record the failure the journal names (the transaction wrote its step, its reason and whether
+    it was transient before the undo): for an update that failed, and for one whose undo was then
+    interrupted, which failed all the same (not for one killed while it applied)."""
     step, reason = journal.get("failed_step"), str(journal.get("reason") or "")
-    if not isinstance(step, str) or not reason:
+    if not isinstance(step, str):
         return
     # a journal written before this was judged counts as transient: tried again, as it was then
     failures.record(ctx, manifest, step, reason, is_transient=journal.get("transient") is not False)
@@ -389,8 +390,7 @@ def run_apply(ctx: Context, manifest: Manifest, source: Path, st: state.State) -
                 ),
             )
             # judged before the undo (a full disk is full then); a journal without it: transient
-            was_transient = journal.get("transient") is not False
-            failures.record(ctx, manifest, exc.step, str(exc.cause), is_transient=was_transient)
+            _record_failure_of(ctx, journal, manifest)
             if not exc.undo_errors:
                 state.clear_journal(ctx)
             log.error(

@@ -21,6 +21,7 @@ from typing import Any
 from nesop_deb.errors import NesopError
 from nesop_deb.manifest import NAME as MANIFEST_NAME
 from nesop_deb.manifest import Manifest, loads
+from nesop_deb.runtime import safefs
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import write_json_atomic
 
@@ -245,7 +246,7 @@ def root_only(path: Path) -> bool:
         st = path.lstat()
     except OSError:
         return False
-    return not stat.S_ISLNK(st.st_mode) and st.st_uid == 0 and not st.st_mode & 0o022
+    return not stat.S_ISLNK(st.st_mode) and safefs.is_private(st)
 
 
 def adoption_records(root: Path) -> list[tuple[str, dict[str, Any]]]:
