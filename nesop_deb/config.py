@@ -240,7 +240,20 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
     if database is not None and not re.match(r"^[a-z0-9+]+://", database):
         raise ConfigError(
             f"{source}: migrations.database {database!r} must be a database URL",
-            hint=f"e.g. sqlite:///{root}/app.db",
+            hint=f"e.g. sqlite:///{root}/data/app.db",
+        )
+    if database is not None and not database.startswith("sqlite:///"):
+        scheme = database.split("://", 1)[0]
+        raise ConfigError(
+            f"{source}: migrations.database {database!r}: the server runtime supports SQLite only,"
+            f" not {scheme}",
+            hint=f"use a sqlite:/// URL such as sqlite:///{root}/data/app.db",
+        )
+    if database is not None and not database.startswith("sqlite:////"):
+        raise ConfigError(
+            f"{source}: migrations.database {database!r} names a relative path; the server needs an"
+            " absolute one",
+            hint=f"write sqlite:/// and the absolute path, e.g. sqlite:///{root}/data/app.db",
         )
 
     _database_is_writable(database, root, writable, source)

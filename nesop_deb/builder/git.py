@@ -58,6 +58,11 @@ class GitRepo:
     def git(self, *args: str) -> proc.Result:
         return proc.run([*_GIT, "-C", self.dir, *args])
 
+    def git_optional(self, *args: str) -> str | None:
+        """A git command's output, or None when it fails (a question answered "no")."""
+        result = proc.run([*_GIT, "-C", self.dir, *args], check=False)
+        return result.out.strip() if result.returncode == 0 else None
+
     def resolve(self, ref: str) -> str:
         try:
             return self.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").out.strip()
@@ -76,6 +81,29 @@ class GitRepo:
 
     def tags_at(self, commit: str) -> list[str]:
         return [t for t in self.git("tag", "--points-at", commit).out.splitlines() if t]
+
+    def is_shallow(self) -> bool:
+        return self.git("rev-parse", "--is-shallow-repository").out.strip() == "true"
+
+    def is_ancestor(self, ancestor: str, commit: str) -> bool:
+        """Whether ``ancestor`` is ``commit`` or reachable from it."""
+        args: list[str | Path] = [*_GIT, "-C", self.dir, "merge-base", "--is-ancestor", ancestor, commit]
+        return proc.run(args, check=False).returncode == 0
+
+    def describe(self, commit: str) -> str:
+        """``abc1234 "subject"``: a commit as a person recognises it."""
+        return self.git("show", "-s", '--format=%h "%s"', commit).out.strip()
+
+    def file_at(self, commit: str, path: str) -> bytes | None:
+        """The content of ``path`` (relative to the app directory) in ``commit``, or None."""
+        args: list[str | Path] = [*_GIT, "-C", self.dir, "cat-file", "blob", f"{commit}:./{path}"]
+        result = proc.run(args, check=False)
+        return result.stdout if result.returncode == 0 else None
+
+    def untracked(self, path: str) -> list[str]:
+        """Files below ``path`` (app-relative) that git does not track, ignored ones included."""
+        out = self.git("ls-files", "--others", "-z", "--", path).stdout
+        return [p.decode("utf-8", "surrogateescape") for p in out.split(b"\0") if p]
 
     def commit_time(self, commit: str) -> int:
         return int(self.git("show", "-s", "--format=%ct", commit).out.strip())

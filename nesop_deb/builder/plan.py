@@ -8,14 +8,15 @@ Reading git happens in :func:`make_plan`; deciding what ships is the pure :func:
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nesop_deb import __version__, config, versions
+from nesop_deb import __version__, config
+from nesop_deb.builder import release
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
-from nesop_deb.errors import BuildError, UsageError
+from nesop_deb.builder.migrations import MIGRATION_NAME, check_names, is_migration_file, refuse_python
+from nesop_deb.errors import BuildError, ConfigError, UsageError
 from nesop_deb.manifest import Action, FileEntry, LeftBehind, Manifest, MigrationEntry
 from nesop_deb.paths import (
     UnsafePath,
@@ -25,8 +26,6 @@ from nesop_deb.paths import (
     link_stays_inside,
     safe_relative,
 )
-
-MIGRATION_NAME = re.compile(r"^(?P<id>[0-9]{4}_[A-Za-z0-9_.-]+?)(?P<rollback>\.rollback)?\.(?P<ext>sql|py)$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,7 @@ class BuildPlan:
     commits: Sequence[Commit]
     epoch: int
     notes: Sequence[str] = field(default_factory=tuple)
+    warnings: Sequence[str] = field(default_factory=tuple)
 
     @property
     def package(self) -> str:
@@ -236,13 +236,6 @@ def left_behind(
     return [out[p] for p in sorted(out)]
 
 
-def is_migration_file(path: str, migrations_dir: str) -> bool:
-    """A migration (or its rollback) as ``[migrations] dir`` holds them: ``<dir>/NNNN_name.sql``."""
-    prefix = migrations_dir.rstrip("/") + "/"
-    name = path[len(prefix) :] if path.startswith(prefix) else ""
-    return "/" not in name and MIGRATION_NAME.match(name) is not None
-
-
 def _check_link_chains(entries: Sequence[FileEntry]) -> None:
     """Each link may stay inside on its own while a chain of them leaves (``a -> ..`` and
     ``b -> a/..``): resolve them through each other, as the server's runtime does again."""
@@ -263,21 +256,6 @@ def full_files(
     return select_files(changes, head, {}, blobs, exclude, only)
 
 
-def _refuse_python(prefix: str, name: str) -> None:
-    """Refuse a ``.py`` file among the migrations: the runtime applies SQL only (and refuses the rest)."""
-    if not name.lower().endswith(".py"):
-        return
-    m = MIGRATION_NAME.match(name)
-    fix = (
-        f"write it as {prefix}{m.group('id')}{m.group('rollback') or ''}.sql"
-        if m
-        else f"move it out of {prefix} (or build with --no-migrations --allow-partial)"
-    )
-    raise BuildError(
-        f"{prefix}{name}: Python migrations are not supported", hint=f"only SQL migrations are: {fix}"
-    )
-
-
 def select_migrations(
     changes: Sequence[Change],
     head: Mapping[str, TreeEntry],
@@ -295,14 +273,14 @@ def select_migrations(
     if full:
         new_names = set(in_dir)
         for name in sorted(in_dir):
-            _refuse_python(prefix, name)
+            refuse_python(prefix, name)
     else:
         for ch in changes:
             if not ch.path.startswith(prefix) and not (ch.old_path or "").startswith(prefix):
                 continue
             name = ch.path[len(prefix) :] if ch.path.startswith(prefix) else ""
             if ch.status != "D" and name in in_dir:
-                _refuse_python(prefix, name)
+                refuse_python(prefix, name)
             m = MIGRATION_NAME.match(name) or MIGRATION_NAME.match((ch.old_path or "")[len(prefix) :])
             if m is None:
                 continue
@@ -356,46 +334,6 @@ def _unshippable_name(path: str) -> str | None:
     return None
 
 
-def _resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
-    if requested is not None:
-        versions.parse(requested, what="--version")
-        return requested
-    tagged = sorted(
-        (v for v in (versions.from_tag(t) for t in repo.tags_at(head)) if v is not None), reverse=True
-    )
-    if not tagged:
-        raise UsageError(
-            "no version: HEAD has no vX.Y.Z tag and no --version was given",
-            hint="tag the release (git tag v1.0.5) or pass --version 1.0.5",
-        )
-    return str(tagged[0])
-
-
-def _check_version_names_head(repo: GitRepo, head: str, version: str, options: BuildOptions) -> None:
-    """``--version X`` names HEAD's content: HEAD must carry the tag vX, or ``--since`` says which
-    release the update starts from (an untagged fix branch). A ``--full`` build has no base: its
-    HEAD may carry no release tag, or vX."""
-    if options.version is None:
-        return
-    tagged = sorted(v for v in (versions.from_tag(t) for t in repo.tags_at(head)) if v is not None)
-    if any(versions.compare(str(v), version) == 0 for v in tagged):
-        return
-    if options.since is not None and not options.full:
-        return
-    if options.full and not tagged:
-        return
-    what = f"HEAD is the release v{tagged[-1]}" if tagged else "HEAD carries no release tag"
-    raise UsageError(
-        f"--version {version}: {what}, so the package would ship HEAD's content as {version}",
-        hint=(
-            f"check out v{version} (or tag HEAD: git tag v{version}), or name the release it updates"
-            " with --since vX.Y.Z"
-            if not options.full
-            else f"check out v{version} (or tag HEAD: git tag v{version})"
-        ),
-    )
-
-
 def _names(left: Sequence[LeftBehind], limit: int = 20) -> str:
     shown = ", ".join(lb.path for lb in left[:limit])
     return shown + (f" and {len(left) - limit} more" if len(left) > limit else "")
@@ -430,25 +368,101 @@ def _partial_refused(
     )
 
 
-def _check_unit_file(
+def _check_pointers(
     cfg: config.Config, head: Mapping[str, TreeEntry], files: Sequence[FileEntry], full: bool
 ) -> None:
-    """``[app] unit_file`` is what a first install enables: it must be a file that ships."""
+    """What the config names must be in the release: ``[app] unit_file`` (what a first install
+    enables), every ``[files] config`` entry and, with a database, the migrations directory."""
     unit = cfg.app.unit_file
-    if unit is None:
+    if unit is not None:
+        why = _missing(unit, head, cfg.files.exclude)
+        if why is None and full and not any(f.path == unit for f in files):
+            why = "is not among the files this --full build ships (--files)"
+        if why is not None:
+            raise BuildError(
+                f"[app] unit_file {unit} {why}, so the server could not install the service",
+                hint="commit the unit file there, take it out of [files] exclude, or fix [app] unit_file",
+            )
+    for entry in cfg.files.config:
+        why = _missing(entry, head, cfg.files.exclude)
+        if why is not None:
+            raise BuildError(
+                f"[files] config entry {entry} {why}",
+                hint="commit the file there, take it out of [files] exclude, or fix [files] config",
+            )
+    mig = cfg.migrations.dir.rstrip("/")
+    if cfg.migrations.database is not None and not any(p.startswith(mig + "/") for p in head):
+        elsewhere = sorted(
+            {p.rsplit("/", 1)[0] for p in head if "/" in p and is_migration_file(p, p.rsplit("/", 1)[0])}
+        )
+        if elsewhere or mig != config.MigrationsConfig.dir:
+            found = f" (migrations are in {', '.join(elsewhere)})" if elsewhere else ""
+            raise BuildError(
+                f"[migrations] dir {mig} does not exist at HEAD{found}",
+                hint=f"set [migrations] dir to where the migrations are, or commit them in {mig}/",
+            )
+    if cfg.migrations.database is not None and excluded(f"{mig}/0001_probe.sql", cfg.files.exclude):
+        raise BuildError(
+            f"[files] exclude removes the migrations dir {mig}, so its migrations would not ship",
+            hint="take it out of [files] exclude (migrations ship with the app's files)",
+        )
+
+
+def _missing(path: str, head: Mapping[str, TreeEntry], exclude: tuple[str, ...]) -> str | None:
+    if path not in head:
+        return "is not a file in the repository at HEAD"
+    if excluded(path, exclude):
+        return "is removed by [files] exclude"
+    return None
+
+
+def _check_untracked_migrations(
+    repo: GitRepo, migrations_dir: str, allow_dirty: bool, notes: list[str]
+) -> None:
+    """A migration written but never added to git would not ship, and the build would not say so."""
+    loose = [p for p in repo.untracked(migrations_dir) if p.lower().endswith(".sql")]
+    if not loose:
         return
-    if unit not in head:
-        why = "is not in the repository at HEAD"
-    elif excluded(unit, cfg.files.exclude):
-        why = "is removed by [files] exclude"
-    elif full and not any(f.path == unit for f in files):
-        why = "is not among the files this --full build ships (--files)"
-    else:
+    if allow_dirty:
+        notes.append(f"untracked migration(s) not included: {', '.join(loose)}")
         return
-    raise BuildError(
-        f"[app] unit_file {unit} {why}, so a first install could not enable the service",
-        hint="commit the unit file there, take it out of [files] exclude, or fix [app] unit_file",
+    raise UsageError(
+        f"untracked migration file(s) in {migrations_dir}/: {', '.join(loose[:3])}"
+        + (" ..." if len(loose) > 3 else ""),
+        hint=f"add and commit them (git add {loose[0]}), or build HEAD without them with --allow-dirty",
     )
+
+
+def find_app_dir(start: Path) -> Path:
+    """The app directory for ``start``: the nearest directory holding a ``nesop-deb.toml``, from
+    ``start`` up to the repository's top (as git finds its repository); ``start`` if none does."""
+    repo = GitRepo(start)
+    for directory in (repo.dir, *repo.dir.parents):
+        if (directory / config.CONFIG_NAME).is_file():
+            return directory
+        if directory == repo.top or not directory.is_relative_to(repo.top):
+            break
+    return repo.dir
+
+
+def load_config(repo: GitRepo, head: str, allow_dirty: bool, notes: list[str]) -> config.Config:
+    """The app's config as the commit being built has it (a package is built from a commit)."""
+    path = repo.dir / config.CONFIG_NAME
+    committed = repo.file_at(head, config.CONFIG_NAME)
+    if committed is None:
+        if path.exists():
+            raise UsageError(
+                f"{path} is not committed: a package is built from a commit, with its config",
+                hint=f"commit it: git add {config.CONFIG_NAME} && git commit",
+            )
+        return config.load(path)  # the error says how to write one
+    try:
+        text = committed.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if allow_dirty and path.is_file() and path.read_bytes() != committed:
+        notes.append(f"using {config.CONFIG_NAME} as committed at HEAD; its uncommitted edits are not used")
+    return config.loads(text, f"{path} (at HEAD)")
 
 
 def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
@@ -456,8 +470,10 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     repo = GitRepo(app_dir)
     if not repo.has_commits():
         raise UsageError(f"{repo.dir}: the repository has no commits", hint="commit the app first")
-    cfg = config.load(repo.dir / config.CONFIG_NAME)
     notes: list[str] = []
+    warnings: list[str] = []
+    head = repo.resolve("HEAD")
+    cfg = load_config(repo, head, options.allow_dirty, notes)
     dirty = repo.dirty_paths()
     if dirty:
         if not options.allow_dirty:
@@ -467,43 +483,20 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                 hint="commit them (packages are built from commits), or build HEAD anyway with --allow-dirty",
             )
         notes.append(f"building HEAD; {len(dirty)} uncommitted change(s) are not included")
-    head = repo.resolve("HEAD")
-    version = _resolve_version(repo, head, options.version)
+    _check_untracked_migrations(repo, cfg.migrations.dir, options.allow_dirty, notes)
+    version = release.resolve_version(repo, head, options.version)
     only = normalise_files_option(options.files, repo.dir)
-
+    release.check_version(
+        repo, head, version, options.version is not None, options.since is not None, options.full
+    )
     since_ref: str | None = None
     since_commit: str | None = None
     bases: tuple[str, ...] = ()
-    if options.since is not None:
-        since_ref = options.since
-    elif not options.full:
-        below = versions.highest_below(versions.parse(version), repo.tags())
-        if below is None:
-            raise UsageError(
-                f"no release tag below {version} to compare with",
-                hint="pass --since REF, or --full for a first install",
-            )
-        since_ref = below[0]
-    _check_version_names_head(repo, head, version, options)
-    if since_ref is not None and not options.full:
-        since_commit = repo.resolve(since_ref)
-        base_version = (
-            versions.from_tag(since_ref) if options.since is None or since_ref in repo.tags() else None
-        )
-        if base_version is None:
-            tagged = [v for v in (versions.from_tag(t) for t in repo.tags_at(since_commit)) if v is not None]
-            base_version = max(tagged) if tagged else None
-        if base_version is None:
-            raise UsageError(
-                f"--since {since_ref}: the commit has no vX.Y.Z release tag, so no base version is known",
-                hint="pass a release tag such as v1.0.4",
-            )
-        if versions.compare(version, str(base_version)) <= 0:
-            raise UsageError(
-                f"version {version} is not above its base {base_version}",
-                hint="an update must have a higher version than the release it updates",
-            )
-        bases = (str(base_version),)
+    if not options.full:
+        base = release.choose_base(repo, head, version, options.since, warnings)
+        since_ref, since_commit, bases = base.ref, base.commit, (base.version,)
+    elif options.since is not None:
+        since_ref = options.since  # recorded; a full install has no base
 
     head_tree = repo.tree(head)
     base_tree = repo.tree(since_commit) if since_commit else {}
@@ -524,6 +517,11 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                 safe_relative(p)
             except UnsafePath as exc:
                 raise BuildError(f"git path {p!r}: {exc}") from None
+
+    check_names(
+        (c.path for c in changes if c.status != "D" and not excluded(c.path, cfg.files.exclude)),
+        cfg.migrations.dir,
+    )
 
     # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded
     wanted = {head_tree[c.path].blob for c in changes if c.path in head_tree}
@@ -571,7 +569,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         )
     if left and not options.allow_partial:
         raise _partial_refused(options, left, mig_dir, rng)
-    _check_unit_file(cfg, head_tree, files, options.full or since_commit is None)
+    _check_pointers(cfg, head_tree, files, options.full or since_commit is None)
 
     payload = {f.path: blobs[head_tree[f.path].blob] for f in files if f.ships_payload}
     epoch = repo.commit_time(head)
@@ -592,7 +590,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         left_behind=tuple(left),
     )
     commits = repo.log(since_commit, head)
-    return BuildPlan(cfg, manifest, payload, migration_data, commits, epoch, tuple(notes))
+    return BuildPlan(cfg, manifest, payload, migration_data, commits, epoch, tuple(notes), tuple(warnings))
 
 
 def describe(manifest: Manifest) -> list[str]:
@@ -615,4 +613,4 @@ def describe(manifest: Manifest) -> list[str]:
     return lines
 
 
-__all__ = ["BuildOptions", "BuildPlan", "describe", "left_behind", "make_plan"]
+__all__ = ["BuildOptions", "BuildPlan", "describe", "find_app_dir", "left_behind", "make_plan"]

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import click
 
-from nesop_deb import __version__, debfile, signing
+from nesop_deb import debfile, signing
+from nesop_deb.builder import scaffold
+from nesop_deb.builder.git import GitRepo
 from nesop_deb.builder.package import build_deb, manifest_bytes
-from nesop_deb.builder.plan import BuildOptions, describe, make_plan
+from nesop_deb.builder.plan import BuildOptions, describe, find_app_dir, make_plan
 from nesop_deb.cli.common import group, guarded, show
 from nesop_deb.config import CONFIG_NAME
 from nesop_deb.errors import NesopError, UsageError
-from nesop_deb.render import render
 
 cli = group("nesop-deb", "Turn an app's changes into versioned update packages (.deb).")
 
@@ -43,7 +44,12 @@ cli = group("nesop-deb", "Turn an app's changes into versioned update packages (
     help="Build although --files or --no-migrations leaves out changes of the range (listed, and recorded).",
 )
 @click.option("--full", is_flag=True, help="Ship every included file: a first install.")
-@click.option("--output", type=click.Path(path_type=Path), default="dist", help="Where the .deb goes.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where the .deb goes (default: dist/ in the app directory); --full packages go into its full/.",
+)
 @click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
@@ -62,7 +68,7 @@ def build(
     files: tuple[str, ...],
     no_migrations: bool,
     full: bool,
-    output: Path,
+    output: Path | None,
     allow_partial: bool,
     allow_dirty: bool,
     dry_run: bool,
@@ -74,14 +80,29 @@ def build(
     `--files a b c` takes several paths, as the original tool did."""
 
     def run() -> None:
+        if extra_files and not files:
+            raise UsageError(
+                f"unexpected argument {extra_files[0]!r}",
+                hint=(
+                    f"to build the app in that directory pass -C {extra_files[0]}"
+                    if Path(extra_files[0]).is_dir()
+                    else "name the files to ship with --files"
+                )
+                + "; nesop-deb build takes no positional arguments without --files",
+            )
         if sign_key is not None and not dry_run:
             signing.check_key(sign_key)
         options = BuildOptions(
             version, since, files + extra_files, no_migrations, full, allow_dirty, allow_partial
         )
-        plan = make_plan(directory, options)
+        app_dir = find_app_dir(directory)
+        if app_dir != directory.resolve():
+            show(f"note: building the app in {app_dir} (its {CONFIG_NAME})", err=True)
+        plan = make_plan(app_dir, options)
         for note in plan.notes:
             show(f"note: {note}", err=True)
+        for warning in plan.warnings:
+            show(f"warning: {warning}", err=True)
         left = plan.manifest.left_behind
         if left:
             names = ", ".join(lb.path for lb in left)
@@ -95,7 +116,9 @@ def build(
         if dry_run:
             click.echo(plan.manifest.to_json(), nl=False)
             return
-        out = output if output.is_absolute() else Path.cwd() / output
+        out = app_dir / "dist" if output is None else output if output.is_absolute() else Path.cwd() / output
+        if plan.manifest.full:  # never in place of the update package of the same version
+            out = out / "full"
         # the manifest is signed before the package exists: preinst carries the signature
         manifest_sig = None if sign_key is None else signing.sign_bytes(manifest_bytes(plan), sign_key)
         deb = build_deb(plan, out, manifest_sig)
@@ -176,7 +199,11 @@ def verify(debug: bool, deb: Path) -> None:
 @click.option("-C", "directory", type=click.Path(path_type=Path), default=".", help="The app repository.")
 @click.option("--name", help="App name (default: the directory's name).")
 @click.option("--root", help="App root on the server (default: /opt/NAME).")
-@click.option("--user", default="root", show_default=True, help="Owner of the app's files.")
+@click.option(
+    "--user",
+    default=None,
+    help="The account owning the app's data (default: NAME, a system account the first install creates).",
+)
 @click.option("--maintainer", default=None, help="'Name <email>' (default: from git config).")
 @click.option("--force", is_flag=True, help="Overwrite an existing nesop-deb.toml.")
 @click.pass_obj
@@ -185,47 +212,38 @@ def init(
     directory: Path,
     name: str | None,
     root: str | None,
-    user: str,
+    user: str | None,
     maintainer: str | None,
     force: bool,
 ) -> None:
-    """Write a commented nesop-deb.toml and a Makefile snippet so `make deb` works."""
+    """Set the app repository in DIR up for `make deb`: write a nesop-deb.toml filled in from what
+    the repository holds (its unit file, migrations, git identity), a Makefile snippet, and
+    /dist/ in .gitignore; then print what is left to check."""
 
     def run() -> None:
+        repo = scaffold.open_repo(directory)
         target = directory / CONFIG_NAME
         if target.exists() and not force:
             raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
-        app = name or directory.resolve().name.lower().replace("_", "-")
-        who = maintainer or _git_maintainer(directory)
-        values = {"builder_version": __version__, "name": app, "root": root or f"/opt/{app}", "user": user}
-        text = render("nesop-deb.toml.j2", maintainer=who, **values)
-        from nesop_deb.config import loads
-
-        loads(text, str(target))  # what init writes must itself be valid
-        target.write_text(text, encoding="utf-8")
-        (directory / "nesop-deb.mk").write_text(render("nesop-deb.mk.j2", **values), encoding="utf-8")
-        makefile = directory / "Makefile"
-        if not makefile.exists():
-            makefile.write_text("include nesop-deb.mk\n", encoding="utf-8")
-            click.echo(f"wrote {target}, {directory / 'nesop-deb.mk'} and {makefile}")
-        elif "nesop-deb.mk" not in makefile.read_text(encoding="utf-8", errors="replace"):
-            click.echo(
-                f"wrote {target} and {directory / 'nesop-deb.mk'}; add `include nesop-deb.mk` to {makefile}"
-            )
-        else:
-            click.echo(f"wrote {target} and {directory / 'nesop-deb.mk'}")
+        setup = scaffold.settings(
+            repo,
+            scaffold.survey(repo),
+            name=name,
+            root=root,
+            user=user,
+            maintainer=_git_maintainer(repo, maintainer),
+        )
+        written = scaffold.write(directory, setup)
+        for line in scaffold.report(directory, setup, written, here=Path.cwd()):
+            show(line)
 
     guarded("nesop-deb", debug, run)
 
 
-def _git_maintainer(directory: Path) -> str:
-    from nesop_deb import proc
-
-    # the app repository's identity (its own config counts), not that of the current directory
-    git = ["git", "-C", str(directory), "config"]
-    name = proc.run([*git, "user.name"], check=False).out.strip() or os.environ.get("DEBFULLNAME", "")
-    email = proc.run([*git, "user.email"], check=False).out.strip() or os.environ.get("DEBEMAIL", "")
-    return f"{name or 'Maintainer'} <{email or 'root@localhost'}>"
+def _git_maintainer(repo: GitRepo, given: str | None) -> tuple[str, str]:
+    """``(maintainer, where it came from)``: --maintainer, else the app repository's git identity,
+    else DEBFULLNAME / DEBEMAIL from the environment."""
+    return scaffold.maintainer_of(given, scaffold.git_identity(repo), os.environ)
 
 
 def main() -> None:

@@ -72,7 +72,7 @@ class ExampleRepo:
         key = name or ref.replace("/", "-")
         target = self.out / key
         if target.exists():
-            return next(target.glob("*.deb"))
+            return next(target.rglob("*.deb"))  # a --full package is in full/
         work = self.out / f"wt-{key}"
         _git(self.path, "worktree", "add", "--detach", "-f", str(work), ref)
         try:

@@ -143,7 +143,8 @@ def built(
             cfg = config_at(example_repo, tag)
             package = cfg.get("package", {}).get("name", f"{cfg['app']['name']}-update")
             version = options[options.index("--version") + 1] if "--version" in options else tag[1:]
-            cache[key] = Built(tag, app, output, outcome, package, version, cfg)
+            written = Path(outcome.last_line).parent  # a --full package goes into output/full
+            cache[key] = Built(tag, app, written, outcome, package, version, cfg)
         return cache[key]
 
     return get

@@ -31,6 +31,7 @@ def invoke(args: list[str]) -> Outcome:
 def shop(repo: Repo) -> Repo:
     """v1.0.0 and v1.0.1 of a small app: the starting point of every case."""
     repo.write("server.py", "print('v1')\n")
+    repo.write("config.py", "DEBUG = False\n")
     repo.write("static/app.js", "let a = 1;\n")
     repo.write("docs/readme.md", "# Shop\n")
     repo.write("migrations/0001_init.sql", "CREATE TABLE product (id INTEGER PRIMARY KEY);\n")
@@ -186,12 +187,106 @@ def _unit_file(where: str, commit_it: bool) -> Callable[[Repo], list[str]]:
     return prepare
 
 
+def _since_off_branch(repo: Repo) -> list[str]:
+    """v1.0.3 on a branch HEAD never merged; HEAD is v1.0.2 and names v1.0.3 as its base."""
+    repo.git("checkout", "-q", "-b", "next")
+    repo.write("server.py", "print('next')\n")
+    repo.commit("Next", tag="v1.0.3")
+    repo.git("checkout", "-q", "-")
+    repo.write("static/app.js", "let a = 2;\n")
+    _release(repo)
+    return ["--since", "v1.0.3"]
+
+
+def _unmerged_hotfix(repo: Repo) -> list[str]:
+    """v1.0.2 is a hotfix tagged on a branch that was never merged; HEAD is v1.0.3."""
+    repo.git("checkout", "-q", "-b", "hotfix", "v1.0.1")
+    repo.write("server.py", "print('hotfix')\n")
+    repo.commit("Hotfix", tag="v1.0.2")
+    repo.git("checkout", "-q", "-")
+    repo.write("static/app.js", "let a = 3;\n")
+    _release(repo, "v1.0.3")
+    return []
+
+
+def _no_tag_below(repo: Repo) -> list[str]:
+    repo.git("tag", "-d", "v1.0.0", "v1.0.1")
+    repo.write("server.py", "print('v1.0.5')\n")
+    _release(repo, "v1.0.5")
+    return []
+
+
+def _unit_file_excluded(repo: Repo) -> list[str]:
+    text = SHOP_CONFIG.replace(
+        'service = "shop.service"', 'service = "shop.service"\nunit_file = "deploy/shop.service"'
+    )
+    repo.write("nesop-deb.toml", text.replace('"**/*.pyc"]', '"**/*.pyc", "deploy/**"]'))
+    repo.write("deploy/shop.service", "[Service]\nExecStart=/usr/bin/python3 server.py\n")
+    repo.write("server.py", "print('v1.0.2')\n")
+    _release(repo)
+    return []
+
+
 def _untagged_with(*args: str) -> Callable[[Repo], list[str]]:
     def prepare(repo: Repo) -> list[str]:
         _untagged(repo)
         return list(args)
 
     return prepare
+
+
+def _migration(path: str, commit_it: bool = True) -> Callable[[Repo], list[str]]:
+    """v1.0.2 adds a migration file at ``path`` (committed, or left untracked)."""
+
+    def prepare(repo: Repo) -> list[str]:
+        repo.write(path, "ALTER TABLE product ADD COLUMN tags TEXT;\n")
+        if not commit_it:
+            (repo.path / ".git/info").mkdir(exist_ok=True)
+            (repo.path / ".git/info/exclude").write_text(path + "\n")  # an ignored one counts too
+        repo.write("server.py", "print('v1.0.2')\n")
+        _release(repo)
+        return []
+
+    return prepare
+
+
+def _configured(old: str, new: str) -> Callable[[Repo], list[str]]:
+    """v1.0.2 changes ``old`` into ``new`` in the app's nesop-deb.toml."""
+    assert old in SHOP_CONFIG
+    return _config(SHOP_CONFIG.replace(old, new))
+
+
+def _config_entry_removed(repo: Repo) -> list[str]:
+    repo.remove("config.py")
+    _release(repo)
+    return []
+
+
+def _config_uncommitted(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('v1.0.2')\n")
+    repo.git("add", "server.py")
+    repo.git("rm", "-q", "--cached", "nesop-deb.toml")  # still in the working tree
+    repo.git("commit", "-q", "-m", "Release")
+    repo.git("tag", "v1.0.2")
+    return []
+
+
+def _positional_directory(repo: Repo) -> list[str]:
+    return [str(repo.path)]
+
+
+def _shallow_clone(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('next')\n")
+    repo.commit("Work in progress")
+    clone = repo.path.parent / "shallow"
+    repo.git("clone", "-q", "--depth", "1", "--no-tags", f"file://{repo.path}", str(clone))
+    return ["-C", str(clone)]
+
+
+def _shallow_clone_tagged_head(repo: Repo) -> list[str]:
+    clone = repo.path.parent / "shallow"
+    repo.git("clone", "-q", "--depth", "1", f"file://{repo.path}", str(clone))
+    return ["-C", str(clone)]
 
 
 BAD_TOML = SHOP_CONFIG.replace('root = "/srv/shop"', 'root "/srv/shop"')
@@ -220,20 +315,41 @@ CASES = [
     ),
     Case("version-space", _args("--version", "1.0 5"), ("--version '1.0 5'", "not a valid"), "like 1.0.5"),
     Case("version-letters", _args("--version", "abc"), ("--version 'abc'", "not a valid"), "like 1.0.5"),
-    Case("no-version", _untagged, ("no vX.Y.Z tag", "no --version"), "git tag v1.0.5"),
+    Case(
+        "no-version",
+        _untagged,
+        ("no vX.Y.Z tag", "v1.0.1 is on", '"Fix the server", 1 commit(s) before HEAD'),
+        "git tag v1.0.2",
+    ),
     Case("dirty", _dirty, ("uncommitted changes", "server.py"), "--allow-dirty"),
     Case("nothing-to-ship", _only_excluded, ("nothing to ship", "v1.0.1..HEAD"), "[files].exclude"),
     Case(
-        "version-not-above-base",
+        "version-tag-elsewhere",
         _args("--version", "1.0.0", "--since", "v1.0.1"),
-        ("version 1.0.0 is not above its base 1.0.1",),
+        ("version 1.0.0: the tag v1.0.0 is on", '"Shop 1.0.0", not on HEAD'),
+        "git checkout v1.0.0",
+    ),
+    Case(
+        "version-not-above-base",
+        _since_off_branch,
+        ("version 1.0.2 is not above its base 1.0.3",),
         "higher version",
+    ),
+    Case(
+        "version-below-what-head-contains",
+        _args("--version", "0.9", "--files", "server.py"),
+        ("version 0.9 is below v1.0.1, which HEAD already contains",),
+        "pick a version above 1.0.1",
+    ),
+    Case(
+        "base-not-in-history",
+        _unmerged_hotfix,
+        ("the base release v1.0.2", '"Hotfix"', "not in HEAD's history", "undo what v1.0.2 shipped"),
+        "git merge v1.0.2",
     ),
     Case("since-unknown", _args("--since", "v9.9.9"), ("'v9.9.9'", "does not name a commit"), "release tag"),
     Case("since-untagged", _since_untagged, ("--since HEAD~1", "no vX.Y.Z release tag"), "v1.0.4"),
-    Case(
-        "no-base", _args("--version", "0.9", "--files", "server.py"), ("no release tag below 0.9",), "--full"
-    ),
+    Case("no-base", _no_tag_below, ("no release tag below 1.0.5",), "--full"),
     Case(
         "partial-files",
         _partial("--files", "server.py"),
@@ -273,7 +389,7 @@ CASES = [
     Case(
         "unit-file-missing",
         _unit_file("deploy/shop.service", commit_it=False),
-        ("[app] unit_file deploy/shop.service", "not in the repository at HEAD"),
+        ("[app] unit_file deploy/shop.service", "not a file in the repository at HEAD"),
         "fix [app] unit_file",
     ),
     Case(
@@ -335,8 +451,114 @@ CASES = [
         ("migrations/0001_init.sql", "changed after it was released"),
         "add a new one",
     ),
+    # what would build and only fail (or do nothing) on the server
+    Case(
+        "migration-name-dash",
+        _migration("migrations/0002-add-tags.sql"),
+        ("migrations/0002-add-tags.sql", "not named NNNN_name.sql", "never run"),
+        "git mv migrations/0002-add-tags.sql migrations/0002_add-tags.sql",
+    ),
+    Case(
+        "migration-name-three-digits",
+        _migration("migrations/002_tags.sql"),
+        ("migrations/002_tags.sql", "not named NNNN_name.sql"),
+        "migrations/0002_tags.sql",
+    ),
+    Case(
+        "migration-name-upper-case",
+        _migration("migrations/0002_tags.SQL"),
+        ("migrations/0002_tags.SQL", "not named NNNN_name.sql"),
+        "migrations/0002_tags.sql",
+    ),
+    Case(
+        "migration-in-subdirectory",
+        _migration("migrations/v2/0002_tags.sql"),
+        ("migrations/v2/0002_tags.sql", "subdirectory of migrations/ never run"),
+        "move it to migrations/0002_tags.sql",
+    ),
+    Case(
+        "migration-untracked",
+        _migration("migrations/0002_tags.sql", commit_it=False),
+        ("untracked migration file(s) in migrations/: migrations/0002_tags.sql",),
+        "git add migrations/0002_tags.sql",
+    ),
+    Case(
+        "migrations-dir-missing",
+        _configured('dir = "migrations"', 'dir = "db/migrations"'),
+        ("[migrations] dir db/migrations does not exist at HEAD", "migrations are in migrations"),
+        "set [migrations] dir",
+    ),
+    Case(
+        "migrations-dir-excluded",
+        _configured('"**/*.pyc"]', '"**/*.pyc", "migrations/**"]'),
+        ("[files] exclude removes the migrations dir migrations",),
+        "take it out of [files] exclude",
+    ),
+    Case(
+        "config-entry-missing",
+        _config_entry_removed,
+        ("[files] config entry config.py", "not a file in the repository at HEAD"),
+        "fix [files] config",
+    ),
+    Case(
+        "config-entry-excluded",
+        _configured('"**/*.pyc"]', '"**/*.pyc", "config.py"]'),
+        ("[files] config entry config.py", "removed by [files] exclude"),
+        "take it out of [files] exclude",
+    ),
+    Case(
+        "unit-file-excluded",
+        _unit_file_excluded,
+        ("[app] unit_file deploy/shop.service", "removed by [files] exclude"),
+        "take it out of [files] exclude",
+    ),
+    Case(
+        "database-not-sqlite",
+        _configured("sqlite:////srv/shop/data/shop.db", "postgresql://shop@localhost/shop"),
+        ("migrations.database 'postgresql://shop@localhost/shop'", "supports SQLite only"),
+        "sqlite:////srv/shop/data/app.db",
+    ),
+    Case(
+        "database-relative-path",
+        _configured("sqlite:////srv/shop/data/shop.db", "sqlite:///data/shop.db"),
+        ("migrations.database 'sqlite:///data/shop.db'", "relative path"),
+        "sqlite:////srv/shop/data/app.db",
+    ),
+    Case(
+        "config-uncommitted",
+        _config_uncommitted,
+        ("nesop-deb.toml is not committed",),
+        "git add nesop-deb.toml && git commit",
+    ),
+    Case(
+        "positional-directory",
+        _positional_directory,
+        ("unexpected argument", "app'"),
+        "pass -C",
+    ),
+    Case(
+        "positional-file",
+        _args("server.py"),
+        ("unexpected argument 'server.py'",),
+        "--files",
+    ),
+    Case(
+        "shallow-clone-untagged",
+        _shallow_clone,
+        ("no version", "this clone is shallow"),
+        "git fetch --tags --unshallow",
+    ),
+    Case(
+        "shallow-clone-no-base",
+        _shallow_clone_tagged_head,
+        ("no release tag below 1.0.1", "this clone is shallow"),
+        "git fetch --tags --unshallow",
+    ),
 ]
 SUBPROCESS_CASES = {
+    "migration-name-dash",
+    "base-not-in-history",
+    "positional-directory",
     "not-a-repository",
     "files-parent",
     "version-space",

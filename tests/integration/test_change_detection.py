@@ -139,6 +139,7 @@ def test_app_in_a_subdirectory_of_a_bigger_repository(make_repo: Callable[..., R
     repo = make_repo("monorepo", config=None)
     repo.write("app/nesop-deb.toml", SHOP_CONFIG)
     repo.write("app/server.py", "print('v1')\n")
+    repo.write("app/config.py", "DEBUG = False\n")
     repo.write("app/static/site.css", "body {}\n")
     repo.write("app/migrations/0001_init.sql", "CREATE TABLE a (x);\n")
     repo.write("other/service.py", "print('other')\n")
@@ -197,6 +198,7 @@ def test_exclude_patterns_with_double_stars(make_repo: Callable[..., Repo]) -> N
     )
     repo = make_repo("app", config=config)
     repo.write("server.py", "1\n")
+    repo.write("config.py", "DEBUG = False\n")
     repo.commit("1.0.0", tag="v1.0.0")
     changed = {
         "pkg/__pycache__/m.cpython-311.pyc": False,

@@ -213,10 +213,12 @@ def test_init_writes_a_valid_config_and_make_deb_builds(
     assert outcome.returncode == 0, outcome.stderr
     config_file = repo.path / "nesop-deb.toml"
     assert sorted(p.name for p in repo.path.iterdir() if p.name != ".git") == [
+        ".gitignore",
         "Makefile",
         "nesop-deb.mk",
         "nesop-deb.toml",
     ]
+    assert (repo.path / ".gitignore").read_text() == "/dist/\n"  # the packages are not committed
     raw = tomllib.loads(config_file.read_text())
     assert raw["app"]["name"] == "my-app" and raw["app"]["root"] == "/opt/my-app"
     assert raw["app"]["user"] == "www-data"
@@ -251,8 +253,6 @@ def test_init_writes_a_valid_config_and_make_deb_builds(
     assert tomllib.loads(config_file.read_text())["package"]["maintainer"] == "Dev <dev@example.com>"
 
     # the app, committed and tagged: `make deb-full` then `make deb` build packages
-    (repo.path / ".git/info").mkdir(exist_ok=True)
-    (repo.path / ".git/info/exclude").write_text("dist/\n")  # the packages are not committed
     repo.write("app.py", "print('hello')\n")
     repo.write("templates/index.html", "<p>hello</p>\n")
     repo.commit("My app 1.0.0", tag="v1.0.0")
@@ -261,7 +261,7 @@ def test_init_writes_a_valid_config_and_make_deb_builds(
     assert make is not None
     first = run_tool([make, "deb-full"], make_env, cwd=repo.path)
     assert first.returncode == 0, first.stdout + first.stderr
-    full = repo.path / "dist/my-app-update_1.0.0_all.deb"
+    full = repo.path / "dist/full/my-app-update_1.0.0_all.deb"
     assert first.last_line == str(full) and full.is_file()
     manifest, _ = package_manifest(full, "my-app-update")
     assert manifest["full"] is True

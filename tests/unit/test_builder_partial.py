@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from nesop_deb.builder.git import Change, TreeEntry
-from nesop_deb.builder.plan import describe, is_migration_file, left_behind, select_files
+from nesop_deb.builder.migrations import is_migration_file
+from nesop_deb.builder.plan import describe, left_behind, select_files
 from nesop_deb.errors import UsageError
 from nesop_deb.manifest import Action, FileEntry, LeftBehind, Manifest, ManifestError, loads
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from nesop_deb.builder.git import Change, TreeEntry
+from nesop_deb.builder.migrations import MIGRATION_NAME
 from nesop_deb.builder.plan import (
-    MIGRATION_NAME,
     describe,
     full_files,
     normalise_files_option,

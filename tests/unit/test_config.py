@@ -7,10 +7,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from nesop_deb import __version__
+from nesop_deb.builder import scaffold
 from nesop_deb.config import CONFIG_NAME, load, loads, parse
 from nesop_deb.errors import ConfigError, ExitCode
-from nesop_deb.render import render
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples/nesop-store/app" / CONFIG_NAME
@@ -127,14 +126,8 @@ def test_to_dict_is_plain_data_that_reloads() -> None:
 
 
 def test_init_template_renders_a_valid_config() -> None:
-    text = render(
-        "nesop-deb.toml.j2",
-        builder_version=__version__,
-        name="my-app",
-        root="/opt/my-app",
-        user="www-data",
-        maintainer="Dev <dev@example.com>",
-    )
+    setup = scaffold.Setup("my-app", "/opt/my-app", "www-data", "Dev <dev@example.com>", "--maintainer")
+    text = scaffold.render_config(setup)
     cfg = loads(text)
     assert cfg.app.name == "my-app" and cfg.app.user == "www-data"
     assert "nesop-deb.toml" in cfg.files.exclude and "nesop-deb.mk" in cfg.files.exclude

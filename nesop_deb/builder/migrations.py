@@ -1,0 +1,74 @@
+"""Which files in ``[migrations] dir`` are migrations, and the names that would never run.
+
+The rule, the same in the guide: ``<dir>/NNNN_name.sql`` (four digits, an underscore, then letters,
+digits, ``_``, ``.`` or ``-``; lower-case ``.sql``) is a migration and ``NNNN_name.rollback.sql`` its
+undo. Anything else ending in ``.sql`` there, or any SQL file in a subdirectory of it, would ship as
+a plain file and never run: the builder refuses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from nesop_deb.errors import BuildError
+
+MIGRATION_NAME = re.compile(r"^(?P<id>[0-9]{4}_[A-Za-z0-9_.-]+?)(?P<rollback>\.rollback)?\.(?P<ext>sql|py)$")
+_LOOSE = re.compile(
+    r"^(?P<digits>[0-9]+)[-_ .]*(?P<rest>.*?)(?P<rollback>\.rollback)?\.(?:sql)$", re.IGNORECASE
+)
+
+
+def is_migration_file(path: str, migrations_dir: str) -> bool:
+    """A migration (or its rollback) as ``[migrations] dir`` holds them: ``<dir>/NNNN_name.sql``."""
+    prefix = migrations_dir.rstrip("/") + "/"
+    name = path[len(prefix) :] if path.startswith(prefix) else ""
+    return "/" not in name and MIGRATION_NAME.match(name) is not None
+
+
+def _suggestion(name: str) -> str:
+    """A name the rule accepts, close to ``name`` (``003-add tags.SQL`` → ``0003_add_tags.sql``)."""
+    m = _LOOSE.match(name)
+    if m is None:
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.rsplit(".", 1)[0]).strip("_") or "change"
+        return f"NNNN_{stem}.sql"
+    digits = m.group("digits")[-4:].rjust(4, "0")
+    rest = re.sub(r"[^A-Za-z0-9_.-]+", "_", m.group("rest")).strip("_.-") or "change"
+    return f"{digits}_{rest}{'.rollback' if m.group('rollback') else ''}.sql"
+
+
+def check_names(paths: Iterable[str], migrations_dir: str) -> None:
+    """Refuse an SQL file below ``[migrations] dir`` that the engine would never run."""
+    prefix = migrations_dir.rstrip("/") + "/"
+    for path in sorted(paths):
+        if not path.startswith(prefix) or not path.lower().endswith(".sql"):
+            continue
+        name = path[len(prefix) :]
+        if "/" in name:
+            raise BuildError(
+                f"{path}: migrations in a subdirectory of {prefix} never run",
+                hint=f"move it to {prefix}{_suggestion(name.rsplit('/', 1)[1])} (git mv), or out of {prefix}",
+            )
+        if MIGRATION_NAME.match(name) is None:
+            raise BuildError(
+                f"{path}: not named NNNN_name.sql, so it would ship as a plain file and never run",
+                hint=f"rename it: git mv {path} {prefix}{_suggestion(name)}",
+            )
+
+
+def refuse_python(prefix: str, name: str) -> None:
+    """Refuse a ``.py`` file among the migrations: the runtime applies SQL only (and refuses the rest)."""
+    if not name.lower().endswith(".py"):
+        return
+    m = MIGRATION_NAME.match(name)
+    fix = (
+        f"write it as {prefix}{m.group('id')}{m.group('rollback') or ''}.sql"
+        if m
+        else f"move it out of {prefix} (or build with --no-migrations --allow-partial)"
+    )
+    raise BuildError(
+        f"{prefix}{name}: Python migrations are not supported", hint=f"only SQL migrations are: {fix}"
+    )
+
+
+__all__ = ["MIGRATION_NAME", "check_names", "is_migration_file", "refuse_python"]
