@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -22,11 +24,42 @@ def show(line: str, *, err: bool = False) -> None:
     click.echo(printable(line), err=err)
 
 
-def group(prog: str, doc: str) -> click.Group:
-    """The top-level command of a CLI: --version, -v/--verbose, --debug; the context object is
-    the debug flag, which :func:`guarded` reads."""
+ARGV_KEY = "nesop.argv"  # the command line as given, in the context's meta (shared by every nested one)
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]}, help=doc)
+
+class _RootCommand(click.Command):
+    """A command only root may run: anyone else stops before it reads anything, with one line
+    saying how to run it (exit 2, a usage error). Its --help and bad options are answered first."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if os.geteuid() != 0:
+            prog = ctx.find_root().info_name or ""
+            again = shlex.join([prog, *ctx.meta.get(ARGV_KEY, [])])
+            click.echo(f"{prog}: error: run as root: sudo {printable(again)}", err=True)
+            ctx.exit(int(ExitCode.USAGE))
+        return super().invoke(ctx)
+
+
+class _RootGroup(click.Group):
+    """A CLI whose every command runs as root (:class:`_RootCommand`)."""
+
+    command_class = _RootCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[ARGV_KEY] = list(args)  # for the "sudo ..." line: the arguments the user gave
+        return super().parse_args(ctx, args)
+
+
+def group(prog: str, doc: str, *, root_only: bool = False) -> click.Group:
+    """The top-level command of a CLI: --version, -v/--verbose, --debug; the context object is
+    the debug flag, which :func:`guarded` reads. With ``root_only``, every command refuses to run
+    for anyone but root (--help and --version still answer)."""
+
+    @click.group(
+        cls=_RootGroup if root_only else click.Group,
+        context_settings={"help_option_names": ["-h", "--help"]},
+        help=doc,
+    )
     @click.version_option(__version__, prog_name=prog)
     @click.option("-v", "--verbose", is_flag=True, help="Log every command run.")
     @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")

@@ -82,7 +82,10 @@ def _select(app_name: str | None) -> Context:
     return apps.select(app_name, _config_given())
 
 
-cli = config_option(group(PROG, "Operate the apps updated by nesop-deb packages on this server."))
+# every command reads and writes what only root may: anyone else is told to run it with sudo
+cli = config_option(
+    group(PROG, "Operate the apps updated by nesop-deb packages on this server.", root_only=True)
+)
 
 
 def _emit(data: Any) -> None:
