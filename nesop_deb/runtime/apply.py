@@ -1,7 +1,8 @@
 """postinst configure: apply an update as one transaction, or restore everything and fail.
 
 verify → record undo data → stage new files (and parse the migrations) → back up (and copy the
-DB) → stop → snapshot DB → apply files → migrate → start → health gate → commit. Everything
+DB) → stop → snapshot DB → apply files → migrate → install the unit → start → health gate → commit
+(the unit step only when the update writes ``[app] unit_file``, see :mod:`unitfile`). Everything
 before ``stop`` happens while the old app still serves, so the outage is the restart plus the
 renames and running the migrations; the snapshot adds to it only when the database was written
 to between its early copy and the stop.
@@ -12,6 +13,7 @@ touched file and of the database): a disk that fills up during the update cannot
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -36,9 +38,10 @@ from nesop_deb.runtime import (
     service,
     state,
     transaction,
+    unitfile,
 )
 from nesop_deb.runtime.context import AppSettings, Context
-from nesop_deb.runtime.fsutil import sha256_file, write_atomic
+from nesop_deb.runtime.fsutil import sha256_file
 from nesop_deb.runtime.log import log
 from nesop_deb.runtime.safefs import TMP_SUFFIX
 
@@ -74,6 +77,7 @@ class Job:
     migrated: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
     status_before_stop: service.ServiceStatus | None = None
+    unit_written: bool = False  # the unit step installed a new unit (systemd was reloaded)
     started: float = field(default_factory=time.monotonic)
     # the database copy taken before the stop, with its open connection; never journaled, so a
     # job rebuilt after a crash has none and copies the database again
@@ -236,6 +240,24 @@ class Prepare:
                     fuid, fgid = job.owner_of(target)
                     app.write_new(_tmp(target), job.payload(f.path).read_bytes(), f.mode or 0o644, fuid, fgid)
         self._read_migrations()
+        self._unit_file_deleted()
+
+    def _unit_file_deleted(self) -> None:
+        """An update that deletes the unit file from the app tree leaves the installed unit: the
+        service it runs is the app's, and removing it is the operator's call."""
+        job = self.job
+        names = {unitfile.unit_file_of(job.manifest), job.ctx.app.unit_file}
+        if job.previous is not None:
+            with contextlib.suppress(state.StateError):
+                names.add(unitfile.unit_file_of(state.stored_manifest(job.ctx, job.previous)))
+        f = unitfile.deleted(job.manifest, {n for n in names if n is not None})
+        if f is not None:
+            log.warning(
+                "%s deletes %s, the unit file: %s stays installed as it is",
+                job.manifest.version,
+                f.path,
+                unitfile.path(job.ctx),
+            )
 
     def _read_migrations(self) -> None:
         """Parsed now, while the app serves: after the stop only the migrations themselves run,
@@ -293,7 +315,10 @@ class Backup:
             "for_version": job.manifest.version,
             "created_dirs": sorted(set(job.created_dirs)),
         }
-        backup.create_files(job.ctx, job.backup_name, job.touched(), meta)
+        # the installed unit, when this update replaces it: an undo, a recovery after a crash and
+        # a rollback put it back from here
+        unit = unitfile.copy_for_backup(job.ctx) if unitfile.entry(job.manifest) else None
+        backup.create_files(job.ctx, job.backup_name, job.touched(), meta, unit=unit)
         if job.snapshots_database:
             started = time.monotonic()
             try:
@@ -490,41 +515,52 @@ class Migrate:
             raise NesopError(f"cannot undo migrations {sorted(applied)}: no rollback and no snapshot")
 
 
+class InstallUnit:
+    """The new ``[app] unit_file`` as the installed unit, while the app is stopped; systemd is
+    reloaded before the start. The unit it replaces is in the backup (see :class:`Backup`)."""
+
+    name = "unit"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job = self.job
+        f = unitfile.entry(job.manifest)
+        assert f is not None
+        # the copy dpkg unpacked, not the one in the app tree (which the app's account could change)
+        content = job.payload(f.path).read_bytes()
+        if hashlib.sha256(content).hexdigest() != f.sha256:
+            raise NesopError(f"payload {f.path}: changed since it was verified; the package is damaged")
+        job.unit_written = unitfile.install(job.ctx, content, enable=job.manifest.full)
+
+    def undo(self) -> None:
+        # from the backup, not from memory: after a crash the journal names this step, and the
+        # backup holds the unit as it was (or that there was none)
+        unitfile.restore(self.job.ctx, self.job.backup_dir, disable=self.job.manifest.full)
+
+
 class Start:
     name = "start"
 
     def __init__(self, job: Job) -> None:
         self.job = job
         self.restarts_before: int | None = None
-        self.installed_unit: Path | None = None
 
     def apply(self) -> None:
-        job, ctx = self.job, self.job.ctx
-        unit_dest = ctx.host(f"/etc/systemd/system/{job.unit}")
-        if ctx.app.unit_file and not unit_dest.exists() and job.manifest.full:
-            # a first install brings its unit; an undo takes it away again (see undo)
-            self.installed_unit = unit_dest
-            # the copy dpkg unpacked, not the one in the app tree (which the app's account could change)
-            unit_dest.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(unit_dest, job.payload(ctx.app.unit_file).read_bytes(), 0o644)
-            service.daemon_reload()
-            service.enable(job.unit)
+        job = self.job
         before = job.status_before_stop
-        if before is not None and self.installed_unit is None:
+        if before is not None and not job.unit_written:
             self.restarts_before = before.restarts
             service.start(job.unit, reset_failed=before.active_state == "failed")
         else:
+            # a unit installed or replaced (systemd reloaded): what systemd says of it now
             self.restarts_before = service.status(job.unit).restarts
             service.start(job.unit)
 
     def undo(self) -> None:
         if service.status(self.job.unit).exists:
             service.stop(self.job.unit)
-        if self.installed_unit is not None:
-            # a failed first install must not leave an enabled unit restart-looping at boot
-            service.disable(self.job.unit)
-            self.installed_unit.unlink(missing_ok=True)
-            service.daemon_reload()
 
 
 class HealthGate:
@@ -596,6 +632,8 @@ def build_steps(job: Job) -> list[transaction.Step]:
     steps.append(ApplyFiles(job))
     if job.manifest.migrations:
         steps.append(Migrate(job))
+    if unitfile.entry(job.manifest) is not None:
+        steps.append(InstallUnit(job))
     start = Start(job)
     steps += [start, HealthGate(job, start), Commit(job)]
     return steps

@@ -3,6 +3,9 @@
 A backup holds exactly what an operation touches: those files with owner and mode, the list of
 touched paths that did not exist, and a snapshot of the database; ``backup_manifest.json`` lists
 them with their sha256. Restoring one puts every file back and removes the ones that were absent.
+A backup taken before an update that installs a new systemd unit also holds the unit it replaces
+(:data:`UNIT_FILE`, or the record that there was none): :mod:`nesop_deb.runtime.unitfile` puts
+it back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nesop_deb.config import is_unit_name
 from nesop_deb.errors import NesopError, RefusedError, UsageError
 from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
 from nesop_deb.runtime import accounts, database, safefs, state
@@ -28,11 +32,21 @@ from nesop_deb.runtime.safefs import TMP_SUFFIX, Tree
 MANIFEST = "backup_manifest.json"
 DB_FILE = "database.sqlite3"
 DB_EARLY = DB_FILE + ".before-stop"  # a copy taken while the app ran, not yet known to be exact
+UNIT_FILE = "systemd-unit"  # the installed unit an update replaced, as it was
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:~-]{0,200}")
 
 
 class BackupError(NesopError):
     """A backup could not be written or read."""
+
+
+@dataclass(frozen=True)
+class UnitCopy:
+    """The app's installed systemd unit as a backup holds it."""
+
+    name: str  # its file name in /etc/systemd/system
+    content: bytes | None  # None: there was no unit there
+    mode: int = 0o644
 
 
 @dataclass(frozen=True)
@@ -95,8 +109,11 @@ def check_name(name: str) -> str:
     return name
 
 
-def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, Any]) -> Path:
-    """Back up ``paths`` (app-relative). Returns the backup directory; the DB is added separately."""
+def create_files(
+    ctx: Context, name: str, paths: Iterable[str], meta: dict[str, Any], *, unit: UnitCopy | None = None
+) -> Path:
+    """Back up ``paths`` (app-relative), and ``unit`` when given. Returns the backup directory; the
+    DB is added separately."""
     check_name(name)
     tmp = f".{name}.partial"
     with open_backups(ctx, create=True) as backups, safefs.Tree.open(ctx.app_root) as app:
@@ -105,7 +122,7 @@ def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, 
         backups.rmtree(tmp)
         try:
             backups.mkdirs(f"{tmp}/files", mode=0o700)
-            _write(ctx, app, backups, tmp, name, paths, meta)
+            _write(ctx, app, backups, tmp, name, paths, meta, unit)
         except BaseException:
             with contextlib.suppress(OSError):
                 backups.rmtree(tmp)  # a half-written backup only takes space
@@ -115,7 +132,14 @@ def create_files(ctx: Context, name: str, paths: Iterable[str], meta: dict[str, 
 
 
 def _write(
-    ctx: Context, app: Tree, backups: Tree, tmp: str, name: str, paths: Iterable[str], meta: dict[str, Any]
+    ctx: Context,
+    app: Tree,
+    backups: Tree,
+    tmp: str,
+    name: str,
+    paths: Iterable[str],
+    meta: dict[str, Any],
+    unit: UnitCopy | None,
 ) -> None:
     files: list[dict[str, Any]] = []
     absent: list[str] = []
@@ -148,6 +172,12 @@ def _write(
             }
         )
     data = {"name": name, "created": stamp(), "files": files, "absent": absent, "database": None, **meta}
+    if unit is not None:
+        digest = None
+        if unit.content is not None:
+            backups.write_new(f"{tmp}/{UNIT_FILE}", unit.content, 0o600, durable=False)
+            digest = hashlib.sha256(unit.content).hexdigest()
+        data["unit"] = {"name": unit.name, "sha256": digest, "mode": unit.mode}
     backups.syncfs()  # every copy is on disk before the manifest that vouches for it
     _write_manifest(ctx, backups, tmp, name, data)
 
@@ -334,6 +364,15 @@ def _validate(name: str, data: dict[str, Any]) -> None:
         for rel in list(data["absent"]) + list(data.get("created_dirs") or []):
             if safe_relative(str(rel)) != rel:
                 raise bad(f"path {rel!r} is not normalised")
+        unit = data.get("unit")
+        if unit is not None:
+            uname, digest, mode = unit["name"], unit["sha256"], unit["mode"]
+            if not isinstance(uname, str) or not is_unit_name(uname):
+                raise bad(f"unit {uname!r} is not a unit name")
+            if digest is not None and not isinstance(digest, str):
+                raise bad(f"unit {uname}: sha256 is not a string")
+            if not isinstance(mode, int) or isinstance(mode, bool) or mode < 0 or mode & ~0o755:
+                raise bad(f"unit {uname}: mode {mode!r} is not a unit file's")
     except UnsafePath as exc:
         raise bad(str(exc)) from None
     except (KeyError, TypeError) as exc:
@@ -436,6 +475,23 @@ def _stage_one(ctx: Context, app: Tree, bdir: Tree, f: dict[str, Any]) -> bool:
 def _prune_empty_dirs(app: Tree, rel: str) -> None:
     while rel not in ("", ".") and app.rmdir(rel):
         rel = str(Path(rel).parent)
+
+
+def read_unit(ctx: Context, backup_dir: Path) -> UnitCopy | None:
+    """The installed unit the backup holds (checked against its manifest); None when the backup
+    holds none (the operation that took it installed no unit)."""
+    data = read_manifest(ctx, backup_dir)
+    record = data.get("unit")
+    if record is None:
+        return None
+    content = None
+    if record["sha256"] is not None:
+        with open_backups(ctx) as backups:
+            rel = f"{check_name(backup_dir.name)}/{UNIT_FILE}"
+            if backups.digest(rel) != record["sha256"]:
+                raise BackupError(f"backup {backup_dir.name}: {UNIT_FILE} does not match its manifest")
+            content = backups.read_bytes(rel)
+    return UnitCopy(record["name"], content, record["mode"])
 
 
 def restore_database(ctx: Context, backup_dir: Path, keep_current: bool) -> Path | None:

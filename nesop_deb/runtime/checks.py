@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from nesop_deb import __version__, versions
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import database, safefs, state
+from nesop_deb.runtime import database, safefs, state, unitfile
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import free_bytes
 from nesop_deb.runtime.log import log
@@ -264,6 +264,7 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
             root_records(ctx)
         if check_drift:
             no_drift(ctx, manifest, st)
+            unitfile.check(ctx, manifest, st)
         if manifest.migrations:
             database_files(ctx)
         if ctx.app_root.is_dir():

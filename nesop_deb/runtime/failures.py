@@ -31,7 +31,7 @@ from nesop_deb.runtime.fsutil import write_json_atomic
 from nesop_deb.text import printable
 
 # the steps of an update that run once the app is stopped: a failure there cost an outage
-AFTER_STOP = ("snapshot-db", "apply-files", "migrate", "start", "health", "commit")
+AFTER_STOP = ("snapshot-db", "apply-files", "migrate", "unit", "start", "health", "commit")
 
 _TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EINTR, errno.EAGAIN}
 # SQLite's primary result codes for a busy or locked database, an I/O error and a full disk

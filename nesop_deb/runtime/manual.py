@@ -11,7 +11,18 @@ from pathlib import Path
 
 from nesop_deb.errors import RefusedError
 from nesop_deb.paths import link_stays_inside
-from nesop_deb.runtime import backup, health, history, inventory, lock, safefs, service, state, transaction
+from nesop_deb.runtime import (
+    backup,
+    health,
+    history,
+    inventory,
+    lock,
+    safefs,
+    service,
+    state,
+    transaction,
+    unitfile,
+)
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -70,7 +81,10 @@ class _SafetyBackup:
     def apply(self) -> None:
         data = backup.read_manifest(self.ctx, self.target)
         touched = [f["path"] for f in data["files"]] + list(data["absent"])
-        backup.create_files(self.ctx, self.safety, touched, {"kind": "pre_rollback", "version": None})
+        # a backup holding the unit an update replaced puts it back: keep the one installed now
+        unit = unitfile.copy_for_backup(self.ctx) if data.get("unit") is not None else None
+        meta = {"kind": "pre_rollback", "version": None}
+        backup.create_files(self.ctx, self.safety, touched, meta, unit=unit)
         backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)
 
     def undo(self) -> None:
@@ -101,11 +115,13 @@ class _Restore:
         kept = backup.restore_database(self.ctx, self.target, keep_current=True)
         if kept is not None:
             log.info("database restored; the replaced one is kept as %s", kept)
+        unitfile.restore(self.ctx, self.target)
 
     def undo(self) -> None:
         safety = self.ctx.backups_dir / self.safety
         backup.restore_files(self.ctx, safety)
         backup.restore_database(self.ctx, safety, keep_current=False)
+        unitfile.restore(self.ctx, safety)
 
 
 class _Start:

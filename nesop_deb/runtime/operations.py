@@ -24,6 +24,7 @@ from nesop_deb.runtime import (
     service,
     state,
     transaction,
+    unitfile,
 )
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
@@ -159,6 +160,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
         if backup.exists(ctx, safety.name):
             backup.restore_files(ctx, safety)
             backup.restore_database(ctx, safety, keep_current=True)
+            unitfile.restore(ctx, safety)
         if not boot:
             ensure_running(ctx)
         state.clear_journal(ctx)

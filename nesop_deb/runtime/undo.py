@@ -11,7 +11,18 @@ import time
 from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
-from nesop_deb.runtime import accounts, backup, database, health, history, lock, repo, service, state
+from nesop_deb.runtime import (
+    accounts,
+    backup,
+    database,
+    health,
+    history,
+    lock,
+    repo,
+    service,
+    state,
+    unitfile,
+)
 from nesop_deb.runtime import log as runlog
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.log import log
@@ -62,6 +73,9 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
             done = database.rollback(url, directory, entry.migrations, migrations, owner=owner)
             how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
     backup.restore_files(ctx, bdir)
+    # the unit the version replaced (its backup holds it), before the older version starts
+    if unitfile.restore(ctx, bdir, disable=manifest.full):
+        how += f"; {unitfile.path(ctx)} put back"
     return how
 
 

@@ -33,6 +33,7 @@ from nesop_deb.runtime import (
     safefs,
     service,
     state,
+    unitfile,
 )
 from nesop_deb.runtime.context import Context
 
@@ -149,6 +150,12 @@ RESTART_WATCH = 0.5  # seconds between the two looks at the service
 
 
 def check_service(ctx: Context) -> CheckResult:
+    found = _service(ctx)
+    drift = _unit_drift(ctx)
+    return CheckResult("service", found.ok and not drift, found.summary, found.problems + drift)
+
+
+def _service(ctx: Context) -> CheckResult:
     unit = ctx.app.service
     first = service.status(unit)
     if not first.exists:
@@ -162,6 +169,24 @@ def check_service(ctx: Context) -> CheckResult:
             "service", False, f"{unit} is restarting (restarts {first.restarts} -> {second.restarts})"
         )
     return CheckResult("service", True, f"{unit} active, pid {second.main_pid}, {second.restarts} restarts")
+
+
+def _unit_drift(ctx: Context) -> list[str]:
+    """The installed unit must be the release's ``[app] unit_file``: what the applied updates
+    wrote there, or (none wrote it) the app tree's copy."""
+    rel = ctx.app.unit_file
+    if rel is None:
+        return []
+    st = state.load(ctx)
+    expected = expected_files(ctx, st).get(rel, (None, None))[0] if st.applied else None
+    if expected is None and ctx.app_root.is_dir():
+        try:
+            with safefs.Tree.open(ctx.app_root) as app:
+                expected = app.digest(rel)
+        except safefs.LinkRefused as exc:
+            return [f"{rel}: {exc.message}"]
+    problem = unitfile.drift(ctx, expected, st.current)
+    return [] if problem is None else [problem]
 
 
 def check_database(ctx: Context) -> CheckResult:

@@ -1,0 +1,198 @@
+"""The app's installed systemd unit, ``/etc/systemd/system/<service>``.
+
+An update whose manifest writes ``[app] unit_file`` (adds, modifies or renames it; a ``--full``
+package adds every file) installs that file's new content as the unit, from the payload dpkg
+unpacked (root's; never the app tree's copy, which the app's account could change), while the app
+is stopped, and reloads systemd before the start. The unit it replaces goes into the update's
+backup (root's, :func:`copy_for_backup`), so that an undo, the recovery after a crash and a
+rollback put it back from there (:func:`restore`): none of them needs anything a crash loses.
+
+A unit that is neither the one the base release shipped nor the new one was changed on this
+server: it is never overwritten, the preflight refuses (:func:`check`) and local settings belong
+in a drop-in. An update that deletes the unit file leaves the installed unit as it is.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from nesop_deb.errors import NesopError, RefusedError
+from nesop_deb.manifest import Action, FileEntry, Manifest
+from nesop_deb.runtime import backup, service, state
+from nesop_deb.runtime.context import AppSettings, Context
+from nesop_deb.runtime.fsutil import fsync_dir, write_atomic
+from nesop_deb.runtime.log import log
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+@dataclass(frozen=True)
+class Installed:
+    content: bytes
+    mode: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+def path(ctx: Context, name: str | None = None) -> Path:
+    """Where the unit ``name`` (the app's service by default) is installed."""
+    return ctx.host(f"{UNIT_DIR}/{name or ctx.app.service}")
+
+
+def read(ctx: Context, name: str | None = None) -> Installed | None:
+    """The installed unit (None: no file there). A link there (a masked unit, or one
+    ``systemctl link`` made) or anything but a regular file is refused: the runtime replaces and
+    puts back only a unit file it can copy."""
+    p = path(ctx, name)
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise RefusedError(
+            f"{p} is a symlink (a masked unit, or one made by `systemctl link`): it is not replaced",
+            hint=f"unmask it, or replace the link with a copy of the unit; local settings belong in a"
+            f" drop-in (`systemctl edit {p.name}`)",
+        ) from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise RefusedError(f"{p} is not a regular file", hint="put the unit file there")
+        return Installed(fh.read(), stat.S_IMODE(st.st_mode) & 0o755)
+
+
+def unit_file_of(manifest: Manifest) -> str | None:
+    """``[app] unit_file`` as the manifest's own settings name it (not the caller's: a recovery
+    rebuilds a transaction's steps from its manifest alone)."""
+    return AppSettings.from_manifest_config(manifest.config).unit_file
+
+
+def entry(manifest: Manifest) -> FileEntry | None:
+    """The manifest's entry that writes ``[app] unit_file``, if it writes it."""
+    rel = unit_file_of(manifest)
+    if rel is None:
+        return None
+    return next((f for f in manifest.files if f.path == rel and f.ships_payload), None)
+
+
+def deleted(manifest: Manifest, names: set[str]) -> FileEntry | None:
+    """The manifest's entry deleting one of ``names`` (unit files a release named), if any."""
+    return next((f for f in manifest.files if f.action is Action.DELETE and f.path in names), None)
+
+
+def check(ctx: Context, manifest: Manifest, st: state.State) -> None:
+    """Preflight: an update that installs a new unit must find the installed one as a release
+    left it (the base release's, a partial update's, the new one) or none at all; one changed
+    on this server is not overwritten."""
+    f = entry(manifest)
+    if f is None:
+        return
+    p = path(ctx)
+    if f.link_target is not None:
+        raise RefusedError(
+            f"[app] unit_file {f.path} is a symlink in {manifest.version}: {p} cannot be installed from it",
+            hint="commit the unit file itself there and build again; nothing was changed",
+        )
+    installed = read(ctx)
+    if installed is None:
+        return  # the update brings it
+    left = state.left_behind(ctx, st.current)
+    allowed = {f.sha256, f.preimage_sha256} | {left[r] for r in (f.path, f.renamed_from) if r in left}
+    if installed.sha256 in allowed:
+        return
+    base = f.renamed_from or f.path
+    if f.preimage_sha256 is not None:
+        live = st.current or "the live release"
+        what = f"neither the unit {live} ships ({base}) nor that of {manifest.version}"
+        fix = f"put back the packaged unit (cp {ctx.app_path(base)} {p}; systemctl daemon-reload)"
+    else:
+        what = f"not the unit {manifest.version} ships, and the live release ships none at {f.path}"
+        fix = f"remove {p} (systemctl daemon-reload), as {manifest.version} installs its own"
+    raise RefusedError(
+        f"{p} was changed on this server (sha256 {installed.sha256[:12]}): it is {what}, and the"
+        f" update would replace it",
+        hint=f"move local settings to a drop-in (`systemctl edit {ctx.app.service}`), then {fix};"
+        " nothing was changed",
+    )
+
+
+def copy_for_backup(ctx: Context) -> backup.UnitCopy:
+    """The installed unit as the backup keeps it (or that there is none)."""
+    installed = read(ctx)
+    if installed is None:
+        return backup.UnitCopy(ctx.app.service, None)
+    return backup.UnitCopy(ctx.app.service, installed.content, installed.mode)
+
+
+def install(ctx: Context, content: bytes, *, enable: bool) -> bool:
+    """Make ``content`` the installed unit and reload systemd; ``enable``: enable a unit that was
+    not installed (a first install). False when it already was exactly that."""
+    before = read(ctx)
+    if before is not None and before.content == content:
+        return False
+    p = path(ctx)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(p, content, 0o644)
+    service.daemon_reload()
+    if enable and before is None:
+        service.enable(ctx.app.service)
+    log.info("%s %s and reloaded systemd", "installed" if before is None else "replaced", p)
+    return True
+
+
+def restore(ctx: Context, backup_dir: Path, *, disable: bool = False) -> bool:
+    """Put back the unit the backup holds and reload systemd; remove the installed one if the
+    backup says there was none (``disable``: disable it first, as a first install enabled it).
+    Idempotent; False when the backup holds no unit or it already is in place."""
+    if not backup.exists(ctx, backup_dir.name):
+        return False
+    old = backup.read_unit(ctx, backup_dir)
+    if old is None:
+        return False
+    p = path(ctx, old.name)
+    now = read(ctx, old.name)
+    if old.content is None:
+        if now is None:
+            return False
+        if disable:
+            service.disable(old.name)  # while its file is there: it says what to disable
+        p.unlink()
+        fsync_dir(p.parent)
+        service.daemon_reload()
+        log.info("removed %s, which the update had installed, and reloaded systemd", p)
+        return True
+    if now is not None and (now.content, now.mode) == (old.content, old.mode):
+        return False
+    write_atomic(p, old.content, old.mode)
+    service.daemon_reload()
+    log.info("put back %s from %s and reloaded systemd", p, backup_dir.name)
+    return True
+
+
+def drift(ctx: Context, expected: str | None, version: str | None) -> str | None:
+    """What is wrong with the installed unit when the release's ``[app] unit_file`` has the
+    sha256 ``expected`` (None: nothing to compare with); a unit that is not installed at
+    ``/etc/systemd/system`` says nothing (the service may come from elsewhere)."""
+    rel = ctx.app.unit_file
+    if rel is None or expected is None:
+        return None
+    try:
+        installed = read(ctx)
+    except NesopError as exc:
+        return exc.message
+    if installed is None or installed.sha256 == expected:
+        return None
+    return (
+        f"{path(ctx)} differs from {rel} of {version or 'the app tree'} (sha256 {installed.sha256[:12]},"
+        f" expected {expected[:12]}): local settings belong in a drop-in (`systemctl edit"
+        f" {ctx.app.service}`), the unit itself is the release's"
+    )
