@@ -226,7 +226,7 @@ def test_init_writes_a_valid_config_and_make_deb_builds(
     config = load_config(config_file)
     assert config.package.name == "my-app-update"
     assert (repo.path / "Makefile").read_text() == "include nesop-deb.mk\n"
-    assert "\ndeb:\n\t$(NESOP_DEB) build " in (repo.path / "nesop-deb.mk").read_text()
+    assert "\ndeb:\n\t$(strip $(NESOP_DEB) build " in (repo.path / "nesop-deb.mk").read_text()
 
     # a second init keeps what is there, unless forced
     again = run_tool([NESOP_DEB, "init", "-C", repo.path, "--name", "other"], env)
