@@ -42,7 +42,8 @@ class Commit:
 class GitRepo:
     def __init__(self, directory: Path) -> None:
         if not directory.is_dir():
-            raise UsageError(f"{directory}: no such directory", hint="pass the app repository with -C DIR")
+            what = "not a directory" if directory.exists() else "no such directory"
+            raise UsageError(f"{directory}: {what}", hint="pass the app repository with -C DIR")
         try:
             result = proc.run([*_GIT, "-C", directory, "rev-parse", "--show-toplevel", "--show-prefix"])
         except CommandError:

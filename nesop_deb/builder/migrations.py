@@ -9,6 +9,7 @@ a plain file and never run: the builder refuses it.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable
 
 from nesop_deb.errors import BuildError
@@ -26,33 +27,59 @@ def is_migration_file(path: str, migrations_dir: str) -> bool:
     return "/" not in name and MIGRATION_NAME.match(name) is not None
 
 
-def _suggestion(name: str) -> str:
-    """A name the rule accepts, close to ``name`` (``003-add tags.SQL`` → ``0003_add_tags.sql``)."""
+def _next_free(prefix: str, tree: Iterable[str]) -> str:
+    """The number after the highest migration in ``prefix`` (``0001`` if there is none)."""
+    ids = [
+        int(m.group("id")[:4])
+        for p in tree
+        if p.startswith(prefix)
+        for m in [MIGRATION_NAME.match(p[len(prefix) :])]
+        if m
+    ]
+    return f"{max(ids, default=0) + 1:04d}"
+
+
+def _suggestion(name: str, free: str) -> str:
+    """A name the rule accepts, close to ``name`` (``003-add tags.SQL`` → ``0003_add_tags.sql``);
+    one with no number, or more than four digits, takes the next free number ``free``."""
     m = _LOOSE.match(name)
     if m is None:
-        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.rsplit(".", 1)[0]).strip("_") or "change"
-        return f"NNNN_{stem}.sql"
-    digits = m.group("digits")[-4:].rjust(4, "0")
+        stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name.rsplit(".", 1)[0]).strip("_.-") or "change"
+        return f"{free}_{stem}.sql"
+    digits = m.group("digits")
+    number = digits.rjust(4, "0") if len(digits) <= 4 else free
     rest = re.sub(r"[^A-Za-z0-9_.-]+", "_", m.group("rest")).strip("_.-") or "change"
-    return f"{digits}_{rest}{'.rollback' if m.group('rollback') else ''}.sql"
+    return f"{number}_{rest}{'.rollback' if m.group('rollback') else ''}.sql"
 
 
-def check_names(paths: Iterable[str], migrations_dir: str) -> None:
-    """Refuse an SQL file below ``[migrations] dir`` that the engine would never run."""
+def check_names(paths: Iterable[str], migrations_dir: str, tree: Iterable[str] = ()) -> None:
+    """Refuse an SQL file below ``[migrations] dir`` that the engine would never run: a name the
+    rule does not take, a file in a subdirectory, a rollback with no migration of its own.
+    ``tree``: every path at HEAD (for the next free number, and the rollbacks' migrations)."""
     prefix = migrations_dir.rstrip("/") + "/"
+    at_head = set(tree)
+    free = _next_free(prefix, at_head)
     for path in sorted(paths):
         if not path.startswith(prefix) or not path.lower().endswith(".sql"):
             continue
         name = path[len(prefix) :]
         if "/" in name:
+            target = shlex.quote(prefix + _suggestion(name.rsplit("/", 1)[1], free))
             raise BuildError(
                 f"{path}: migrations in a subdirectory of {prefix} never run",
-                hint=f"move it to {prefix}{_suggestion(name.rsplit('/', 1)[1])} (git mv), or out of {prefix}",
+                hint=f"move it: git mv {shlex.quote(path)} {target} (or out of {prefix})",
             )
-        if MIGRATION_NAME.match(name) is None:
+        m = MIGRATION_NAME.match(name)
+        if m is None:
             raise BuildError(
                 f"{path}: not named NNNN_name.sql, so it would ship as a plain file and never run",
-                hint=f"rename it: git mv {path} {prefix}{_suggestion(name)}",
+                hint=f"rename it: git mv {shlex.quote(path)} {shlex.quote(prefix + _suggestion(name, free))}",
+            )
+        own = f"{prefix}{m.group('id')}.sql"
+        if m.group("rollback") and at_head and own not in at_head:
+            raise BuildError(
+                f"{path}: a rollback with no migration {own}, so it would never run",
+                hint=f"name it after its migration: {prefix}NNNN_name.rollback.sql for {prefix}NNNN_name.sql",
             )
 
 

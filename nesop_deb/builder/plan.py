@@ -8,6 +8,7 @@ Reading git happens in :func:`make_plan`; deciding what ships is the pure :func:
 from __future__ import annotations
 
 import hashlib
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,8 +285,15 @@ def select_migrations(
             m = MIGRATION_NAME.match(name) or MIGRATION_NAME.match((ch.old_path or "")[len(prefix) :])
             if m is None:
                 continue
-            released = ch.path in base or (ch.old_path is not None and ch.old_path in base)
-            if m.group("rollback") is None and (released or ch.status != "A"):
+            # a file under a name the engine never took (0002-x.sql) has not run: renamed, it is new
+            old_ran = (
+                ch.old_path is not None
+                and ch.old_path in base
+                and is_migration_file(ch.old_path, migrations_dir)
+            )
+            released = ch.path in base or old_ran
+            new = ch.status == "A" or (ch.status == "R" and not old_ran)
+            if m.group("rollback") is None and (released or not new):
                 raise BuildError(
                     f"{ch.old_path or ch.path} was changed after it was released",
                     hint="never edit a released migration: add a new one "
@@ -393,7 +401,14 @@ def _check_pointers(
     mig = cfg.migrations.dir.rstrip("/")
     if cfg.migrations.database is not None and not any(p.startswith(mig + "/") for p in head):
         elsewhere = sorted(
-            {p.rsplit("/", 1)[0] for p in head if "/" in p and is_migration_file(p, p.rsplit("/", 1)[0])}
+            {
+                p.rsplit("/", 1)[0]
+                for p in head
+                if "/" in p
+                and p.endswith(".sql")
+                and is_migration_file(p, p.rsplit("/", 1)[0])
+                and not excluded(p, cfg.files.exclude)
+            }
         )
         if elsewhere or mig != config.MigrationsConfig.dir:
             found = f" (migrations are in {', '.join(elsewhere)})" if elsewhere else ""
@@ -416,20 +431,44 @@ def _missing(path: str, head: Mapping[str, TreeEntry], exclude: tuple[str, ...])
     return None
 
 
+def _unit_file_newly_named(
+    repo: GitRepo, base: str, cfg: config.Config, changes: Sequence[Change], head: Mapping[str, TreeEntry]
+) -> list[Change]:
+    """``[app] unit_file`` set, or pointed at another file, since the base release: the server
+    installs the unit only from an update that writes it, so it ships although it did not change."""
+    unit = cfg.app.unit_file
+    if unit is None or unit not in head or any(unit in (c.path, c.old_path) for c in changes):
+        return []
+    raw = repo.file_at(base, config.CONFIG_NAME)
+    try:
+        before = config.loads(raw.decode("utf-8")).app.unit_file if raw is not None else None
+    except (ConfigError, UnicodeDecodeError):
+        before = None  # the base's config does not load today: name the unit to be safe
+    return [] if before == unit else [Change("M", unit)]
+
+
 def _check_untracked_migrations(
-    repo: GitRepo, migrations_dir: str, allow_dirty: bool, notes: list[str]
+    repo: GitRepo, cfg: config.Config, allow_dirty: bool, notes: list[str]
 ) -> None:
-    """A migration written but never added to git would not ship, and the build would not say so."""
-    loose = [p for p in repo.untracked(migrations_dir) if p.lower().endswith(".sql")]
+    """A migration written but never added to git would not ship, and the build would not say so.
+    Ignored files count (a ``*.sql`` in .gitignore would hide it); subdirectories and what
+    ``[files] exclude`` removes do not (the naming check covers what is committed there)."""
+    prefix = cfg.migrations.dir.rstrip("/") + "/"
+    loose = [
+        p
+        for p in repo.untracked(prefix)
+        if p.lower().endswith(".sql") and "/" not in p[len(prefix) :] and not excluded(p, cfg.files.exclude)
+    ]
     if not loose:
         return
     if allow_dirty:
         notes.append(f"untracked migration(s) not included: {', '.join(loose)}")
         return
     raise UsageError(
-        f"untracked migration file(s) in {migrations_dir}/: {', '.join(loose[:3])}"
+        f"untracked migration file(s) in {prefix}: {', '.join(loose[:3])}"
         + (" ..." if len(loose) > 3 else ""),
-        hint=f"add and commit them (git add {loose[0]}), or build HEAD without them with --allow-dirty",
+        hint=f"add and commit them (git add -f {shlex.quote(loose[0])}), or build HEAD without them with"
+        " --allow-dirty",
     )
 
 
@@ -473,8 +512,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     notes: list[str] = []
     warnings: list[str] = []
     head = repo.resolve("HEAD")
-    cfg = load_config(repo, head, options.allow_dirty, notes)
-    dirty = repo.dirty_paths()
+    dirty = repo.dirty_paths()  # first: an uncommitted fix of the config is named as such
     if dirty:
         if not options.allow_dirty:
             shown = ", ".join(dirty[:3]) + (" ..." if len(dirty) > 3 else "")
@@ -483,7 +521,8 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                 hint="commit them (packages are built from commits), or build HEAD anyway with --allow-dirty",
             )
         notes.append(f"building HEAD; {len(dirty)} uncommitted change(s) are not included")
-    _check_untracked_migrations(repo, cfg.migrations.dir, options.allow_dirty, notes)
+    cfg = load_config(repo, head, options.allow_dirty, notes)
+    _check_untracked_migrations(repo, cfg, options.allow_dirty, notes)
     version = release.resolve_version(repo, head, options.version)
     only = normalise_files_option(options.files, repo.dir)
     release.check_version(
@@ -501,6 +540,8 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     head_tree = repo.tree(head)
     base_tree = repo.tree(since_commit) if since_commit else {}
     changes = repo.diff(since_commit, head) if since_commit else [Change("A", p) for p in head_tree]
+    if since_commit is not None:
+        changes += _unit_file_newly_named(repo, since_commit, cfg, changes, head_tree)
     for ch in changes:
         for p in (ch.path, ch.old_path):
             if p is None:
@@ -521,6 +562,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     check_names(
         (c.path for c in changes if c.status != "D" and not excluded(c.path, cfg.files.exclude)),
         cfg.migrations.dir,
+        head_tree,
     )
 
     # a submodule's entry names a commit, not a blob: select_files refuses it unless excluded

@@ -52,6 +52,19 @@ def _next(version: str) -> str:
     return f"{m.group(1)}{int(m.group(2)) + 1}" if m else f"{version}.1"
 
 
+def next_tag(repo: GitRepo) -> str:
+    """The tag for a first release in ``repo``: v1.0.0, or the one after its highest release tag."""
+    tags = _release_tags(repo)
+    return f"v{_next(str(max(v for _, v in tags)))}" if tags else "v1.0.0"
+
+
+def _in_history(repo: GitRepo, commit: str, head: str) -> bool | None:
+    """Whether ``commit`` is in HEAD's history; None when a shallow clone cannot tell."""
+    if repo.is_ancestor(commit, head):
+        return True
+    return None if repo.is_shallow() else False
+
+
 def resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
     """``--version``, or the highest vX.Y.Z tag on HEAD."""
     if requested is not None:
@@ -68,13 +81,13 @@ def resolve_version(repo: GitRepo, head: str, requested: str | None) -> str:
         where = repo.describe(repo.resolve(tag))
         raise UsageError(
             f"no version: HEAD has no vX.Y.Z tag; {tag} is on {where}, {distance} commit(s) before HEAD",
-            hint=f"tag HEAD as the next release (git tag v{_next(tag[1:])}), or build {tag} itself"
-            f" (git checkout {tag})",
+            hint=f"tag HEAD as the next release (git tag v{_next(tag[1:])}); if {tag} was never shipped,"
+            f" move it here instead (git tag -f {tag})",
         )
     raise _no_tags_error(
         repo,
         "no version: HEAD has no vX.Y.Z tag and no --version was given",
-        "tag the release (git tag v1.0.5) or pass --version 1.0.5",
+        "tag the release (git tag v1.0.0); the first package of an app is a --full one (make deb-full)",
     )
 
 
@@ -92,9 +105,16 @@ def check_version(repo: GitRepo, head: str, version: str, requested: bool, since
             )
     for tag, v in sorted(_release_tags(repo), key=lambda tv: tv[1], reverse=True):
         if v > wanted and repo.is_ancestor(repo.resolve(tag), head):
+            pre = v.debian_revision is not None and v.upstream_version == str(wanted)
             raise UsageError(
                 f"version {version} is below {tag}, which HEAD already contains",
-                hint=f"pick a version above {v} (an older version number would be a downgrade to apt)",
+                hint=f"pick a version above {v} (an older version number would be a downgrade to apt)"
+                + (
+                    f"; for Debian {v.upstream_version}-{v.debian_revision} is above {version}: tag a"
+                    f" pre-release with ~ (v{v.upstream_version}~{v.debian_revision}), which sorts below it"
+                    if pre
+                    else ""
+                ),
             )
     if requested:
         _check_requested_names_head(repo, head, version, since, full)
@@ -136,7 +156,10 @@ def choose_base(repo: GitRepo, head: str, version: str, since: str | None, warni
             )
         tag, below_version = below
         commit = repo.resolve(tag)
-        if not repo.is_ancestor(commit, head):
+        known = _in_history(repo, commit, head)
+        if known is None:
+            warnings.append(f"this clone is shallow: whether {tag} is in HEAD's history is not checked")
+        elif not known:
             raise UsageError(
                 f"the base release {tag} ({repo.describe(commit)}) is not in HEAD's history: this update"
                 f" would undo what {tag} shipped",
@@ -158,11 +181,11 @@ def choose_base(repo: GitRepo, head: str, version: str, since: str | None, warni
             f"version {version} is not above its base {base_version}",
             hint="an update must have a higher version than the release it updates",
         )
-    if not repo.is_ancestor(commit, head):
+    if _in_history(repo, commit, head) is False:
         warnings.append(
             f"--since {since} is not in HEAD's history: what only {since} changed is reverted by this update"
         )
     return Base(since, commit, str(base_version))
 
 
-__all__ = ["FETCH_TAGS", "Base", "check_version", "choose_base", "resolve_version"]
+__all__ = ["FETCH_TAGS", "Base", "check_version", "choose_base", "next_tag", "resolve_version"]

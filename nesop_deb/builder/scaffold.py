@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from nesop_deb import __version__, proc
+from nesop_deb.builder import release
 from nesop_deb.builder.git import GitRepo
 from nesop_deb.builder.migrations import MIGRATION_NAME
 from nesop_deb.config import CONFIG_NAME, is_account_name, is_package_name, is_unit_name, loads
@@ -49,6 +50,7 @@ class Found:
     migration_dirs: tuple[tuple[str, int], ...] = ()  # (directory, how many migrations it holds)
     unit_user: str | None = None  # the one unit file's User= ("root" without one); None if not read
     dist_ignored: bool = False
+    first_tag: str = "v1.0.0"  # the release tag to give HEAD: above every release tag there is
 
     @property
     def unit_file(self) -> str | None:
@@ -135,7 +137,9 @@ def survey(repo: GitRepo) -> Found:
     if found.unit_file is not None:
         user = unit_user((repo.dir / found.unit_file).read_text(encoding="utf-8", errors="replace"))
     ignored = proc.run(["git", "-C", repo.dir, "check-ignore", "-q", f"{OUTPUT}/x.deb"], check=False)
-    return Found(found.unit_files, found.migration_dirs, user, ignored.returncode == 0)
+    return Found(
+        found.unit_files, found.migration_dirs, user, ignored.returncode == 0, release.next_tag(repo)
+    )
 
 
 def maintainer_of(
@@ -287,7 +291,7 @@ def report(directory: Path, setup: Setup, written: Written, *, here: Path) -> li
     lines += [f"  - {item}" for item in checklist(setup, written)]
     elsewhere = directory.resolve() != here.resolve()
     lines.append(f"then, in {directory}:" if elsewhere else "then:")
-    lines += [f"  {command}" for command in NEXT_COMMANDS]
+    lines += [f"  {command.replace('v1.0.0', setup.found.first_tag)}" for command in NEXT_COMMANDS]
     return lines
 
 

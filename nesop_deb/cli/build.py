@@ -92,12 +92,13 @@ def build(
             )
         if sign_key is not None and not dry_run:
             signing.check_key(sign_key)
-        options = BuildOptions(
-            version, since, files + extra_files, no_migrations, full, allow_dirty, allow_partial
-        )
+        named = files + extra_files
         app_dir = find_app_dir(directory)
         if app_dir != directory.resolve():
             show(f"note: building the app in {app_dir} (its {CONFIG_NAME})", err=True)
+            # like git's paths: relative to where the command runs (-C DIR), not to the app
+            named = tuple(f if Path(f).is_absolute() else str(directory.resolve() / f) for f in named)
+        options = BuildOptions(version, since, named, no_migrations, full, allow_dirty, allow_partial)
         plan = make_plan(app_dir, options)
         for note in plan.notes:
             show(f"note: {note}", err=True)
@@ -225,6 +226,12 @@ def init(
         target = directory / CONFIG_NAME
         if target.exists() and not force:
             raise UsageError(f"{target} already exists", hint="edit it, or pass --force to overwrite it")
+        above = find_app_dir(directory)
+        if above != repo.dir and not force:
+            raise UsageError(
+                f"{directory} is inside the app in {above} (its {CONFIG_NAME})",
+                hint=f"run nesop-deb init there, or pass --force to set a second app up in {directory}",
+            )
         setup = scaffold.settings(
             repo,
             scaffold.survey(repo),

@@ -256,6 +256,18 @@ def _configured(old: str, new: str) -> Callable[[Repo], list[str]]:
     return _config(SHOP_CONFIG.replace(old, new))
 
 
+def _c_file(repo: Repo) -> list[str]:
+    return ["-C", str(repo.path / "server.py")]
+
+
+def _pre_release(repo: Repo) -> list[str]:
+    repo.write("server.py", "print('rc')\n")
+    repo.commit("Release candidate", tag="v1.1.0-rc1")
+    repo.write("server.py", "print('final')\n")
+    _release(repo, "v1.1.0")
+    return []
+
+
 def _config_entry_removed(repo: Repo) -> list[str]:
     repo.remove("config.py")
     _release(repo)
@@ -293,6 +305,7 @@ BAD_TOML = SHOP_CONFIG.replace('root = "/srv/shop"', 'root "/srv/shop"')
 CASES = [
     Case("not-a-repository", _not_a_repo, ("plain", "is not a git repository"), "git init"),
     Case("no-such-directory", _args("-C", "/nonexistent/app"), ("/nonexistent/app",), "-C DIR"),
+    Case("directory-is-a-file", _c_file, ("server.py: not a directory",), "-C DIR"),
     Case("no-commits", _no_commits, ("fresh", "has no commits"), "commit the app first"),
     Case(
         "unknown-files-path", _args("--files", "nope.py"), ("--files nope.py", "no such file"), "name files"
@@ -474,13 +487,25 @@ CASES = [
         "migration-in-subdirectory",
         _migration("migrations/v2/0002_tags.sql"),
         ("migrations/v2/0002_tags.sql", "subdirectory of migrations/ never run"),
-        "move it to migrations/0002_tags.sql",
+        "git mv migrations/v2/0002_tags.sql migrations/0002_tags.sql",
+    ),
+    Case(
+        "migration-rollback-orphan",
+        _migration("migrations/0001_int.rollback.sql"),
+        ("migrations/0001_int.rollback.sql", "a rollback with no migration migrations/0001_int.sql"),
+        "NNNN_name.rollback.sql for migrations/NNNN_name.sql",
+    ),
+    Case(
+        "version-below-a-pre-release-tag",
+        _pre_release,
+        ("version 1.1.0 is below v1.1.0-rc1, which HEAD already contains",),
+        "tag a pre-release with ~ (v1.1.0~rc1)",
     ),
     Case(
         "migration-untracked",
         _migration("migrations/0002_tags.sql", commit_it=False),
         ("untracked migration file(s) in migrations/: migrations/0002_tags.sql",),
-        "git add migrations/0002_tags.sql",
+        "git add -f migrations/0002_tags.sql",
     ),
     Case(
         "migrations-dir-missing",
@@ -507,7 +532,7 @@ CASES = [
         "take it out of [files] exclude",
     ),
     Case(
-        "unit-file-excluded",
+        "unit-file-excluded-by-glob",
         _unit_file_excluded,
         ("[app] unit_file deploy/shop.service", "removed by [files] exclude"),
         "take it out of [files] exclude",

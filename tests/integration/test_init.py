@@ -310,3 +310,27 @@ def test_the_make_snippet_takes_its_own_variables_only(
     assert "package:    app-update 1.0.1" in inspected.stdout.splitlines()  # the newest in dist/
     none = make(repo.path, foreign, "deb-inspect", "NESOP_OUTPUT=empty")
     assert none.returncode != 0 and "no package in empty/: run make deb first" in none.stderr
+
+
+def test_a_repository_with_release_tags_is_told_the_next_one(
+    make_repo: Callable[..., Repo], env: dict[str, str]
+) -> None:
+    repo = shop(make_repo)
+    repo.commit("Shop as it ran before", tag="v3.2.0")
+    outcome = init(repo.path, env, cwd=repo.path)
+    assert outcome.returncode == 0, outcome.stderr
+    lines = outcome.stdout.splitlines()
+    assert "  git tag v3.2.1" in lines and "  git tag v1.0.0" not in lines
+
+
+def test_init_inside_an_app_points_at_it(make_repo: Callable[..., Repo], env: dict[str, str]) -> None:
+    repo = shop(make_repo)
+    assert init(repo.path, env).returncode == 0
+    before = tree(repo.path)
+    outcome = init(repo.path / "app", env)
+    assert outcome.returncode == 2 and outcome.stdout == ""
+    assert outcome.stderr == (
+        f"nesop-deb: error: {repo.path / 'app'} is inside the app in {repo.path} (its nesop-deb.toml); run"
+        f" nesop-deb init there, or pass --force to set a second app up in {repo.path / 'app'}\n"
+    )
+    assert tree(repo.path) == before
