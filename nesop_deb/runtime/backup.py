@@ -487,10 +487,10 @@ def read_unit(ctx: Context, backup_dir: Path) -> UnitCopy | None:
     content = None
     if record["sha256"] is not None:
         with open_backups(ctx) as backups:
-            rel = f"{check_name(backup_dir.name)}/{UNIT_FILE}"
-            if backups.digest(rel) != record["sha256"]:
-                raise BackupError(f"backup {backup_dir.name}: {UNIT_FILE} does not match its manifest")
-            content = backups.read_bytes(rel)
+            # read once, then check what was read: no second open to swap a file between
+            content = backups.read_bytes(f"{check_name(backup_dir.name)}/{UNIT_FILE}")
+        if hashlib.sha256(content).hexdigest() != record["sha256"]:
+            raise BackupError(f"backup {backup_dir.name}: {UNIT_FILE} does not match its manifest")
     return UnitCopy(record["name"], content, record["mode"])
 
 

@@ -113,7 +113,14 @@ def check(ctx: Context, manifest: Manifest, st: state.State) -> None:
     if f.preimage_sha256 is not None:
         live = st.current or "the live release"
         what = f"neither the unit {live} ships ({base}) nor that of {manifest.version}"
-        fix = f"put back the packaged unit (cp {ctx.app_path(base)} {p}; systemctl daemon-reload)"
+        # not a copy from the app tree: the app's account can change that file before root copies it
+        source = (
+            f"git show v{st.current}:{base} on the dev machine" if st.current else f"{base} of that release"
+        )
+        fix = (
+            f"put back the unit {live} ships ({source}), checking that its sha256 is"
+            f" {f.preimage_sha256}, then systemctl daemon-reload"
+        )
     else:
         what = f"not the unit {manifest.version} ships, and the live release ships none at {f.path}"
         fix = f"remove {p} (systemctl daemon-reload), as {manifest.version} installs its own"
@@ -153,8 +160,8 @@ def restore(ctx: Context, backup_dir: Path, *, disable: bool = False) -> bool:
     """Put back the unit the backup holds and reload systemd; remove the installed one if the
     backup says there was none (``disable``: disable it first, as a first install enabled it).
     Idempotent; False when the backup holds no unit or it already is in place."""
-    if not backup.exists(ctx, backup_dir.name):
-        return False
+    if not backup.exists(ctx, backup_dir.name):  # it was taken before the unit could change
+        raise backup.BackupError(f"backup {backup_dir.name} is missing: {path(ctx)} could not be put back")
     old = backup.read_unit(ctx, backup_dir)
     if old is None:
         return False

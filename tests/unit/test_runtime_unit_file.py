@@ -9,6 +9,7 @@ there), and a ``start`` notes which unit content the started app runs with.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -323,8 +324,13 @@ def test_a_unit_changed_on_the_server_is_refused_before_the_stop(
         f"{path} was changed on this server",
         f"neither the unit the live release ships ({UNIT_REL}) nor that of 1.0.1",
         "systemctl edit demo.service",
-        f"cp {server.app_root / UNIT_REL} {path}",
+        f"put back the unit the live release ships ({UNIT_REL} of that release), checking that its"
+        f" sha256 is {hashlib.sha256(UNIT_V1).hexdigest()}",
     )
+    # never "copy it from the app tree": the app's account could change that file first
+    with pytest.raises(RefusedError) as again:
+        operations.preflight(release(server))
+    assert str(server.app_root / UNIT_REL) not in str(again.value)
 
 
 def test_a_masked_unit_is_refused(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -521,3 +527,13 @@ def test_the_preflight_accepts_the_unit_a_partial_update_left_behind(
     install_unit(server, UNIT_LOCAL)
     with pytest.raises(RefusedError, match="was changed on this server"):
         checks.preflight(server.ctx, manifest)
+
+
+def test_putting_the_unit_back_from_a_missing_backup_fails_loudly(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployed(server, monkeypatch, installed=UNIT_V1)
+    # e.g. backups/ renamed away by an account that owns the app root: the undo must not pass quietly
+    with pytest.raises(backup.BackupError, match="is missing"):
+        unitfile.restore(server.ctx, server.app_root / "backups" / "pre-update_1.0.1_20260101T000000Z")
+    assert installed(server) == (UNIT_V1, 0o644)
