@@ -16,7 +16,7 @@ from types import TracebackType
 
 from bench.poller import HealthPoller, Outage, Sample, longest_outage
 from tests.e2e import store
-from tests.e2e.testbed import BASE_PACKAGES, Container, build_base_root, cache_dir_from_env
+from tests.e2e.testbed import BASE_PACKAGES, Container, build_base_root, cache_dir_from_env, host_suite
 
 LOG = f"{store.APP_ROOT}/logs/update.log"
 TAIL = 0.25  # seconds of probes kept before and after an operation, for the plot
@@ -133,7 +133,9 @@ class Server:
     def __init__(self, toolchain: Path, full: Path) -> None:
         self.toolchain = toolchain
         self.full = full
-        self.box = Container(build_base_root(cache_dir_from_env(), BASE_PACKAGES))
+        # the release `make package` builds the toolchain for: the host's
+        suite = host_suite() or "bookworm"
+        self.box = Container(build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=suite))
         self.box.private_network = True
         self._poller: HealthPoller | None = None
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make demo`: the whole nesop-deb story on the example NESOP Store, in a booted Debian 12.
+"""`make demo`: the whole nesop-deb story on the example NESOP Store, in a booted Debian 13
+(`make demo SUITE=bookworm`: Debian 12).
 
 Builds the store's release history and its update packages, boots a container with systemd,
 then narrates: first install, an update with a migration, a failing update restored
@@ -20,7 +21,7 @@ TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
 from tests.e2e import store  # noqa: E402
-from tests.e2e.testbed import BASE_PACKAGES, Container, build_base_root, cache_dir_from_env  # noqa: E402
+from tests.e2e.testbed import BASE_PACKAGES, SUITES, Container, build_base_root, cache_dir_from_env  # noqa: E402
 
 HEALTH = (
     'python3 -c "import urllib.request;'
@@ -55,6 +56,9 @@ def build(repo: store.ExampleRepo, ref: str, *args: str, name: str | None = None
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--toolchain", type=Path, required=True, help="the nesop-deb toolchain .deb")
+    parser.add_argument(
+        "--suite", choices=list(SUITES), default="trixie", help="the Debian release to boot (default: trixie)"
+    )
     args = parser.parse_args()
 
     say("Building the example store's release history and its update packages")
@@ -72,8 +76,8 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     upd6 = build(repo, "v1.0.6")
     broken = build(repo, "broken/migration", "--version", "1.0.7", "--since", "v1.0.6")
 
-    say("Booting a Debian 12 server with systemd (systemd-nspawn)")
-    root = build_base_root(cache_dir_from_env(), BASE_PACKAGES)
+    say(f"Booting a Debian {SUITES[args.suite]} ({args.suite}) server with systemd (systemd-nspawn)")
+    root = build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=args.suite)
     box = Container(root)
     try:
         box.boot()

@@ -1,4 +1,4 @@
-"""The cached Debian 12 root file system that every test container starts from."""
+"""The cached Debian root file systems (12 "bookworm", 13 "trixie") test containers start from."""
 
 from __future__ import annotations
 
@@ -18,21 +18,48 @@ from .hostside import TestbedError, remove_tree, tail
 # Bump when the way the root is built changes, so old caches are not reused.
 FORMAT_VERSION = "1"
 
-SUITE = "bookworm"
+# Debian releases a test bed can boot, with their numbers (the toolchain's +debNNu1 suffix).
+SUITES: dict[str, int] = {"bookworm": 12, "trixie": 13}
+# The release tests run on unless they ask for another (NESOP_TESTBED_SUITE overrides it): Debian's
+# stable release. The story marked every_release (releases.py) runs on Debian 12 too.
+DEFAULT_SUITE = "trixie"
 
-# Explicit one-line sources: given none, mmdebstrap reads sources from stdin,
-# which fails or hangs when there is no terminal (as in CI).
-MIRRORS: tuple[str, ...] = (
-    "deb http://deb.debian.org/debian bookworm main",
-    "deb http://deb.debian.org/debian bookworm-updates main",
-    "deb http://deb.debian.org/debian-security bookworm-security main",
-)
+
+def default_suite() -> str:
+    suite = os.environ.get("NESOP_TESTBED_SUITE") or DEFAULT_SUITE
+    if suite not in SUITES:
+        raise TestbedError(f"NESOP_TESTBED_SUITE={suite}: not one of {', '.join(SUITES)}")
+    return suite
+
+
+def host_suite() -> str | None:
+    """This machine's Debian release, when it is one the test bed knows."""
+    try:
+        fields = dict(
+            line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line
+        )
+    except OSError:
+        return None
+    name = fields.get("VERSION_CODENAME", "").strip('"')
+    return name if name in SUITES else None
+
+
+def mirrors(suite: str) -> tuple[str, ...]:
+    """Explicit one-line sources: given none, mmdebstrap reads sources from stdin, which fails or
+    hangs when there is no terminal (as in CI)."""
+    return (
+        f"deb http://deb.debian.org/debian {suite} main",
+        f"deb http://deb.debian.org/debian {suite}-updates main",
+        f"deb http://deb.debian.org/debian-security {suite}-security main",
+    )
+
 
 BASE_PACKAGES: tuple[str, ...] = (
     "apt",
     "apt-utils",
     "ca-certificates",
     "dbus",
+    "gpgv",  # the toolchain depends on it (signatures); Debian 13's apt verifies with sqv instead
     "iproute2",
     "procps",
     "python3",
@@ -109,17 +136,17 @@ def missing_prerequisites() -> list[str]:
     return problems
 
 
-def base_root_key(packages: Sequence[str]) -> str:
+def base_root_key(packages: Sequence[str], suite: str = DEFAULT_SUITE) -> str:
     """Cache key: everything that changes the content of the built root."""
     recipe = {
         "format": FORMAT_VERSION,
-        "suite": SUITE,
-        "mirrors": list(MIRRORS),
+        "suite": suite,
+        "mirrors": list(mirrors(suite)),
         "packages": sorted(set(packages)),
         "hooks": list(CUSTOMIZE_HOOKS),
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    return f"{SUITE}-{digest[:16]}"
+    return f"{suite}-{digest[:16]}"
 
 
 def _is_complete(root: Path) -> bool:
@@ -148,9 +175,10 @@ def build_base_root(
     cache_dir: Path,
     packages: Sequence[str] = BASE_PACKAGES,
     *,
+    suite: str = DEFAULT_SUITE,
     lock_timeout: float = 900.0,
 ) -> Path:
-    """Return a cached Debian 12 root with `packages`, building it if needed.
+    """Return a cached root of Debian ``suite`` with `packages`, building it if needed.
 
     The root is built into a temporary directory and renamed into place, so
     an interrupted build never leaves a half root under the final name.  A
@@ -160,7 +188,9 @@ def build_base_root(
     the containers cannot download anything.
     """
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = base_root_key(packages)
+    if suite not in SUITES:
+        raise TestbedError(f"unknown Debian suite {suite!r}: one of {', '.join(SUITES)}")
+    key = base_root_key(packages, suite)
     final = cache_dir / key
     if _is_complete(final):
         return final
@@ -184,9 +214,9 @@ def build_base_root(
             "--variant=minbase",
             "--include=" + ",".join(sorted(set(packages))),
             *(f"--customize-hook={hook}" for hook in CUSTOMIZE_HOOKS),
-            SUITE,
+            suite,
             str(tmp),
-            *MIRRORS,
+            *mirrors(suite),
         ]
         with log_path.open("w") as log:
             result = subprocess.run(

@@ -1,4 +1,4 @@
-"""Fixtures for end-to-end tests in booted Debian 12 containers.
+"""Fixtures for end-to-end tests in booted Debian containers (13 by default; 12 where asked).
 
 Policy: a machine that cannot run containers skips these tests with the
 reason, except in CI (CI=true), where a silently skipped end-to-end suite
@@ -12,7 +12,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, Protocol
@@ -22,12 +22,15 @@ import pytest
 from . import reliability, store
 from .testbed import (
     BASE_PACKAGES,
+    SUITES,
     Backend,
     Container,
     TestbedError,
     base_root_key,
     build_base_root,
     cache_dir_from_env,
+    default_suite,
+    host_suite,
     missing_prerequisites,
 )
 
@@ -113,18 +116,38 @@ def testbed_host() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.fixture
+def suite(request: pytest.FixtureRequest) -> str:
+    """The Debian release a test runs on: the default one (NESOP_TESTBED_SUITE, else trixie),
+    or each one a test asks for with ``@pytest.mark.parametrize("suite", [...], indirect=True)``."""
+    return str(getattr(request, "param", None) or default_suite())
+
+
 @pytest.fixture(scope="session")
-def base_root(testbed_host: None) -> Path:
-    """The cached Debian 12 root (built on first use, about 30 s)."""
-    cache_dir = cache_dir_from_env()
-    _TIMINGS.base_root_built = not (cache_dir / base_root_key(BASE_PACKAGES)).exists()
-    started = time.monotonic()
-    try:
-        root = build_base_root(cache_dir, BASE_PACKAGES)
-    except TestbedError as error:
-        unavailable(f"e2e: could not build the Debian 12 root in {cache_dir}: {error}")
-    _TIMINGS.base_root_seconds = time.monotonic() - started
-    return root
+def base_roots(testbed_host: None) -> Callable[[str], Path]:
+    """The cached root of a Debian release (built on first use, about 30 s each)."""
+    roots: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in roots:
+            cache_dir = cache_dir_from_env()
+            built = not (cache_dir / base_root_key(BASE_PACKAGES, name)).exists()
+            _TIMINGS.base_root_built = _TIMINGS.base_root_built or built
+            started = time.monotonic()
+            try:
+                roots[name] = build_base_root(cache_dir, BASE_PACKAGES, suite=name)
+            except TestbedError as error:
+                unavailable(f"e2e: could not build the Debian {SUITES[name]} root in {cache_dir}: {error}")
+            _TIMINGS.base_root_seconds = (_TIMINGS.base_root_seconds or 0) + time.monotonic() - started
+        return roots[name]
+
+    return get
+
+
+@pytest.fixture
+def base_root(base_roots: Callable[[str], Path], suite: str) -> Path:
+    """The cached root of the test's Debian release."""
+    return base_roots(suite)
 
 
 class ContainerFactory(Protocol):
@@ -168,7 +191,7 @@ def new_container(base_root: Path, tmp_path: Path) -> Iterator[ContainerFactory]
 
 @pytest.fixture
 def container(new_container: ContainerFactory) -> Container:
-    """A freshly booted Debian 12 container, stopped after the test."""
+    """A freshly booted Debian container, stopped after the test."""
     return new_container()
 
 
@@ -188,25 +211,49 @@ def _record(box: Container) -> None:
 
 
 @pytest.fixture(scope="session")
-def toolchain_deb(testbed_host: None) -> Path:
-    """The nesop-deb toolchain package (`make package` builds it; built here if missing)."""
+def toolchain_debs(testbed_host: None) -> Callable[[str], Path]:
+    """The nesop-deb toolchain package for a Debian release: NESOP_DEB_TOOLCHAIN_DEB_<SUITE>
+    (`make package SUITE=…`), else for the host's own release NESOP_DEB_TOOLCHAIN_DEB (`make
+    package`); built here into dist/<suite>/ if missing."""
     from .store import REPO_TOP
 
-    configured = os.environ.get("NESOP_DEB_TOOLCHAIN_DEB")
-    if configured and Path(configured).is_file():
-        return Path(configured)
-    import subprocess
+    debs: dict[str, Path] = {}
 
-    result = subprocess.run(
-        [str(REPO_TOP / "scripts" / "build-toolchain-package"), str(REPO_TOP / "dist")],
-        cwd=REPO_TOP,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"could not build the toolchain package: {result.stderr[-2000:]}", pytrace=False)
-    return Path(REPO_TOP / result.stdout.strip().splitlines()[-1])
+    def get(name: str) -> Path:
+        if name in debs:
+            return debs[name]
+        variables = [f"NESOP_DEB_TOOLCHAIN_DEB_{name.upper()}"]
+        if name == host_suite():
+            variables.append("NESOP_DEB_TOOLCHAIN_DEB")
+        for variable in variables:
+            configured = os.environ.get(variable)
+            if configured and Path(configured).is_file():
+                debs[name] = Path(configured)
+                return debs[name]
+        import subprocess
+
+        args = [str(REPO_TOP / "dist" / name), name]
+        result = subprocess.run(
+            [str(REPO_TOP / "scripts" / "build-toolchain-package"), *args],
+            cwd=REPO_TOP,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"could not build the toolchain package for {name}: {result.stderr[-2000:]}", pytrace=False
+            )
+        debs[name] = Path(REPO_TOP / result.stdout.strip().splitlines()[-1])
+        return debs[name]
+
+    return get
+
+
+@pytest.fixture
+def toolchain_deb(toolchain_debs: Callable[[str], Path], suite: str) -> Path:
+    """The toolchain package for the test's Debian release."""
+    return toolchain_debs(suite)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from .baseroot import SUITES, default_suite
+
 KINDS = ("step fails", "SIGKILL", "power loss", "disk full")
 STEPS = (
     "preflight", "record", "stage", "backup", "stop", "snapshot-db", "apply-files", "migrate", "start",
@@ -26,6 +28,7 @@ class Cell:
     outcome: str
     seconds: float
     ends_as: str
+    release: int  # the Debian release it ran on (12, 13)
 
 
 _cells: list[Cell] = []
@@ -39,11 +42,16 @@ def record(item: pytest.Item, report: pytest.TestReport) -> None:
         return
     kind, step = marker.args[:2]
     ends_as = str(marker.kwargs.get("ends_as", ""))
-    _cells.append(Cell(kind, step, item.nodeid.split("::")[-1], report.outcome, report.duration, ends_as))
+    callspec = getattr(item, "callspec", None)
+    suite = str(callspec.params.get("suite", "")) if callspec is not None else ""
+    release = SUITES[suite or default_suite()]
+    test = item.nodeid.split("::")[-1]
+    _cells.append(Cell(kind, step, test, report.outcome, report.duration, ends_as, release))
 
 
 def write(path: Path) -> None:
     by_cell: dict[tuple[str, str], list[Cell]] = {}
+    releases = sorted({c.release for c in _cells})
     for c in _cells:
         by_cell.setdefault((c.step, c.kind), []).append(c)
     lines = [
@@ -51,7 +59,8 @@ def write(path: Path) -> None:
         "",
         f"Written by the end-to-end run of {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
         " (`make reliability`). Each cell is a test that breaks an update or a rollback on purpose in a",
-        "booted Debian 12 with systemd, injecting the fault from outside, and then checks the end state:",
+        f"booted Debian {' and '.join(map(str, releases)) or '12'} with systemd (a cell says which release"
+        " when it ran on more than one), injecting the fault from outside, and then checks the end state:",
         "one whole version, the service healthy, every committed row present, dpkg consistent, the",
         "history saying what happened.",
         "",
@@ -81,7 +90,12 @@ def write(path: Path) -> None:
                 row.append("not covered yet")
             else:
                 row.append(
-                    "<br>".join(f"{'PASS' if c.outcome == 'passed' else 'FAIL'}: {c.ends_as}" for c in cells)
+                    "<br>".join(
+                        f"{'PASS' if c.outcome == 'passed' else 'FAIL'}"
+                        + (f" on {c.release}" if len(releases) > 1 else "")
+                        + f": {c.ends_as}"
+                        for c in cells
+                    )
                 )
         lines.append(f"| {step} | " + " | ".join(row) + " |")
     lines += ["", "## Cells", "", "| step | fault | test | result | seconds |", "|---|---|---|---|---|"]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from . import store
+from .releases import every_release
 from .testbed import Container
 
 
@@ -31,6 +32,7 @@ def _uid(box: Container) -> int:
     return int(box.run(["id", "-u", "nesop"]).stdout)
 
 
+@every_release
 def test_guide_scenarios_apply_in_turn(server: Container, example_repo: store.ExampleRepo) -> None:
     repo = example_repo
     store.deploy_by_hand(server, repo, "v1.0.0")
@@ -109,6 +111,7 @@ def _failing_update(box: Container, repo: store.ExampleRepo, branch: str, step: 
     assert store.register_customers(box, 1)
 
 
+@every_release
 @pytest.mark.fault("step fails", "migrate", ends_as="old version whole, every row, iF")
 def test_failed_migration_restores_everything(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/migration", "migrate")
@@ -116,11 +119,13 @@ def test_failed_migration_restores_everything(server: Container, example_repo: s
     assert store.db_dump(server)["migrations"][-1] == "0004_newsletter"
 
 
+@every_release
 @pytest.mark.fault("step fails", "start", ends_as="old version whole, every row, iF")
 def test_app_that_will_not_start_is_rolled_back(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/start", "health")
 
 
+@every_release
 @pytest.mark.fault("step fails", "health", ends_as="old version whole, every row, iF")
 def test_failed_health_check_is_rolled_back(server: Container, example_repo: store.ExampleRepo) -> None:
     _failing_update(server, example_repo, "broken/health", "health")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import store
 from .conftest import ContainerFactory
+from .releases import every_release
 from .test_matrix import RECOVER_UNIT, pause_at, run_update, start_update
 from .testbed import Container
 
@@ -28,6 +29,7 @@ def unit_log(box: Container, unit: str) -> str:
     return box.run(["journalctl", "-b", "--no-pager", "-o", "cat", "-u", unit]).stdout
 
 
+@every_release
 def test_the_update_is_undone_before_the_app_starts(
     new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from . import store
 from .conftest import ContainerFactory
+from .releases import every_release
 
 
+@every_release
 def test_full_package_installs_the_app_then_nesop_update_applies_an_update(
     new_container: ContainerFactory, toolchain_deb: Path, example_repo: store.ExampleRepo
 ) -> None:

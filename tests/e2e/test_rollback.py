@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from . import store
+from .releases import every_release
 from .testbed import Container
 
 
@@ -14,6 +15,7 @@ def _apt(box: Container, *args: str) -> str:
     return result.stdout
 
 
+@every_release
 def test_apt_downgrade_across_versions_keeps_every_row(
     server: Container, example_repo: store.ExampleRepo
 ) -> None:

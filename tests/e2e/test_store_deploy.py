@@ -1,5 +1,5 @@
 """The ground every other end-to-end test stands on: the toolchain package installs in a booted
-Debian 12, and the example store, deployed by hand, answers /health through systemd."""
+Debian, and the example store, deployed by hand, answers /health through systemd."""
 
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from .conftest import ContainerFactory
-from .testbed import CommandError, Container, TestbedError, free_port
+from .releases import every_release
+from .testbed import SUITES, CommandError, Container, TestbedError, free_port
 
 
 def _process_gone(pid: int) -> bool:
@@ -26,13 +27,14 @@ def _mounted_under(directory: Path) -> list[str]:
     return [point for point in mount_points if point.startswith(str(directory))]
 
 
-def test_boots_debian_12_with_systemd_as_pid1(container: Container) -> None:
+@every_release
+def test_boots_debian_with_systemd_as_pid1(container: Container, suite: str) -> None:
     state = container.run(["systemctl", "is-system-running"], check=False).stdout.strip()
     assert state in ("running", "degraded"), container.run(["systemctl", "--failed"]).stdout
     assert container.run(["ps", "-o", "comm=", "-p", "1"]).stdout.strip() == "systemd"
     assert container.run(["readlink", "/proc/1/exe"]).stdout.strip() == "/usr/lib/systemd/systemd"
     os_release = container.run(["cat", "/etc/os-release"]).stdout
-    assert 'VERSION_ID="12"' in os_release
+    assert f'VERSION_ID="{SUITES[suite]}"' in os_release
     assert container.run(["hostname"]).stdout.strip() == "nesop-testbed"
     assert container.boot_seconds is not None and container.boot_seconds < 30
 

@@ -1,4 +1,4 @@
-"""Debian 12 machines with systemd as PID 1, for end-to-end tests.
+"""Debian machines (12 or 13) with systemd as PID 1, for end-to-end tests.
 
 A base root file system is built once with mmdebstrap and cached (see
 baseroot.py).  Each scenario gets a `Container`: an overlayfs (or, failing
@@ -28,7 +28,16 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Literal
 
-from .baseroot import BASE_PACKAGES, base_root_key, build_base_root, cache_dir_from_env, missing_prerequisites
+from .baseroot import (
+    BASE_PACKAGES,
+    SUITES,
+    base_root_key,
+    build_base_root,
+    cache_dir_from_env,
+    default_suite,
+    host_suite,
+    missing_prerequisites,
+)
 from .hostside import (
     CommandError,
     HttpResponse,
@@ -46,6 +55,7 @@ from .hostside import (
 
 __all__ = [
     "BASE_PACKAGES",
+    "SUITES",
     "Backend",
     "CommandError",
     "Container",
@@ -54,7 +64,9 @@ __all__ = [
     "base_root_key",
     "build_base_root",
     "cache_dir_from_env",
+    "default_suite",
     "free_port",
+    "host_suite",
     "http_get",
     "missing_prerequisites",
 ]
@@ -90,7 +102,7 @@ def _stop_all_live() -> None:
 
 
 class Container:
-    """One booted Debian 12 machine with systemd as PID 1.
+    """One booted Debian machine with systemd as PID 1.
 
     Its file system is an overlay on the cached base root (upper layer in
     `workdir`), so it starts clean in milliseconds and survives `kill_hard()`
@@ -560,7 +572,7 @@ def _main(args: Sequence[str]) -> int:
         print("cannot run: " + "; ".join(problems), file=sys.stderr)
         return 1
     started = time.monotonic()
-    root = build_base_root(cache_dir_from_env(), BASE_PACKAGES)
+    root = build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=default_suite())
     print(f"base root {root} ready in {time.monotonic() - started:.1f} s")
     if args[0] == "boot":
         with Container(root) as container:
