@@ -136,10 +136,8 @@ def survey(repo: GitRepo) -> Found:
     user = None
     if found.unit_file is not None:
         user = unit_user((repo.dir / found.unit_file).read_text(encoding="utf-8", errors="replace"))
-    ignored = proc.run(["git", "-C", repo.dir, "check-ignore", "-q", f"{OUTPUT}/x.deb"], check=False)
-    return Found(
-        found.unit_files, found.migration_dirs, user, ignored.returncode == 0, release.next_tag(repo)
-    )
+    ignored = repo.git_optional("check-ignore", "-q", f"{OUTPUT}/x.deb") is not None
+    return Found(found.unit_files, found.migration_dirs, user, ignored, release.next_tag(repo))
 
 
 def maintainer_of(
@@ -164,10 +162,7 @@ def maintainer_of(
 def git_identity(repo: GitRepo) -> tuple[str, str]:
     """``(user.name, user.email)`` as git sees them in the app repository (its own config counts,
     not that of the current directory); empty where unset."""
-    git = ["git", "-C", str(repo.dir), "config"]
-    name = proc.run([*git, "user.name"], check=False).out.strip()
-    email = proc.run([*git, "user.email"], check=False).out.strip()
-    return name, email
+    return repo.git_optional("config", "user.name") or "", repo.git_optional("config", "user.email") or ""
 
 
 def settings(
