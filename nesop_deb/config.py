@@ -88,6 +88,22 @@ class BackupsConfig:
     keep: int = 5
 
 
+# The Debian architectures an update with compiled wheels can target, and the wheel platform
+# (manylinux) machine each one is.
+ARCHITECTURES = {"amd64": "x86_64", "arm64": "aarch64"}
+_PYTHON_VERSION = re.compile(r"3\.[0-9]{1,2}")
+
+
+@dataclass(frozen=True)
+class DependenciesConfig:
+    """``[dependencies]``: the app's pinned requirements and the virtualenv it runs from."""
+
+    requirements: str = "requirements.txt"  # repository-relative, pinned with hashes
+    venv: str = "venv"  # app-relative: always the active virtualenv (a link the runtime switches)
+    python: str = ""  # the servers' python3, major.minor ("3.13")
+    architecture: str = "amd64"  # the servers' Debian architecture
+
+
 @dataclass(frozen=True)
 class Config:
     app: AppConfig
@@ -96,6 +112,7 @@ class Config:
     migrations: MigrationsConfig = field(default_factory=MigrationsConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     backups: BackupsConfig = field(default_factory=BackupsConfig)
+    dependencies: DependenciesConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain data, as recorded in an update's manifest."""
@@ -118,6 +135,18 @@ class Config:
                 "pages": list(self.health.pages),
             },
             "backups": {"keep": self.backups.keep},
+            **(
+                {
+                    "dependencies": {
+                        "requirements": self.dependencies.requirements,
+                        "venv": self.dependencies.venv,
+                        "python": self.dependencies.python,
+                        "architecture": self.dependencies.architecture,
+                    }
+                }
+                if self.dependencies is not None
+                else {}
+            ),
         }
 
 
@@ -137,6 +166,12 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "migrations": {"dir": ((str,), False), "database": ((str,), False)},
     "health": {"url": ((str,), False), "timeout": ((int, float), False), "pages": ((list,), False)},
     "backups": {"keep": ((int,), False)},
+    "dependencies": {
+        "requirements": ((str,), False),
+        "venv": ((str,), False),
+        "python": ((str,), False),
+        "architecture": ((str,), False),
+    },
 }
 _TYPE_NAMES = {str: "a string", list: "a list of strings", int: "a number", float: "a number"}
 _TYPE_EXAMPLES = {str: '"text"', list: '["a", "b"]', int: "5", float: "60"}
@@ -257,6 +292,7 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
         )
 
     _database_is_writable(database, root, writable, source)
+    dependencies = _dependencies(data.get("dependencies"), writable, source)
     return Config(
         app=AppConfig(name, root, user, group, service, unit_file, writable),
         package=PackageConfig(package_name, maintainer, pkg.get("section", "admin")),
@@ -269,6 +305,42 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
         ),
         health=HealthConfig(url, timeout, tuple(health.get("pages", ()))),
         backups=BackupsConfig(keep),
+        dependencies=dependencies,
+    )
+
+
+def _dependencies(
+    section: dict[str, Any] | None, writable: tuple[str, ...], source: str
+) -> DependenciesConfig | None:
+    if section is None:
+        return None
+    python = section.get("python")
+    if python is None or not _PYTHON_VERSION.fullmatch(python):
+        shown = "missing" if python is None else f"{python!r} is not a major.minor version"
+        raise ConfigError(
+            f"{source}: dependencies.python {shown}: the wheels are fetched for the servers' Python",
+            hint='set it to their python3 version: python = "3.11" on Debian 12, "3.13" on Debian 13',
+        )
+    arch = section.get("architecture", "amd64")
+    if arch not in ARCHITECTURES:
+        raise ConfigError(
+            f"{source}: dependencies.architecture {arch!r} is not one this builder fetches wheels for",
+            hint=f"use the servers' `dpkg --print-architecture`: one of {', '.join(ARCHITECTURES)}",
+        )
+    venv = _relative(section.get("venv", "venv"), "dependencies.venv", source)
+    if any(venv == w or venv.startswith(w + "/") or w.startswith(venv + "/") for w in writable):
+        raise ConfigError(
+            f"{source}: dependencies.venv {venv!r} is in (or holds) a directory app.writable lists:"
+            " the app's account could change the code root runs to build it",
+            hint='keep it beside the code, e.g. venv = "venv"',
+        )
+    return DependenciesConfig(
+        requirements=_relative(
+            section.get("requirements", "requirements.txt"), "dependencies.requirements", source
+        ),
+        venv=venv,
+        python=python,
+        architecture=arch,
     )
 
 

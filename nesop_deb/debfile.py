@@ -136,7 +136,7 @@ def read_member(update: UpdateDeb, name: str) -> bytes | None:
 
 
 def verify_payload(update: UpdateDeb) -> list[str]:
-    """Compare every payload file and migration with the manifest; return the problems found."""
+    """Compare every payload file, migration and wheel with the manifest; return the problems found."""
     with _reading(update.path):
         return _payload_problems(update)
 
@@ -179,6 +179,23 @@ def _payload_problems(update: UpdateDeb) -> list[str]:
                 problems.append(f"migration {file}: missing from the package")
             elif hashlib.sha256(fh.read()).hexdigest() != sha:
                 problems.append(f"migration {file}: sha256 does not match the manifest")
+    deps = update.manifest.dependencies
+    for w in deps.wheels if deps is not None else ():
+        member = update.members.get(f"{update.share}/wheels/{w.file}")
+        fh = tar.extractfile(member) if member is not None and member.isfile() else None
+        if fh is None:
+            problems.append(f"wheel {w.file}: missing from the package")
+            continue
+        data = fh.read()
+        if hashlib.sha256(data).hexdigest() != w.sha256 or len(data) != w.size:
+            problems.append(f"wheel {w.file}: sha256 does not match the manifest (damaged)")
+    wheel_dir = f"{update.share}/wheels/"
+    listed = {w.file for w in deps.wheels} if deps is not None else set()
+    problems += [
+        f"wheel {n[len(wheel_dir) :]}: in the package but not in the manifest"
+        for n in sorted(update.members)
+        if n.startswith(wheel_dir) and not update.members[n].isdir() and n[len(wheel_dir) :] not in listed
+    ]
     return problems
 
 
@@ -202,6 +219,8 @@ def _expected_files(update: UpdateDeb) -> dict[str, str | None]:
     files.update({f"{share}/payload/{f.path}": f.link_target for f in payload})
     for m in update.manifest.migrations:
         files.update({f"{share}/migrations/{n}": None for n in (m.file, m.rollback_file) if n is not None})
+    deps = update.manifest.dependencies
+    files.update({f"{share}/wheels/{w.file}": None for w in (deps.wheels if deps is not None else ())})
     return files
 
 

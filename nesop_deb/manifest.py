@@ -6,7 +6,9 @@ The builder writes it; ``nesop-deb inspect``/``verify`` and the server runtime r
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -81,6 +83,48 @@ class LeftBehind:
 
 
 @dataclass(frozen=True)
+class WheelEntry:
+    """A wheel the package ships in its ``wheels/`` directory (for the server's wheel store)."""
+
+    file: str  # the wheel's file name: name-version(-build)?-python-abi-platform.whl
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """The virtualenv an update needs: present when the release's requirements differ from the
+    base's (or in a full package). The runtime builds it offline from ``requirements`` (the pinned
+    text, hashes included) with the wheels the server stores and the ones shipped here."""
+
+    requirements: str  # the requirements file's content at the release
+    wheels: tuple[WheelEntry, ...]  # shipped here; the others the server has from earlier updates
+    python: str  # the target python3, major.minor
+    architecture: str  # the target Debian architecture; "all" when every wheel is pure Python
+    requirements_file: str = "requirements.txt"  # app-relative, for messages
+
+    @property
+    def requirements_sha256(self) -> str:
+        return hashlib.sha256(self.requirements.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "requirements": self.requirements,
+            "requirements_file": self.requirements_file,
+            "wheels": [asdict(w) for w in self.wheels],
+            "python": self.python,
+            "architecture": self.architecture,
+        }
+
+
+# name-version(-build)?-python-abi-platform.whl, as PEP 427 names them (no path, no "..")
+WHEEL_NAME = re.compile(
+    r"(?P<name>[A-Za-z0-9_.]+)-(?P<version>[A-Za-z0-9_.!+]+)(-[0-9][A-Za-z0-9_.]*)?"
+    r"-(?P<python>[A-Za-z0-9_.]+)-(?P<abi>[A-Za-z0-9_.]+)-(?P<platform>[A-Za-z0-9_.]+)\.whl"
+)
+
+
+@dataclass(frozen=True)
 class Manifest:
     package: str
     version: str
@@ -98,6 +142,7 @@ class Manifest:
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
     left_behind: tuple[LeftBehind, ...] = ()  # a partial package: changes of the range it leaves out
+    dependencies: Dependencies | None = None  # the virtualenv this update switches to
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -120,6 +165,8 @@ class Manifest:
         }
         if self.left_behind:  # written only by a partial package: others read as they always did
             data["left_behind"] = [asdict(lb) for lb in self.left_behind]
+        if self.dependencies is not None:  # written only when the virtualenv changes
+            data["dependencies"] = self.dependencies.to_dict()
         return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
     def counts(self) -> dict[str, int]:
@@ -254,6 +301,38 @@ def _left_behind(data: dict[str, Any], files: tuple[FileEntry, ...]) -> tuple[Le
     return tuple(out)
 
 
+def _dependencies(data: dict[str, Any]) -> Dependencies | None:
+    raw = data.get("dependencies")
+    if raw is None:
+        return None
+    where = "dependencies"
+    if not isinstance(raw, dict):
+        raise ManifestError(f"update manifest: {where} is not an object")
+    requirements = _req(raw, "requirements", str, where)
+    python = _req(raw, "python", str, where)
+    if re.fullmatch(r"3\.[0-9]{1,2}", python) is None:
+        raise ManifestError(f"update manifest: {where}.python {python!r} is not a major.minor version")
+    arch = _req(raw, "architecture", str, where)
+    if re.fullmatch(r"[a-z0-9]+", arch) is None:
+        raise ManifestError(f"update manifest: {where}.architecture {arch!r} is not a Debian architecture")
+    wheels: list[WheelEntry] = []
+    for i, w in enumerate(_req(raw, "wheels", list, where)):
+        wwhere = f"{where}.wheels[{i}]"
+        if not isinstance(w, dict):
+            raise ManifestError(f"update manifest: {wwhere} is not an object")
+        name = _req(w, "file", str, wwhere)
+        if WHEEL_NAME.fullmatch(name) is None or ".." in name:
+            raise ManifestError(f"update manifest: {wwhere}.file {name!r} is not a wheel file name")
+        if any(x.file == name for x in wheels):
+            raise ManifestError(f"update manifest: wheel {name!r} appears twice")
+        size = _req(w, "size", int, wwhere)
+        if size < 0:
+            raise ManifestError(f"update manifest: {wwhere}.size must be a non-negative integer")
+        wheels.append(WheelEntry(name, _sha(w.get("sha256"), f"{wwhere}.sha256"), size))
+    requirements_file = _path(raw.get("requirements_file", "requirements.txt"), f"{where}.requirements_file")
+    return Dependencies(requirements, tuple(wheels), python, arch, requirements_file)
+
+
 def _package(data: dict[str, Any]) -> str:
     package: str = _req(data, "package", str, "manifest")
     if not is_package_name(package):
@@ -307,6 +386,9 @@ def _check_config(cfg: dict[str, Any]) -> None:
         raise ManifestError("update manifest: config.app.writable is not a list of paths")
     for i, entry in enumerate(writable):
         _path(entry, f"config.app.writable[{i}]")
+    deps = _section(cfg, "dependencies")
+    if "venv" in deps:
+        _path(deps["venv"], "config.dependencies.venv")
     entries = _section(cfg, "files").get("config", [])
     if not isinstance(entries, list):
         raise ManifestError("update manifest: config.files.config is not a list of paths")
@@ -360,6 +442,9 @@ def loads(text: str | bytes) -> Manifest:
         raise ManifestError("update manifest: bases must be version strings")
     config = _req(data, "config", dict, "manifest")
     _check_config(config)
+    dependencies = _dependencies(data)
+    if dependencies is not None and "venv" not in _section(config, "dependencies"):
+        raise ManifestError("update manifest: dependencies without config.dependencies.venv")
     return Manifest(
         package=_package(data),
         version=_version(_req(data, "version", str, "manifest"), "version"),
@@ -375,4 +460,5 @@ def loads(text: str | bytes) -> Manifest:
         migrations=tuple(_migration(m, i) for i, m in enumerate(_req(data, "migrations", list, "manifest"))),
         config_files=tuple(_path(p, "config_files") for p in data.get("config_files", [])),
         left_behind=_left_behind(data, files),
+        dependencies=dependencies,
     )

@@ -45,8 +45,21 @@ PAYLOAD_LINTIAN_TAGS = (
 
 
 def deb_name(plan: BuildPlan) -> str:
+    """``<package>_<version>_all.deb``; a package whose virtualenv needs compiled wheels is for one
+    Python and architecture: ``<package>_<version>_py<X.Y>_<arch>.deb`` (the version stays the
+    release's, so apt's rollback by version keeps working)."""
     version = plan.version.split(":", 1)[-1]  # dpkg drops the epoch from file names
+    deps = plan.manifest.dependencies
+    if deps is not None and deps.architecture != "all":
+        return f"{plan.package}_{version}_py{deps.python}_{deps.architecture}.deb"
     return f"{plan.package}_{version}_all.deb"
+
+
+def _python_range(python: str) -> str:
+    """``python3 (>= 3.13~), python3 (<< 3.14~)``: the one python3 minor version compiled wheels
+    run on (``~`` sorts below any Debian revision, so 3.13.5-2 is in and 3.14~rc1 is not)."""
+    major, minor = python.split(".")
+    return f"python3 (>= {python}~), python3 (<< {major}.{int(minor) + 1}~)"
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -85,10 +98,14 @@ def _control(plan: BuildPlan, installed_kib: int) -> bytes:
     ctl = Deb822()
     ctl["Package"] = plan.package
     ctl["Version"] = plan.version
-    ctl["Architecture"] = "all"
+    deps = plan.manifest.dependencies
+    arch = deps.architecture if deps is not None else "all"  # compiled wheels: one architecture
+    ctl["Architecture"] = arch
     ctl["Maintainer"] = plan.config.package.maintainer
     ctl["Installed-Size"] = str(installed_kib)
     ctl["Pre-Depends"] = f"nesop-deb (>= {__version__}), python3"
+    if deps is not None and arch != "all":  # and one python3 minor version
+        ctl["Depends"] = _python_range(deps.python)
     ctl["Section"] = plan.config.package.section
     ctl["Priority"] = "optional"
     ctl["Description"] = f"update of {plan.config.app.name} to {plan.version} ({base})\n" + "\n".join(
@@ -122,6 +139,8 @@ def write_tree(plan: BuildPlan, root: Path, manifest_signature: str | None = Non
             _write(target, data, entry.mode or 0o644)
     for name, data in plan.migrations.items():
         _write(share / "migrations" / name, data, 0o644)
+    for name, data in plan.wheels.items():
+        _write(share / "wheels" / name, data, 0o644)
     _write(share / MANIFEST_NAME, manifest_raw, 0o644)
     if manifest_signature is not None:
         _write(share / (MANIFEST_NAME + ".asc"), manifest_signature.encode("ascii"), 0o644)

@@ -7,6 +7,7 @@ Reading git happens in :func:`make_plan`; deciding what ships is the pure :func:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
@@ -14,11 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nesop_deb import __version__, config
-from nesop_deb.builder import release
+from nesop_deb.builder import release, requirements, wheels
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
 from nesop_deb.builder.migrations import MIGRATION_NAME, check_names, is_migration_file, refuse_python
 from nesop_deb.errors import BuildError, ConfigError, UsageError
-from nesop_deb.manifest import Action, FileEntry, LeftBehind, Manifest, MigrationEntry
+from nesop_deb.manifest import (
+    WHEEL_NAME,
+    Action,
+    Dependencies,
+    FileEntry,
+    LeftBehind,
+    Manifest,
+    MigrationEntry,
+)
 from nesop_deb.paths import (
     UnsafePath,
     control_character,
@@ -38,6 +47,8 @@ class BuildOptions:
     full: bool = False
     allow_dirty: bool = False
     allow_partial: bool = False
+    python: str | None = None  # --python: the servers' python3 instead of [dependencies] python
+    arch: str | None = None  # --arch: their Debian architecture instead of [dependencies] architecture
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class BuildPlan:
     epoch: int
     notes: Sequence[str] = field(default_factory=tuple)
     warnings: Sequence[str] = field(default_factory=tuple)
+    wheels: Mapping[str, bytes] = field(default_factory=dict)  # wheel file name -> content
 
     @property
     def package(self) -> str:
@@ -431,6 +443,15 @@ def _missing(path: str, head: Mapping[str, TreeEntry], exclude: tuple[str, ...])
     return None
 
 
+def _base_config(repo: GitRepo, base: str) -> config.Config | None:
+    """The base release's config, or None when it has none that loads today."""
+    raw = repo.file_at(base, config.CONFIG_NAME)
+    try:
+        return config.loads(raw.decode("utf-8")) if raw is not None else None
+    except (ConfigError, UnicodeDecodeError):
+        return None
+
+
 def _unit_file_newly_named(
     repo: GitRepo, base: str, cfg: config.Config, changes: Sequence[Change], head: Mapping[str, TreeEntry]
 ) -> list[Change]:
@@ -439,12 +460,79 @@ def _unit_file_newly_named(
     unit = cfg.app.unit_file
     if unit is None or unit not in head or any(unit in (c.path, c.old_path) for c in changes):
         return []
-    raw = repo.file_at(base, config.CONFIG_NAME)
-    try:
-        before = config.loads(raw.decode("utf-8")).app.unit_file if raw is not None else None
-    except (ConfigError, UnicodeDecodeError):
-        before = None  # the base's config does not load today: name the unit to be safe
+    before_cfg = _base_config(repo, base)  # one that does not load today: name the unit to be safe
+    before = before_cfg.app.unit_file if before_cfg is not None else None
     return [] if before == unit else [Change("M", unit)]
+
+
+def _with_target(cfg: config.Config, options: BuildOptions) -> config.Config:
+    """The config with ``--python``/``--arch`` in place of [dependencies]' python/architecture."""
+    given = [(o, v) for o, v in (("--python", options.python), ("--arch", options.arch)) if v is not None]
+    if not given:
+        return cfg
+    deps = cfg.dependencies
+    if deps is None:
+        option, value = given[0]
+        raise UsageError(
+            f"{option} {value}: {config.CONFIG_NAME} at HEAD has no [dependencies], so no wheels are fetched",
+            hint=f"drop {option}, or add a [dependencies] section to {config.CONFIG_NAME}",
+        )
+    python = options.python if options.python is not None else deps.python
+    if not wheels.is_python_version(python):
+        raise UsageError(
+            f"--python {python!r} is not a major.minor version",
+            hint="give the servers' python3 version: 3.11 on Debian 12, 3.13 on Debian 13",
+        )
+    arch = options.arch if options.arch is not None else deps.architecture
+    if arch not in config.ARCHITECTURES:
+        raise UsageError(
+            f"--arch {arch!r} is not one this builder fetches wheels for",
+            hint=f"give the servers' `dpkg --print-architecture`: one of {', '.join(config.ARCHITECTURES)}",
+        )
+    return dataclasses.replace(cfg, dependencies=dataclasses.replace(deps, python=python, architecture=arch))
+
+
+@dataclass(frozen=True)
+class _VenvChange:
+    """A release whose virtualenv differs from its base's: the pinned set and what the server has."""
+
+    text: str
+    pins: requirements.Requirements
+    base: requirements.Requirements | None  # the set the server has wheels for; None: none known
+
+
+def _venv_change(
+    repo: GitRepo, deps: config.DependenciesConfig, head: str, base: str | None
+) -> _VenvChange | None:
+    """HEAD's pinned set (refused unless every line is pinned with hashes), when the update
+    changes the virtualenv: always in a full package; in an update when the base release had no
+    [dependencies], another python or architecture (the server has no wheel for this target), or
+    another requirements text or venv path."""
+    raw = repo.file_at(head, deps.requirements)
+    if raw is None:
+        raise BuildError(
+            f"[dependencies] requirements {deps.requirements} is not a file in the repository at HEAD",
+            hint="commit it there, or fix [dependencies] requirements",
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BuildError(
+            f"{deps.requirements}: not UTF-8 text", hint="write it in UTF-8 (pip-compile does)"
+        ) from None
+    pins = requirements.parse(text, deps.requirements)
+    before_cfg = _base_config(repo, base) if base is not None else None
+    before = before_cfg.dependencies if before_cfg is not None else None
+    if before is None or (before.python, before.architecture) != (deps.python, deps.architecture):
+        return _VenvChange(text, pins, None)
+    base_raw = repo.file_at(base, before.requirements) if base is not None else None
+    if base_raw == raw and before.venv == deps.venv:
+        return None
+    try:  # the set the base shipped; unreadable today, it counts for nothing and every wheel ships
+        base_pins = None if base_raw is None else requirements.parse(base_raw.decode(), before.requirements)
+    except (BuildError, UnicodeDecodeError):
+        base_pins = None
+    return _VenvChange(text, pins, base_pins)
 
 
 def _check_untracked_migrations(
@@ -521,7 +609,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
                 hint="commit them (packages are built from commits), or build HEAD anyway with --allow-dirty",
             )
         notes.append(f"building HEAD; {len(dirty)} uncommitted change(s) are not included")
-    cfg = load_config(repo, head, options.allow_dirty, notes)
+    cfg = _with_target(load_config(repo, head, options.allow_dirty, notes), options)
     _check_untracked_migrations(repo, cfg, options.allow_dirty, notes)
     version = release.resolve_version(repo, head, options.version)
     only = normalise_files_option(options.files, repo.dir)
@@ -603,7 +691,9 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         )
     rng = f"{since_ref}..HEAD" if since_commit else "HEAD"
     left = left_behind(changes, head_tree, base_tree, blobs, cfg.files.exclude, files)
-    if not files and not migrations:
+    deps = cfg.dependencies
+    venv = _venv_change(repo, deps, head, since_commit) if deps is not None else None
+    if not files and not migrations and venv is None:
         why = f" ({_leaves_out(_left_out_cause(options, left, mig_dir))} {_names(left)})" if left else ""
         raise UsageError(
             f"nothing to ship: no included file or migration changed in {rng}{why}",
@@ -612,6 +702,15 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     if left and not options.allow_partial:
         raise _partial_refused(options, left, mig_dir, rng)
     _check_pointers(cfg, head_tree, files, options.full or since_commit is None)
+
+    dependencies: Dependencies | None = None
+    wheel_data: dict[str, bytes] = {}
+    if venv is not None and deps is not None:  # last: fetching is the slow part, after every check
+        target = wheels.Target(deps.python, deps.architecture)
+        fetched = wheels.fetch(venv.pins, target)
+        dependencies, wheel_data = wheels.select(
+            venv.text, deps.requirements, venv.pins, venv.base, target, fetched
+        )
 
     payload = {f.path: blobs[head_tree[f.path].blob] for f in files if f.ships_payload}
     epoch = repo.commit_time(head)
@@ -630,19 +729,24 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         migrations=tuple(migrations),
         config_files=tuple(p for p in cfg.files.config if p in head_tree or p in base_tree),
         left_behind=tuple(left),
+        dependencies=dependencies,
     )
     commits = repo.log(since_commit, head)
-    return BuildPlan(cfg, manifest, payload, migration_data, commits, epoch, tuple(notes), tuple(warnings))
+    return BuildPlan(
+        cfg, manifest, payload, migration_data, commits, epoch, tuple(notes), tuple(warnings), wheel_data
+    )
 
 
 def describe(manifest: Manifest) -> list[str]:
     """Human lines summarising what an update changes (control Description, inspect, dry-run)."""
     c = manifest.counts()
     base = f"from {', '.join(manifest.bases)}" if manifest.bases else "full install"
+    deps = manifest.dependencies
     lines = [
         f"{manifest.package} {manifest.version} ({base}): {c['add']} added, {c['modify']} modified, "
         f"{c['rename']} renamed, {c['delete']} deleted, {len(manifest.migrations)} migration(s)"
         + (f", {len(manifest.left_behind)} left out (partial)" if manifest.left_behind else "")
+        + (f", new virtualenv ({len(deps.wheels)} wheel(s) shipped)" if deps is not None else "")
     ]
     symbol = {Action.ADD: "+", Action.MODIFY: "~", Action.RENAME: ">", Action.DELETE: "-"}
     for f in manifest.files:
@@ -652,7 +756,22 @@ def describe(manifest: Manifest) -> list[str]:
         lines.append(f"migration {m.id}{'' if m.reversible else ' (not reversible)'}")
     for lb in manifest.left_behind:
         lines.append(f"! {lb.path} (left out: stays as the base has it)")
+    if deps is not None:
+        lines.append(f"virtualenv from {deps.requirements_file} for {target_text(deps)}")
+        lines += [f"wheel {_wheel_pin(w.file)}" for w in deps.wheels]
     return lines
 
 
-__all__ = ["BuildOptions", "BuildPlan", "describe", "find_app_dir", "left_behind", "make_plan"]
+def _wheel_pin(file: str) -> str:
+    """``MarkupSafe==3.0.2`` for a wheel's file name: what it is, short enough for a control line."""
+    m = WHEEL_NAME.fullmatch(file)
+    return f"{m.group('name')}=={m.group('version')}" if m is not None else file
+
+
+def target_text(deps: Dependencies) -> str:
+    """``Python 3.13 on amd64``, or ``Python 3.13, any architecture`` for a pure-Python set."""
+    where = "any architecture (pure Python)" if deps.architecture == "all" else f"on {deps.architecture}"
+    return f"Python {deps.python}{',' if deps.architecture == 'all' else ''} {where}"
+
+
+__all__ = ["BuildOptions", "BuildPlan", "describe", "find_app_dir", "left_behind", "make_plan", "target_text"]

@@ -25,6 +25,7 @@ from nesop_deb.paths import app_root_problem, control_character, excluded
 from nesop_deb.render import render
 
 MAKE_SNIPPET = "nesop-deb.mk"
+REQUIREMENTS = "requirements.txt"  # an app that has one gets a [dependencies] section, commented out
 OUTPUT = "dist"  # the make snippet's NESOP_OUTPUT default: built packages, never committed
 # [files] exclude as init writes it: what a repository holds that never goes to the server
 DEFAULT_EXCLUDE = (
@@ -51,6 +52,7 @@ class Found:
     unit_user: str | None = None  # the one unit file's User= ("root" without one); None if not read
     dist_ignored: bool = False
     first_tag: str = "v1.0.0"  # the release tag to give HEAD: above every release tag there is
+    requirements: str | None = None  # the app's requirements.txt, if it has one beside the config
 
     @property
     def unit_file(self) -> str | None:
@@ -117,7 +119,8 @@ def find(paths: Iterable[str]) -> Found:
         m = MIGRATION_NAME.match(p.name)
         if m is not None and m.group("ext") == "sql" and not m.group("rollback") and parents:
             migrations[parents[0]] = migrations.get(parents[0], 0) + 1
-    return Found(tuple(sorted(units)), tuple(sorted(migrations.items())))
+    requirements = REQUIREMENTS if REQUIREMENTS in listed else None
+    return Found(tuple(sorted(units)), tuple(sorted(migrations.items())), requirements=requirements)
 
 
 def unit_user(text: str) -> str:
@@ -137,7 +140,9 @@ def survey(repo: GitRepo) -> Found:
     if found.unit_file is not None:
         user = unit_user((repo.dir / found.unit_file).read_text(encoding="utf-8", errors="replace"))
     ignored = repo.git_optional("check-ignore", "-q", f"{OUTPUT}/x.deb") is not None
-    return Found(found.unit_files, found.migration_dirs, user, ignored, release.next_tag(repo))
+    return Found(
+        found.unit_files, found.migration_dirs, user, ignored, release.next_tag(repo), found.requirements
+    )
 
 
 def maintainer_of(
@@ -280,6 +285,8 @@ def report(directory: Path, setup: Setup, written: Written, *, here: Path) -> li
         )
     else:
         lines.append("  migrations  none")
+    if found.requirements is not None:
+        lines.append(f"  requirements {found.requirements}: [dependencies], commented out")
     who = f"{setup.maintainer} ({setup.maintainer_from})" if setup.maintainer_from else "no identity"
     lines.append(f"  maintainer  {who}")
     lines.append(f"check in {directory / CONFIG_NAME}:")
@@ -336,6 +343,13 @@ def checklist(setup: Setup, written: Written) -> list[str]:
         items.append(
             f"[migrations] dir: several directories hold migrations"
             f" ({_names(d for d, _ in found.migration_dirs)}): set the one the server runs, and database"
+        )
+    if found.requirements is not None:
+        items.append(
+            f"[dependencies]: to ship the packages of {found.requirements} (the server builds the app's"
+            " virtualenv from them, offline), pin them with hashes (pip-compile --generate-hashes),"
+            " uncomment the section and set python to the servers' python3 (3.11 on Debian 12, 3.13 on"
+            " Debian 13)"
         )
     if not setup.maintainer_from:
         items.append(

@@ -11,9 +11,9 @@ from nesop_deb import debfile, signing
 from nesop_deb.builder import scaffold
 from nesop_deb.builder.git import GitRepo
 from nesop_deb.builder.package import build_deb, manifest_bytes
-from nesop_deb.builder.plan import BuildOptions, describe, find_app_dir, make_plan
+from nesop_deb.builder.plan import BuildOptions, describe, find_app_dir, make_plan, target_text
 from nesop_deb.cli.common import group, guarded, show
-from nesop_deb.config import CONFIG_NAME
+from nesop_deb.config import ARCHITECTURES, CONFIG_NAME
 from nesop_deb.errors import NesopError, UsageError
 
 cli = group("nesop-deb", "Turn an app's changes into versioned update packages (.deb).")
@@ -51,6 +51,17 @@ cli = group("nesop-deb", "Turn an app's changes into versioned update packages (
     help="Where the .deb goes (default: dist/ in the app directory); --full packages go into its full/.",
 )
 @click.option("--allow-dirty", is_flag=True, help="Build HEAD even with uncommitted changes.")
+@click.option(
+    "--python",
+    "python",
+    metavar="X.Y",
+    help="Fetch the wheels of [dependencies] for this python3 (default: its `python`).",
+)
+@click.option(
+    "--arch",
+    metavar="|".join(ARCHITECTURES),
+    help="Fetch the wheels of [dependencies] for this architecture (default: its `architecture`).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
     "--sign",
@@ -71,6 +82,8 @@ def build(
     output: Path | None,
     allow_partial: bool,
     allow_dirty: bool,
+    python: str | None,
+    arch: str | None,
     dry_run: bool,
     sign_key: str | None,
     extra_files: tuple[str, ...],
@@ -98,7 +111,9 @@ def build(
             show(f"note: building the app in {app_dir} (its {CONFIG_NAME})", err=True)
             # like git's paths: relative to where the command runs (-C DIR), not to the app
             named = tuple(f if Path(f).is_absolute() else str(directory.resolve() / f) for f in named)
-        options = BuildOptions(version, since, named, no_migrations, full, allow_dirty, allow_partial)
+        options = BuildOptions(
+            version, since, named, no_migrations, full, allow_dirty, allow_partial, python, arch
+        )
         plan = make_plan(app_dir, options)
         for note in plan.notes:
             show(f"note: {note}", err=True)
@@ -152,7 +167,8 @@ def inspect(debug: bool, deb: Path, as_json: bool) -> None:
         app = m.config["app"]
         show(f"app:        {app['name']} at {app['root']} ({app['service']})")
         show(f"source:     {m.source_commit}" + (f" since {m.since_ref}" if m.since_ref else ""))
-        show(f"requires:   {update.control.get('Pre-Depends', '')}")
+        needs = [update.control.get(f, "") for f in ("Pre-Depends", "Depends")]
+        show(f"requires:   {', '.join(n for n in needs if n)}")
         click.echo("files:")
         for f in m.files:
             size = "" if f.sha256 is None else f" {f.size} B, mode {f.mode:o}" if f.mode is not None else ""
@@ -170,6 +186,14 @@ def inspect(debug: bool, deb: Path, as_json: bool) -> None:
             show(f"config files (local edits kept): {', '.join(m.config_files)}")
         if m.left_behind:
             show(f"left out (partial; kept as they were): {', '.join(lb.path for lb in m.left_behind)}")
+        deps = m.dependencies
+        if deps is not None:
+            show(f"virtualenv: new, from {deps.requirements_file} for {target_text(deps)}")
+            click.echo(f"wheels:     {len(deps.wheels)} shipped")
+            for w in deps.wheels:
+                show(f"  {w.file} {w.size} B")
+        elif "dependencies" in m.config:
+            click.echo("virtualenv: unchanged")
         show(f"scripts:    {', '.join(sorted(update.scripts))}")
 
     guarded("nesop-deb", debug, run)
@@ -189,8 +213,11 @@ def verify(debug: bool, deb: Path) -> None:
                 show(f"{deb}: {p}", err=True)
             raise NesopError(f"{deb}: {len(problems)} problem(s) found; do not install this package")
         n = sum(1 for f in update.manifest.files if f.ships_payload)
+        deps = update.manifest.dependencies
+        wheels = f", {len(deps.wheels)} wheels" if deps is not None else ""
         show(
-            f"{deb}: ok ({n} payload files, {len(update.manifest.migrations)} migrations match the manifest)"
+            f"{deb}: ok ({n} payload files, {len(update.manifest.migrations)} migrations{wheels} match the"
+            " manifest)"
         )
 
     guarded("nesop-deb", debug, run)

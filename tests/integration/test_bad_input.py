@@ -301,6 +301,25 @@ def _shallow_clone_tagged_head(repo: Repo) -> list[str]:
     return ["-C", str(clone)]
 
 
+DEPS_CONFIG = SHOP_CONFIG + '\n[dependencies]\npython = "3.13"\n'
+
+
+def _dependencies(
+    requirements: str | None, *args: str, config: str = DEPS_CONFIG
+) -> Callable[[Repo], list[str]]:
+    """v1.0.2 adds [dependencies] and (unless None) a requirements.txt holding ``requirements``."""
+
+    def prepare(repo: Repo) -> list[str]:
+        repo.write("nesop-deb.toml", config)
+        if requirements is not None:
+            repo.write("requirements.txt", requirements)
+        repo.write("server.py", "print('v1.0.2')\n")
+        _release(repo)
+        return list(args)
+
+    return prepare
+
+
 BAD_TOML = SHOP_CONFIG.replace('root = "/srv/shop"', 'root "/srv/shop"')
 CASES = [
     Case("not-a-repository", _not_a_repo, ("plain", "is not a git repository"), "git init"),
@@ -568,6 +587,66 @@ CASES = [
         "--files",
     ),
     Case(
+        "dependencies-unpinned",
+        _dependencies("# the app's packages\nflask>=2.0\n"),
+        ("requirements.txt: 1 line(s) not pinned with hashes", "line 2 'flask>=2.0': a range"),
+        "pip-compile --generate-hashes",
+    ),
+    Case(
+        "dependencies-without-hashes",
+        _dependencies("markupsafe==3.0.2\n"),
+        ("requirements.txt", "line 1 'markupsafe==3.0.2': no --hash=sha256:"),
+        "pip-compile --generate-hashes",
+    ),
+    Case(
+        "dependencies-editable",
+        _dependencies("-e .\n"),
+        ("requirements.txt", "line 1 '-e .': an editable install"),
+        "pip-compile --generate-hashes",
+    ),
+    Case(
+        "dependencies-include",
+        _dependencies("-r base.txt\n"),
+        ("requirements.txt", "line 1 '-r base.txt': an include"),
+        "pip-compile --generate-hashes",
+    ),
+    Case(
+        "dependencies-requirements-missing",
+        _dependencies(None),
+        ("[dependencies] requirements requirements.txt is not a file in the repository at HEAD",),
+        "fix [dependencies] requirements",
+    ),
+    Case(
+        "dependencies-no-wheel",
+        _dependencies(f"markupsafe==99.0.0 --hash=sha256:{'0' * 64}\n"),
+        ("no wheel of markupsafe==99.0.0 for Python 3.13 on amd64",),
+        "pin a version that publishes one",
+    ),
+    Case(
+        "dependencies-python-missing",
+        _dependencies("", config=SHOP_CONFIG + "\n[dependencies]\n"),
+        ("nesop-deb.toml", "dependencies.python missing"),
+        'python = "3.11" on Debian 12',
+    ),
+    Case(
+        "python-option-without-dependencies",
+        _args("--python", "3.13"),
+        ("--python 3.13: nesop-deb.toml at HEAD has no [dependencies]",),
+        "drop --python",
+    ),
+    Case(
+        "python-option-not-a-version",
+        _dependencies("", "--python", "3"),
+        ("--python '3' is not a major.minor version",),
+        "3.13 on Debian 13",
+    ),
+    Case(
+        "arch-option-unknown",
+        _dependencies("", "--arch", "i386"),
+        ("--arch 'i386' is not one this builder fetches wheels for",),
+        "dpkg --print-architecture",
+    ),
+    Case(
         "shallow-clone-untagged",
         _shallow_clone,
         ("no version", "this clone is shallow"),
@@ -590,6 +669,8 @@ SUBPROCESS_CASES = {
     "dirty",
     "config-wrong-type",
     "partial-files",
+    "dependencies-unpinned",
+    "dependencies-no-wheel",
 }
 
 

@@ -3,6 +3,7 @@ the maintainer's source, the nesop-deb.toml it renders, and the checklist it pri
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -133,6 +134,25 @@ def test_without_a_single_unit_file_the_config_leaves_it_commented() -> None:
     assert "# found: a.service, b.service\n" in text and "# found: m1, m2\n" in text
 
 
+def test_a_requirements_file_is_found_beside_the_config_only() -> None:
+    assert scaffold.find(["app.py", "requirements.txt"]).requirements == "requirements.txt"
+    assert scaffold.find(["app.py", "docs/requirements.txt", "requirements-dev.txt"]).requirements is None
+
+
+def test_with_a_requirements_file_the_dependencies_are_written_commented_out() -> None:
+    text = scaffold.render_config(setup(found=Found(requirements="requirements.txt")))
+    assert loads(text).dependencies is None  # python is the user's to set
+    section = text[text.index("# [dependencies]") :]
+    uncommented = text[: text.index("# [dependencies]")] + re.sub(r"(?m)^# ", "", section)
+    deps = loads(uncommented).dependencies
+    assert deps is not None and (deps.requirements, deps.venv, deps.python) == (
+        "requirements.txt",
+        "venv",
+        "3.13",
+    )
+    assert "[dependencies]" not in scaffold.render_config(setup())
+
+
 def test_values_with_quotes_and_backslashes_stay_valid_toml() -> None:
     odd = Setup("shop", '/srv/a "b"\\c', "shop", 'Jo "JJ" O\\Neil <jo@x.org>', "--maintainer")
     config = loads(scaffold.render_config(odd))
@@ -169,6 +189,13 @@ def test_the_checklist_warns_about_root_and_a_unit_running_as_someone_else() -> 
     items = scaffold.checklist(setup(user="root", found=found), WRITTEN)
     assert any(i.startswith('[app] user = "root": warning:') and "--user shop" in i for i in items)
     assert "deploy/shop.service runs the app as www-data (User=), not as root: make them the same" in items
+
+
+def test_the_checklist_says_how_to_ship_the_requirements() -> None:
+    items = scaffold.checklist(setup(found=Found(requirements="requirements.txt")), WRITTEN)
+    (item,) = [i for i in items if i.startswith("[dependencies]")]
+    assert "pip-compile --generate-hashes" in item and "3.11 on Debian 12, 3.13 on Debian 13" in item
+    assert not any(i.startswith("[dependencies]") for i in scaffold.checklist(setup(), WRITTEN))
 
 
 def test_the_checklist_asks_for_what_is_missing() -> None:
