@@ -25,6 +25,7 @@ from nesop_deb.runtime import (
     apps,
     apthook,
     backup,
+    deps,
     failures,
     health,
     history,
@@ -128,6 +129,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         entries = history.entries(ctx)
         journal = state.read_journal(ctx)
         failure = failures.read(ctx)
+        venv = deps.report(ctx)
         data = {
             "app": ctx.app.name,
             "root": str(ctx.app_root),
@@ -147,6 +149,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
             "held": repo.held_version(ctx),
             "applied": [a.version for a in st.applied],
             "adopted": _adoption(ctx),
+            "virtualenv": None if venv is None else venv.to_dict(),
         }
         if as_json:
             _emit(data)
@@ -173,6 +176,10 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
             e = entries[-1]
             show(f"last update:  {e.get('action')} {e.get('version')} at {e.get('time')}: {e.get('status')}")
         show(f"applied:      {', '.join(a.version for a in st.applied) or 'none'}")
+        if venv is not None:
+            show(f"virtualenv:   {venv.path} {venv.live}")
+            for problem in venv.problems:
+                show(f"              PROBLEM: {problem}")
         _show_adoption(data["adopted"], st.current)
         held = repo.held_version(ctx)
         if held:

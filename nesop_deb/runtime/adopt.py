@@ -66,8 +66,11 @@ def skip(ctx: Context) -> Callable[[str], bool]:
         rel = db.relative_to(ctx.app_root).as_posix()
         data = {rel, *(rel + s for s in database.SIDECARS)}
 
+    # the virtualenv is not the app's code: the runtime builds it, and records its link itself
+    venv = set() if ctx.app.venv is None else {ctx.app.venv + s for s in ("", ".adopted", ".nesop-new")}
+
     def skipped(rel: str) -> bool:
-        return rel in ("backups", "logs") or rel in data or ctx.app.is_writable(rel)
+        return rel in ("backups", "logs") or rel in data or rel in venv or ctx.app.is_writable(rel)
 
     return skipped
 

@@ -31,6 +31,7 @@ from nesop_deb.runtime import (
     accounts,
     backup,
     database,
+    deps,
     health,
     history,
     pages,
@@ -77,6 +78,7 @@ class Job:
     migrated: list[str] = field(default_factory=list)
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
     status_before_stop: service.ServiceStatus | None = None
+    venv_id: str | None = None  # the virtualenv the update switches to (built before the stop)
     unit_written: bool = False  # the unit step installed a new unit (systemd was reloaded)
     started: float = field(default_factory=time.monotonic)
     # the database copy taken before the stop, with its open connection; never journaled, so a
@@ -309,12 +311,15 @@ class Backup:
         with backup.open_backups(job.ctx, create=True) as backups:
             if backups.exists(job.backup_name):
                 return  # a rerun of a recovered transaction
-        meta = {
+        meta: dict[str, Any] = {
             "kind": "pre_update",
             "version": job.previous,
             "for_version": job.manifest.version,
             "created_dirs": sorted(set(job.created_dirs)),
         }
+        if switches_venv(job):
+            # what the app's venv link is now: an undo, a recovery and a rollback put it back
+            meta["venv"] = deps.record(job.ctx)
         # the installed unit, when this update replaces it: an undo, a recovery after a crash and
         # a rollback put it back from here
         unit = unitfile.copy_for_backup(job.ctx) if unitfile.entry(job.manifest) else None
@@ -348,6 +353,50 @@ class Backup:
         except (OSError, NesopError) as exc:
             # only a record: a restore of this backup then says its database file is missing
             log.warning("cannot record that %s holds no database: %s", self.job.backup_name, exc)
+
+
+def switches_venv(job: Job) -> bool:
+    return job.manifest.dependencies is not None and job.ctx.app.venv is not None
+
+
+class BuildVenv:
+    """Before the stop: the virtualenv the new version needs, built offline beside the live one
+    (or found built already) and its imports checked; nothing live changes."""
+
+    name = "venv-build"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job = self.job
+        assert job.manifest.dependencies is not None
+        job.venv_id = deps.prepare(job.ctx, job.source, job.manifest.dependencies, job.owner)
+
+    def undo(self) -> None:
+        """The link is back (SwitchVenv.undo ran first): what no backup reaches goes, the new
+        environment included; one that was there before is kept while a backup names it."""
+        deps.prune(self.job.ctx)
+
+
+class SwitchVenv:
+    """Inside the outage: the app's venv link points at the new environment (one rename)."""
+
+    name = "venv-switch"
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+
+    def apply(self) -> None:
+        job = self.job
+        assert job.venv_id is not None
+        deps.switch(job.ctx, str(deps.env_path(job.ctx, job.venv_id)))
+
+    def undo(self) -> None:
+        # from the backup, not from memory: after a crash the journal names this step
+        job = self.job
+        if backup.exists(job.ctx, job.backup_name):
+            deps.restore_from(job.ctx, job.backup_dir)
 
 
 class Stop:
@@ -626,10 +675,15 @@ class Commit:
 
 
 def build_steps(job: Job) -> list[transaction.Step]:
-    steps: list[transaction.Step] = [Record(job), Prepare(job), Backup(job), Stop(job)]
+    steps: list[transaction.Step] = [Record(job), Prepare(job), Backup(job)]
+    if switches_venv(job):
+        steps.append(BuildVenv(job))
+    steps.append(Stop(job))
     if job.snapshots_database:
         steps.append(SnapshotDatabase(job))
     steps.append(ApplyFiles(job))
+    if switches_venv(job):
+        steps.append(SwitchVenv(job))
     if job.manifest.migrations:
         steps.append(Migrate(job))
     if unitfile.entry(job.manifest) is not None:
@@ -657,6 +711,8 @@ def verify_payload(job: Job) -> None:
                 f"payload {f.path}: sha256 does not match the manifest; the package is damaged",
                 hint="download or build the package again; nothing was changed",
             )
+    if job.manifest.dependencies is not None:
+        deps.verify_shipped(job.source, job.manifest.dependencies)
     for m in job.manifest.migrations:
         for name, sha in ((m.file, m.sha256), (m.rollback_file, m.rollback_sha256)):
             if name is None:

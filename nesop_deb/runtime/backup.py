@@ -364,6 +364,11 @@ def _validate(name: str, data: dict[str, Any]) -> None:
         for rel in list(data["absent"]) + list(data.get("created_dirs") or []):
             if safe_relative(str(rel)) != rel:
                 raise bad(f"path {rel!r} is not normalised")
+        venv = data.get("venv")
+        if venv is not None:
+            kind, target = venv["kind"], venv["target"]
+            if kind not in ("link", "dir", "absent") or (kind == "link") != isinstance(target, str):
+                raise bad(f"virtualenv record {venv!r} is malformed")
         unit = data.get("unit")
         if unit is not None:
             uname, digest, mode = unit["name"], unit["sha256"], unit["mode"]

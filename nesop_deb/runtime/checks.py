@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from nesop_deb import __version__, versions
 from nesop_deb.errors import RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
-from nesop_deb.runtime import database, safefs, state, unitfile
+from nesop_deb.runtime import database, deps, safefs, state, unitfile
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.fsutil import free_bytes
 from nesop_deb.runtime.log import log
@@ -270,4 +270,16 @@ def preflight(ctx: Context, manifest: Manifest, *, check_drift: bool = True) -> 
         if ctx.app_root.is_dir():
             disk_space(ctx, manifest)
         migration_checksums(ctx, st, manifest)
+        dependencies(ctx, manifest)
     return st
+
+
+def dependencies(ctx: Context, manifest: Manifest) -> None:
+    """An update that switches the virtualenv: the right server, every wheel at hand, a link
+    that can be switched."""
+    if manifest.dependencies is None:
+        return
+    deps.check_target(manifest)
+    deps.check_available(ctx, manifest)
+    if ctx.app.venv is not None and ctx.app_root.is_dir():
+        deps.check_link(ctx)

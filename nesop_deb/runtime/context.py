@@ -37,6 +37,7 @@ class AppSettings:
     keep_backups: int
     config_files: tuple[str, ...]
     writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
+    venv: str | None = None  # app-relative: the link to the active virtualenv ([dependencies])
 
     def is_writable(self, rel: str) -> bool:
         """Whether ``rel`` is in (or is) a directory the app's account owns."""
@@ -60,6 +61,7 @@ class AppSettings:
             keep_backups=int(cfg.get("backups", {}).get("keep", 5)),
             config_files=tuple(cfg.get("files", {}).get("config", ())),
             writable=tuple(app.get("writable", ())),
+            venv=cfg.get("dependencies", {}).get("venv"),
         )
 
     @classmethod
@@ -88,6 +90,7 @@ class AppSettings:
                 "pages": list(self.health_pages),
             },
             "backups": {"keep": self.keep_backups},
+            **({"dependencies": {"venv": self.venv}} if self.venv is not None else {}),
         }
 
 
@@ -120,6 +123,17 @@ class Context:
     @property
     def state_dir(self) -> Path:
         return self.host(f"/var/lib/{self.package}")
+
+    @property
+    def wheels_dir(self) -> Path:
+        """The wheel store: every wheel the updates shipped, root's (see :mod:`runtime.deps`)."""
+        return self.state_dir / "wheels"
+
+    @property
+    def venvs_dir(self) -> Path:
+        """The virtualenvs root built for the app, one per requirements set; the app's ``venv``
+        link names one. Root's and outside the app tree (see :mod:`runtime.deps`)."""
+        return self.host(f"/opt/venvs/{self.package}")
 
     @property
     def backups_dir(self) -> Path:

@@ -13,6 +13,7 @@ from nesop_deb.errors import RefusedError
 from nesop_deb.paths import link_stays_inside
 from nesop_deb.runtime import (
     backup,
+    deps,
     health,
     history,
     inventory,
@@ -40,9 +41,12 @@ def app_files(ctx: Context) -> list[str]:
         db.relative_to(ctx.app_root).as_posix().rpartition("/") if db and inside else ("", "", "")
     )
 
+    # the virtualenv is not the app's files: the backup records where its link points instead
+    venv = () if ctx.app.venv is None else (ctx.app.venv, ctx.app.venv + deps.ADOPTED_SUFFIX)
+
     def skip(rel: str) -> bool:
         parent, _, name = rel.rpartition("/")
-        return rel in SKIP_DIRS or (inside and parent == db_dir and name.startswith(db_name))
+        return rel in SKIP_DIRS or rel in venv or (inside and parent == db_dir and name.startswith(db_name))
 
     with safefs.Tree.open(ctx.app_root) as app:
         found = inventory.scan(app, skip, digest=lambda _rel: False)
@@ -67,7 +71,10 @@ def manual_backup(ctx: Context, name: str | None) -> Path:
     with lock.held(ctx.state_dir / "lock", "manual backup"):
         bname = name or backup.unused_name(ctx, "manual", st.current)
         with runlog.step(f"backup {ctx.app.name} as {bname}"):
-            d = backup.create_files(ctx, bname, app_files(ctx), {"kind": "manual", "version": st.current})
+            meta: dict[str, object] = {"kind": "manual", "version": st.current}
+            if ctx.app.venv is not None:
+                meta["venv"] = deps.record(ctx)
+            d = backup.create_files(ctx, bname, app_files(ctx), meta)
             backup.add_database(ctx, d)
         return d
 
@@ -83,7 +90,9 @@ class _SafetyBackup:
         touched = [f["path"] for f in data["files"]] + list(data["absent"])
         # a backup holding the unit an update replaced puts it back: keep the one installed now
         unit = unitfile.copy_for_backup(self.ctx) if data.get("unit") is not None else None
-        meta = {"kind": "pre_rollback", "version": None}
+        meta: dict[str, object] = {"kind": "pre_rollback", "version": None}
+        if data.get("venv") is not None and self.ctx.app.venv is not None:
+            meta["venv"] = deps.record(self.ctx)
         backup.create_files(self.ctx, self.safety, touched, meta, unit=unit)
         backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)
 
@@ -116,12 +125,14 @@ class _Restore:
         if kept is not None:
             log.info("database restored; the replaced one is kept as %s", kept)
         unitfile.restore(self.ctx, self.target)
+        deps.restore_from(self.ctx, self.target)
 
     def undo(self) -> None:
         safety = self.ctx.backups_dir / self.safety
         backup.restore_files(self.ctx, safety)
         backup.restore_database(self.ctx, safety, keep_current=False)
         unitfile.restore(self.ctx, safety)
+        deps.restore_from(self.ctx, safety)
 
 
 class _Start:

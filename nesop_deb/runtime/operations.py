@@ -15,6 +15,7 @@ from nesop_deb.runtime import (
     apply,
     backup,
     checks,
+    deps,
     failures,
     health,
     history,
@@ -161,6 +162,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
             backup.restore_files(ctx, safety)
             backup.restore_database(ctx, safety, keep_current=True)
             unitfile.restore(ctx, safety)
+            deps.restore_from(ctx, safety)
         if not boot:
             ensure_running(ctx)
         state.clear_journal(ctx)
@@ -423,6 +425,7 @@ def _after_commit(ctx: Context, version: str) -> None:
         repo.refresh_lists(ctx)
         for name in retention.prune(ctx):
             log.info("pruned backup %s (keeping %d)", name, ctx.app.keep_backups)
+        deps.prune(ctx)
     except (NesopError, OSError) as exc:
         log.warning("after the commit: %s", exc)
 

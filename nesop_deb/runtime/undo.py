@@ -15,6 +15,7 @@ from nesop_deb.runtime import (
     accounts,
     backup,
     database,
+    deps,
     health,
     history,
     lock,
@@ -73,6 +74,9 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
             done = database.rollback(url, directory, entry.migrations, migrations, owner=owner)
             how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
     backup.restore_files(ctx, bdir)
+    relinked = deps.restore_from(ctx, bdir)
+    if relinked:
+        how += f"; virtualenv link put back ({relinked})"
     # the unit the version replaced (its backup holds it), before the older version starts
     if unitfile.restore(ctx, bdir, disable=manifest.full):
         how += f"; {unitfile.path(ctx)} put back"

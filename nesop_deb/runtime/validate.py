@@ -26,6 +26,7 @@ from nesop_deb.runtime import (
     adopt,
     checks,
     database,
+    deps,
     health,
     history,
     inventory,
@@ -68,6 +69,16 @@ def expected_files(ctx: Context, st: state.State) -> dict[str, tuple[str | None,
 
 
 def check_files(ctx: Context) -> CheckResult:
+    result = _check_files(ctx)
+    venv = deps.report(ctx)
+    if venv is not None:
+        result.summary += f"; {venv.path} {venv.live}"
+        result.problems += venv.problems
+        result.ok = result.ok and not venv.problems
+    return result
+
+
+def _check_files(ctx: Context) -> CheckResult:
     st = state.load(ctx)
     base = adopt.baseline(ctx)
     if base is not None:

@@ -24,6 +24,13 @@ def _load_libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syncfs.argtypes = [ctypes.c_int]
+        libc.renameat2.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_uint,
+        ]
     except (OSError, AttributeError):  # not glibc: os.sync() instead
         return None
     return libc
@@ -35,6 +42,7 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted where a file was expected must not hang root's open
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CHUNK = 1 << 20
+_RENAME_EXCHANGE = 2  # linux/fs.h
 
 
 class LinkRefused(RefusedError):
@@ -326,6 +334,19 @@ class Tree:
             os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
             if durable:
                 os.fsync(dfd)
+
+    def exchange(self, a_rel: str, b_rel: str) -> None:
+        """Swap two entries in one step (``renameat2(RENAME_EXCHANGE)``): a link and a directory
+        trade places with no moment where either name is missing. Neither is followed."""
+        if _libc is None:
+            raise OSError(errno.ENOSYS, "renameat2 is not available")
+        with self._parent(a_rel) as (afd, aname, _a), self._parent(b_rel) as (bfd, bname, _b):
+            if _libc.renameat2(afd, os.fsencode(aname), bfd, os.fsencode(bname), _RENAME_EXCHANGE) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), str(self.path / b_rel))
+            os.fsync(afd)
+            if bfd != afd:
+                os.fsync(bfd)
 
     def unlink(self, rel: str, *, durable: bool = True) -> bool:
         """Remove a file or link (never what it points at); False if nothing was there."""
