@@ -35,6 +35,8 @@ pytestmark = pytest.mark.integration
 
 RELEASES = ["v1.0.0", "v1.0.1", "v1.0.2", "v1.0.3", "v1.0.4", "v1.0.5", "v1.0.6"]
 UPDATES = list(itertools.pairwise(RELEASES))  # (base, release)
+# Then the store moves onto third-party packages in a virtualenv ([dependencies]).
+DEPENDENCY_RELEASES = ["v1.1.0", "v1.1.1", "v1.1.2", "v1.1.3"]
 MIGRATION = re.compile(r"^[0-9]{4}_[A-Za-z0-9_.-]+?\.sql$")
 
 
@@ -46,9 +48,9 @@ def _exclude(b: Built) -> list[str]:
 def test_the_history_holds_the_guide_scenarios(example_repo: Repo) -> None:
     """The example repository really has what the scenarios below exercise."""
     tags = example_repo.git("tag", "--list", "v*").split()
-    assert sorted(tags) == RELEASES
+    assert sorted(tags) == RELEASES + DEPENDENCY_RELEASES
     branches = example_repo.git("branch", "--list", "--format=%(refname:short)").split()
-    assert {"broken/migration", "broken/start", "broken/health"} <= set(branches)
+    assert {"broken/migration", "broken/start", "broken/health", "broken/import"} <= set(branches)
 
     def statuses(base: str, tag: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}

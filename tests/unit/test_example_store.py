@@ -2,24 +2,33 @@
 
 The store is driven through its WSGI callable with the standard library
 sqlite3 applying the migrations, except for one real server on a free
-loopback port and the ``python3 server.py`` process itself.
+loopback port and the ``python3 server.py`` process itself. From 1.1.0 the
+store needs third-party packages: MarkupSafe comes with the test environment
+(Jinja2 needs it); gunicorn and itsdangerous do not, so what needs them is
+checked from the files (requirements.txt, imports, gunicorn.conf.py).
+tests/integration/test_example_store_venv.py builds the virtualenvs from PyPI
+and runs gunicorn in them.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import io
 import itertools
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import tomllib
 import urllib.request
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -32,18 +41,25 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nesop-store"
 APP = EXAMPLE / "app"
 MAKE_RELEASE_REPO = EXAMPLE / "make-release-repo"
 # The app's modules import each other by these plain names.
-APP_MODULES = ("server", "store", "config")
+APP_MODULES = ("server", "store", "config", "views", "receipts", "wsgi")
 ADMIN_TOKEN = "test-admin-token"
-BROKEN_BRANCHES = ("broken/migration", "broken/start", "broken/health")
+# branch: (the release it is off, its VERSION)
+BROKEN_BRANCHES = {
+    "broken/migration": ("v1.0.6", "1.0.7"),
+    "broken/start": ("v1.0.6", "1.0.7"),
+    "broken/health": ("v1.0.6", "1.0.7"),
+    "broken/import": ("v1.1.3", "1.1.4"),
+}
 
 
 # -- helpers ----------------------------------------------------------------
 
 
-def load_server(app_dir: Path) -> ModuleType:
-    """Import server.py from ``app_dir``, leaving sys.modules as it was.
+@contextmanager
+def app_imports(app_dir: Path) -> Iterator[None]:
+    """Let the block import the modules of ``app_dir``, leaving sys.modules as it was.
 
-    Several versions of the app are loaded side by side; each returned module
+    Several versions of the app are loaded side by side; each module imported
     keeps its own store and config modules.
     """
     saved = {name: sys.modules.pop(name) for name in APP_MODULES if name in sys.modules}
@@ -51,13 +67,19 @@ def load_server(app_dir: Path) -> ModuleType:
     dont_write_bytecode = sys.dont_write_bytecode
     sys.dont_write_bytecode = True  # no __pycache__ in the source tree
     try:
-        return importlib.import_module("server")
+        yield
     finally:
         sys.dont_write_bytecode = dont_write_bytecode
         sys.path.remove(str(app_dir))
         for name in APP_MODULES:
             sys.modules.pop(name, None)
         sys.modules.update(saved)
+
+
+def load_server(app_dir: Path, module: str = "server") -> ModuleType:
+    """Import server.py (or another ``module``) from ``app_dir``."""
+    with app_imports(app_dir):
+        return importlib.import_module(module)
 
 
 def migration_files(app_dir: Path) -> list[Path]:
@@ -754,25 +776,59 @@ RELEASE_CHANGES = {
     },
     "broken/start": {"M server.py"},
     "broken/health": {"M store.py"},
+    "v1.1.0": {
+        "A gunicorn.conf.py",
+        "A views.py",
+        "A wsgi.py",
+        "M .gitignore",
+        "M deploy/nesop-store.service",
+        "M index.html",
+        "M nesop-deb.toml",
+        "M requirements.txt",
+        "M server.py",
+        "M styles/store.css",
+    },
+    "v1.1.1": {"M requirements.txt"},
+    "v1.1.2": {
+        "A receipts.py",
+        "M config.py",
+        "M requirements.txt",
+        "M scripts/cart.js",
+        "M server.py",
+        "M store.py",
+        "M styles/store.css",
+        "M views.py",
+    },
+    "v1.1.3": {"M receipts.py", "M requirements.txt"},
+    "broken/import": {"M receipts.py", "M requirements.txt", "M server.py"},
 }
-TAGS = [f"v1.0.{n}" for n in range(7)]
+TAGS = [*(f"v1.0.{n}" for n in range(7)), *(f"v1.1.{n}" for n in range(4))]
+# Releases added later never change these commits, which other tests and packages name.
+PINNED_COMMITS = {
+    "v1.0.6": "632889255cc8a05bbaf3f9208d5f655ef9428985",
+    "broken/migration": "72c4cb95a500e54a7ebbc271161d87cc3183b39c",
+    "broken/start": "e87473e02843eeaeac3423adaacc71637d40200b",
+    "broken/health": "8a415f7dc09bc47346c6fda5dcc4b5c13da76d8c",
+}
 
 
 def test_release_repo_has_the_tags_and_branches(release_repo: Path) -> None:
     assert git(release_repo, "tag", "--list").split() == TAGS
     branches = git(release_repo, "branch", "--list", "--format=%(refname:short)").split()
     assert sorted(branches) == sorted(["main", *BROKEN_BRANCHES])
-    assert git(release_repo, "rev-parse", "main") == git(release_repo, "rev-parse", "v1.0.6^{commit}")
+    assert git(release_repo, "rev-parse", "main") == git(release_repo, "rev-parse", f"{TAGS[-1]}^{{commit}}")
     assert git(release_repo, "status", "--porcelain") == ""
     for older, newer in itertools.pairwise(TAGS):
         assert git(release_repo, "rev-parse", f"{newer}^{{commit}}~1") == git(
             release_repo, "rev-parse", f"{older}^{{commit}}"
         )
-    for branch in BROKEN_BRANCHES:
+    for branch, (base, _) in BROKEN_BRANCHES.items():
         assert git(release_repo, "rev-parse", f"{branch}~1") == git(
-            release_repo, "rev-parse", "v1.0.6^{commit}"
+            release_repo, "rev-parse", f"{base}^{{commit}}"
         )
         assert git(release_repo, "tag", "--points-at", branch) == ""
+    for ref, commit in PINNED_COMMITS.items():
+        assert git(release_repo, "rev-parse", f"{ref}^{{commit}}") == commit, ref
 
 
 @pytest.mark.parametrize("ref", list(RELEASE_CHANGES))
@@ -780,8 +836,8 @@ def test_each_release_changes_what_it_claims(release_repo: Path, ref: str) -> No
     lines = git(release_repo, "diff", "--name-status", "--find-renames", f"{ref}~1", ref).splitlines()
     changes = {" ".join(line.split("\t")) for line in lines}
     assert changes == RELEASE_CHANGES[ref] | {"M VERSION"}
-    version = ref if ref.startswith("v") else "v1.0.7"
-    assert git(release_repo, "show", f"{ref}:VERSION") == version.removeprefix("v")
+    version = ref.removeprefix("v") if ref.startswith("v") else BROKEN_BRANCHES[ref][1]
+    assert git(release_repo, "show", f"{ref}:VERSION") == version
 
 
 def test_release_1_0_4_makes_manage_py_executable(release_repo: Path) -> None:
@@ -797,7 +853,7 @@ def test_release_repo_is_reproducible(release_repo: Path, tmp_path: Path) -> Non
     again = tmp_path / "again"
     result = make_release_repo(again)
     assert result.stderr == ""
-    assert result.stdout.count("\n") == 1 and "v1.0.0..v1.0.6" in result.stdout
+    assert result.stdout.count("\n") == 1 and "v1.0.0..v1.1.3" in result.stdout
     assert git(again, "show-ref") == git(release_repo, "show-ref")
     assert git(again, "log", "-1", "--format=%an <%ae> %ad", "v1.0.0") == (
         "NESOP Team <ops@example.com> Mon Jan 6 09:00:00 2025 +0000"
@@ -873,3 +929,229 @@ def test_broken_start_exits_at_once(tree: Callable[[str], Path], tmp_path: Path)
     _, stderr = process.communicate(timeout=10)
     assert process.returncode != 0
     assert "ImportError" in stderr and "PAYMENT_PROVIDER_URL" in stderr
+
+
+# -- third-party dependencies (1.1.x) -----------------------------------------
+
+# What each release pins in requirements.txt. The code imports each package
+# under its own name; gunicorn is not imported but runs the app (the unit).
+PINS: dict[str, dict[str, str]] = {
+    "v1.0.6": {},
+    "v1.1.0": {"gunicorn": "27.0.1", "markupsafe": "3.0.3"},
+    "v1.1.1": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
+    "v1.1.2": {"gunicorn": "27.0.1", "itsdangerous": "2.2.0", "markupsafe": "3.0.4"},
+    "v1.1.3": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
+    "broken/import": {"gunicorn": "27.0.1", "itsdangerous": "2.2.0", "markupsafe": "3.0.4"},
+}
+DEPENDENCY_RELEASES = [ref for ref in PINS if ref != "v1.0.6"]
+HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
+RECEIPT_KEY = "test-secret"
+# The receipt link of order 42 under RECEIPT_KEY, as 1.1.2 (itsdangerous 2.2.0) signed it.
+RECEIPT_TOKEN_FROM_1_1_2 = "42.Im2VpQykuOTUyb6bJadh4r7pJRg"
+
+
+def requirements(text: str) -> dict[str, tuple[str, list[str]]]:
+    """name -> (version, sha256 hashes) of a requirements file whose every line is pinned."""
+    pins = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        words = line.partition("#")[0].split()
+        if not words:
+            continue
+        name, _, version = words[0].partition("==")
+        hashes = [HASH.fullmatch(word) for word in words[1:]]
+        assert version and hashes and all(hashes), f"not pinned with == and hashes: {line}"
+        pins[name.lower()] = (version, [match[1] for match in hashes if match])
+    return pins
+
+
+def third_party_imports(app_dir: Path) -> set[str]:
+    """Top-level modules the app's Python files import, other than the standard library and its own."""
+    own = {path.name.removesuffix(".py") for path in app_dir.glob("*.py")}
+    found: set[str] = set()
+    for path in app_dir.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.partition(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.partition(".")[0])
+    return found - own - set(sys.stdlib_module_names)
+
+
+def gunicorn_settings(app_dir: Path) -> dict[str, Any]:
+    """The names gunicorn.conf.py defines, as gunicorn reads them from the app directory."""
+    spec = importlib.util.spec_from_file_location("gunicorn_conf", app_dir / "gunicorn.conf.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    with app_imports(app_dir):
+        spec.loader.exec_module(module)
+    return vars(module)
+
+
+@pytest.mark.parametrize("ref", DEPENDENCY_RELEASES)
+def test_every_dependency_is_pinned_with_its_hashes(release_repo: Path, ref: str) -> None:
+    pins = requirements(git(release_repo, "show", f"{ref}:requirements.txt"))
+    assert {name: version for name, (version, _) in pins.items()} == PINS[ref]
+    for name, (_, hashes) in pins.items():
+        # every file of the version: a pure package's wheel and sdist, a compiled one's many wheels
+        assert len(set(hashes)) == len(hashes) >= (40 if name == "markupsafe" else 2), name
+    config = tomllib.loads(git(release_repo, "show", f"{ref}:nesop-deb.toml"))
+    assert config["dependencies"] == {
+        "requirements": "requirements.txt",
+        "venv": "venv",
+        "python": "3.13",
+        "architecture": "amd64",
+    }
+
+
+@pytest.mark.parametrize("ref", list(PINS))
+def test_the_code_imports_what_requirements_pin(tree: Callable[[str], Path], ref: str) -> None:
+    imported = third_party_imports(tree(ref))
+    # broken/import too: what it gets wrong is a name itsdangerous 2.2.0 lacks, not a package
+    assert imported - set(PINS[ref]) == set()
+    assert set(PINS[ref]) - imported == ({"gunicorn"} if PINS[ref] else set())
+
+
+def test_release_1_1_0_runs_on_gunicorn_with_config_py_settings(
+    tree: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_dir = tree("v1.1.0")
+    monkeypatch.setenv("NESOP_STORE_HOST", "127.0.0.2")
+    monkeypatch.setenv("NESOP_STORE_PORT", "5077")
+    settings = gunicorn_settings(app_dir)
+    assert settings["bind"] == ["127.0.0.2:5077"]
+    # gunicorn takes every name of the file that is a setting: "config" is one
+    assert "config" not in settings
+    assert (settings["worker_class"], settings["workers"], settings["preload_app"]) == ("gthread", 2, True)
+    assert settings["control_socket_disable"] is True  # not in $HOME, the app directory
+    assert callable(settings["post_fork"])
+    unit = (app_dir / "deploy/nesop-store.service").read_text().splitlines()
+    exec_start = next(line for line in unit if line.startswith("ExecStart=")).split()
+    assert exec_start == [
+        "ExecStart=/opt/nesop-store/venv/bin/gunicorn",
+        "--chdir",
+        "/opt/nesop-store",
+        "--config",
+        "/opt/nesop-store/gunicorn.conf.py",
+        "wsgi:application",
+    ]
+    assert {"KillSignal=SIGTERM", "KillMode=mixed", "Environment=PYTHONDONTWRITEBYTECODE=1"} <= set(unit)
+    stop_timeout = next(int(line.partition("=")[2]) for line in unit if line.startswith("TimeoutStopSec="))
+    assert settings["graceful_timeout"] < stop_timeout
+
+
+def test_release_1_1_0_wsgi_application_is_the_configured_store(
+    tree: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_dir = tree("v1.1.0")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    monkeypatch.setenv("NESOP_STORE_DB", str(database))
+    application = load_server(app_dir, "wsgi").application
+    health = call(application, "GET", "/health").json()
+    # built in gunicorn's master (preload_app): its pid is the service's MainPID
+    assert (health["status"], health["version"], health["pid"]) == ("ok", "1.1.0", os.getpid())
+
+
+def test_release_1_1_0_renders_the_price_list_escaped(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    app_dir = tree("v1.1.0")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    app = make_app(load_server(app_dir), database, app_dir)
+    product = {
+        "sku": "X-1",
+        "name": '<script>alert("x")</script> & Co',
+        "description": "<b>bold</b>",
+        "price_cents": 1205,
+        "category": "Zines",
+    }
+    assert call(app, "POST", "/api/admin/products", product, admin()).status == 201
+    reply = call(app, "GET", "/catalogue")
+    assert (reply.status, reply.headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    page = reply.body.decode()
+    assert "<script>" not in page and "<b>" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt; &amp; Co" in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert "12.05 EUR" in page and "sold out" in page  # no stock given: none
+    assert page.index("Accessories") < page.index("Apparel") < page.index("Zines")
+    for url in re.findall(r'(?:src|href)="(/(?:styles|assets|scripts)/[^"]+)"', page):
+        assert call(app, "GET", url).status == 200, url
+    assert "/catalogue" in tomllib.loads((app_dir / "nesop-deb.toml").read_text())["health"]["pages"]
+
+
+def test_release_1_1_3_gives_receipt_links_signed_as_1_1_2_did(
+    tree: Callable[[str], Path], tmp_path: Path
+) -> None:
+    app_dir = tree("v1.1.3")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    server = load_server(app_dir)
+    app = make_app(server, database, app_dir, secret_key=RECEIPT_KEY)
+    order = call(
+        app, "POST", "/api/orders", {"items": [{"product_id": 1, "quantity": 2}], "email": "<i>e</i>@x.org"}
+    ).json()
+    # the product is retired since: the receipt still names it
+    assert call(app, "DELETE", "/api/admin/products/1", headers=admin()).status == 204
+    reply = call(app, "GET", order["receipt_url"])
+    assert (reply.status, reply.headers["Content-Type"]) == (200, "text/html; charset=utf-8")
+    page = reply.body.decode()
+    assert "NESOP Mug" in page and "25.80 EUR" in page
+    assert "&lt;i&gt;e&lt;/i&gt;@x.org" in page and "<i>" not in page
+    signature = order["receipt_url"].rpartition(".")[2]
+    assert call(app, "GET", f"/receipt/{order['order_id'] + 1}.{signature}").status == 404
+    # without a key: no links, and no receipt opens
+    plain = make_app(server, database, app_dir)
+    assert "receipt_url" not in call(plain, "POST", "/api/orders", {"items": [{"product_id": 2}]}).json()
+    assert call(plain, "GET", order["receipt_url"]).status == 404
+    # the links 1.1.2 gave still open
+    assert load_server(app_dir, "receipts").order_id(RECEIPT_KEY, RECEIPT_TOKEN_FROM_1_1_2) == 42
+
+
+def test_release_1_1_3_still_runs_as_python3_server_py(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    app_dir = tree("v1.1.3")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    process = start_store(app_dir, database)
+    try:
+        assert process.stderr is not None
+        base = process.stderr.readline().split()[-1]
+        with urllib.request.urlopen(base + "/health", timeout=5) as response:
+            health = json.load(response)
+        assert (health["version"], health["pid"]) == ("1.1.3", process.pid)
+        with urllib.request.urlopen(base + "/catalogue", timeout=5) as response:
+            assert b"NESOP Mug" in response.read()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def names_imported_from(app_dir: Path, package: str) -> dict[str, set[str]]:
+    """module file -> the names its ``from <package> import ...`` lines import."""
+    found: dict[str, set[str]] = {}
+    for path in sorted(app_dir.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == package:
+                found.setdefault(path.name, set()).update(alias.name for alias in node.names)
+    return found
+
+
+def test_broken_import_needs_a_name_its_pinned_itsdangerous_lacks(tree: Callable[[str], Path]) -> None:
+    """The dependencies change, so the update builds a new virtualenv, and every package in it
+    imports; the app does not: itsdangerous removed its JWS serializers in 2.1. That it then dies
+    with an ImportError is shown in a real virtualenv, by tests/integration/test_example_store_venv.py."""
+    app_dir = tree("broken/import")
+    pins = requirements((app_dir / "requirements.txt").read_text())
+    # 1.1.3's pins plus itsdangerous, pinned with every hash, exactly as 1.1.2 pinned it
+    before = requirements((tree("v1.1.3") / "requirements.txt").read_text())
+    as_in_1_1_2 = requirements((tree("v1.1.2") / "requirements.txt").read_text())["itsdangerous"]
+    assert pins == {**before, "itsdangerous": as_in_1_1_2}
+    version = tuple(int(part) for part in pins["itsdangerous"][0].split("."))
+    assert version >= (2, 1)
+    assert names_imported_from(app_dir, "itsdangerous") == {
+        "receipts.py": {"BadData", "TimedJSONWebSignatureSerializer"}
+    }
+    # receipts is imported as the app is loaded (wsgi imports server), not on the first receipt
+    server_imports = ast.parse((app_dir / "server.py").read_text()).body
+    assert any(isinstance(node, ast.Import) and node.names[0].name == "receipts" for node in server_imports)
+    assert (app_dir / "wsgi.py").read_text().count("import server\n") == 1
