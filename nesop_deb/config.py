@@ -328,6 +328,12 @@ def _dependencies(
             hint=f"use the servers' `dpkg --print-architecture`: one of {', '.join(ARCHITECTURES)}",
         )
     venv = _relative(section.get("venv", "venv"), "dependencies.venv", source)
+    if "/" in venv or venv in ("backups", "logs", "."):
+        raise ConfigError(
+            f"{source}: dependencies.venv {venv!r} must be one name directly in the app root, and not"
+            " backups or logs",
+            hint='e.g. venv = "venv"',
+        )
     if any(venv == w or venv.startswith(w + "/") or w.startswith(venv + "/") for w in writable):
         raise ConfigError(
             f"{source}: dependencies.venv {venv!r} is in (or holds) a directory app.writable lists:"

@@ -443,8 +443,16 @@ def loads(text: str | bytes) -> Manifest:
     config = _req(data, "config", dict, "manifest")
     _check_config(config)
     dependencies = _dependencies(data)
-    if dependencies is not None and "venv" not in _section(config, "dependencies"):
+    venv = _section(config, "dependencies").get("venv")
+    if dependencies is not None and venv is None:
         raise ManifestError("update manifest: dependencies without config.dependencies.venv")
+    if venv is not None:
+        # the link root switches, one name in the app root: never a path the payload writes
+        if "/" in venv or venv in ("backups", "logs"):
+            raise ManifestError(f"update manifest: config.dependencies.venv {venv!r} is not one plain name")
+        clash = next((f.path for f in files if f.path == venv or f.path.startswith(venv + "/")), None)
+        if clash is not None:
+            raise ManifestError(f"update manifest: {clash!r} is inside the virtualenv link {venv!r}")
     return Manifest(
         package=_package(data),
         version=_version(_req(data, "version", str, "manifest"), "version"),

@@ -317,9 +317,12 @@ class Backup:
             "for_version": job.manifest.version,
             "created_dirs": sorted(set(job.created_dirs)),
         }
-        if switches_venv(job):
+        if job.ctx.app.venv is not None:
             # what the app's venv link is now: an undo, a recovery and a rollback put it back
-            meta["venv"] = deps.record(job.ctx)
+            # (also when this update keeps it: a rollback across it must find the one it had)
+            recorded = deps.record(job.ctx)
+            if recorded is not None:
+                meta["venv"] = recorded
         # the installed unit, when this update replaces it: an undo, a recovery after a crash and
         # a rollback put it back from here
         unit = unitfile.copy_for_backup(job.ctx) if unitfile.entry(job.manifest) else None
@@ -375,8 +378,12 @@ class BuildVenv:
 
     def undo(self) -> None:
         """The link is back (SwitchVenv.undo ran first): what no backup reaches goes, the new
-        environment included; one that was there before is kept while a backup names it."""
-        deps.prune(self.job.ctx)
+        environment included; one that was there before is kept while a backup names it.
+        Only space: when it cannot go now, the next commit prunes it."""
+        try:
+            deps.prune(self.job.ctx)
+        except (NesopError, OSError) as exc:
+            log.warning("cannot prune the virtualenvs now (%s): the next update does", exc)
 
 
 class SwitchVenv:

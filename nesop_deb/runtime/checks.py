@@ -281,5 +281,15 @@ def dependencies(ctx: Context, manifest: Manifest) -> None:
         return
     deps.check_target(manifest)
     deps.check_available(ctx, manifest)
+    live = state.load(ctx).current
+    if live is not None:
+        with contextlib.suppress(state.StateError):
+            before = state.stored_manifest(ctx, live).config.get("dependencies", {}).get("venv")
+            if before is not None and before != ctx.app.venv:
+                raise RefusedError(
+                    f"{manifest.package} {manifest.version} moves the virtualenv link from {before!r} to"
+                    f" {ctx.app.venv!r}: a rollback could not find the old one",
+                    hint=f'keep [dependencies] venv = "{before}"',
+                )
     if ctx.app.venv is not None and ctx.app_root.is_dir():
         deps.check_link(ctx)

@@ -73,7 +73,7 @@ def manual_backup(ctx: Context, name: str | None) -> Path:
         with runlog.step(f"backup {ctx.app.name} as {bname}"):
             meta: dict[str, object] = {"kind": "manual", "version": st.current}
             if ctx.app.venv is not None:
-                meta["venv"] = deps.record(ctx)
+                meta["venv"] = deps.record(ctx)  # None: recorded as nothing to put back
             d = backup.create_files(ctx, bname, app_files(ctx), meta)
             backup.add_database(ctx, d)
         return d
@@ -91,7 +91,7 @@ class _SafetyBackup:
         # a backup holding the unit an update replaced puts it back: keep the one installed now
         unit = unitfile.copy_for_backup(self.ctx) if data.get("unit") is not None else None
         meta: dict[str, object] = {"kind": "pre_rollback", "version": None}
-        if data.get("venv") is not None and self.ctx.app.venv is not None:
+        if self.ctx.app.venv is not None:
             meta["venv"] = deps.record(self.ctx)
         backup.create_files(self.ctx, self.safety, touched, meta, unit=unit)
         backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)

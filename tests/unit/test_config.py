@@ -289,3 +289,28 @@ def test_load_unreadable_file(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe[app]\n")
     with pytest.raises(ConfigError, match="cannot read"):
         load(path)
+
+
+@pytest.mark.parametrize(
+    ("section", "said"),
+    [
+        ('[dependencies]\nvenv = "venv"\n', "dependencies.python missing"),
+        ('[dependencies]\npython = "3.13"\narchitecture = "i386"\n', "dependencies.architecture 'i386'"),
+        ('[dependencies]\npython = "3.13"\nvenv = "lib/venv"\n', "must be one name directly in the app root"),
+        ('[dependencies]\npython = "3.13"\nvenv = "backups"\n', "must be one name directly in the app root"),
+        ('[dependencies]\npython = "3"\n', "is not a major.minor version"),
+    ],
+)
+def test_dependencies_mistakes_are_refused(section: str, said: str) -> None:
+    assert said in _error(MINIMAL + section)
+
+
+def test_dependencies_defaults() -> None:
+    deps = loads(MINIMAL + '[dependencies]\npython = "3.11"\n').dependencies
+    assert deps is not None
+    assert (deps.requirements, deps.venv, deps.python, deps.architecture) == (
+        "requirements.txt",
+        "venv",
+        "3.11",
+        "amd64",
+    )

@@ -353,3 +353,88 @@ def test_validate_and_status_report_the_venv_and_a_link_moved_by_hand(
 
     assert not files.ok
     assert files.problems == [f"venv -> {first}, but 1.0.2's virtualenv is {second}"]
+
+
+def test_an_environments_directory_another_account_owns_is_refused_before_anything_runs(
+    server: Server, wheels: dict[str, Wheel]
+) -> None:
+    server.ctx.venvs_dir.mkdir(parents=True)
+    os.chown(server.ctx.venvs_dir, 65534, 65534)  # it could swap files in while root builds
+    with pytest.raises(transaction.TransactionFailed, match="belongs to uid 65534") as exc:
+        run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    assert exc.value.step == "venv-build"
+    assert [c for c in installer(server).commands if "venv" in c or "install" in c] == []
+    assert "stop" not in server.systemd.verbs()
+
+
+def test_pruning_removes_only_environments_of_ours(server: Server, wheels: dict[str, Wheel]) -> None:
+    venvs_dir = server.ctx.venvs_dir
+    (venvs_dir / "bin").mkdir(parents=True)  # someone's own virtualenv lived there
+    (venvs_dir / "README").write_text("not a directory")
+    run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    run(server, release(server, "1.0.2", [wheels["alpha2"]], bases=("1.0.1",)))
+    assert {"bin", "README"} <= {p.name for p in venvs_dir.iterdir()}
+    assert len([p for p in venvs_dir.iterdir() if len(p.name) == 16]) == 2
+
+
+def test_root_never_removes_what_is_named_like_the_adopted_venv(
+    server: Server, wheels: dict[str, Wheel], caplog: pytest.LogCaptureFixture
+) -> None:
+    run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    # an account that may write the app root renames something of root's to that name
+    records = sorted(p.name for p in server.ctx.logs_dir.iterdir())
+    assert records
+    os.rename(server.ctx.logs_dir, server.app_root / "venv.adopted")
+    run(server, release(server, "1.0.2", [wheels["alpha2"]], bases=("1.0.1",)))
+    assert sorted(p.name for p in (server.app_root / "venv.adopted").iterdir()) == records
+    assert "no backup needs" in caplog.text
+
+
+def test_a_rollback_across_a_release_that_kept_the_venv_finds_its_own(
+    server: Server, wheels: dict[str, Wheel]
+) -> None:
+    run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    run(server, release(server, "1.0.2", [wheels["alpha2"]], bases=("1.0.1",)))
+    at_102 = link(server)
+    run(server, server.package("1.0.3", [modify("app.py", APP_V1, APP_V2)], bases=("1.0.2",)))
+    run(server, release(server, "1.0.4", [wheels["beta"]], bases=("1.0.3",)))
+
+    undo.undo_above(server.ctx, "1.0.2")
+
+    assert link(server) == at_102 and freeze(server) == ["alpha==2.0"]
+
+
+def test_an_update_that_moves_the_venv_link_is_refused(server: Server, wheels: dict[str, Wheel]) -> None:
+    run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    server.settings["dependencies"] = {"venv": ".venv"}
+    with pytest.raises(RefusedError, match=r"moves the virtualenv link from 'venv' to '\.venv'"):
+        run(server, release(server, "1.0.2", [wheels["alpha2"]], bases=("1.0.1",)))
+    assert link(server).startswith(str(server.ctx.venvs_dir))
+
+
+def test_an_interrupted_put_back_of_an_adopted_directory_does_not_block_the_next_update(
+    server: Server, wheels: dict[str, Wheel]
+) -> None:
+    hand = server.app_root / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", hand], check=True)
+    run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    first = link(server)
+    # killed between the exchange and removing the link: the directory is back, our link beside it
+    os.rename(server.app_root / "venv.adopted", server.app_root / "venv.swap")
+    os.rename(server.app_root / "venv", server.app_root / "venv.adopted")
+    os.rename(server.app_root / "venv.swap", server.app_root / "venv")
+    assert os.readlink(server.app_root / "venv.adopted") == first
+
+    run(server, release(server, "1.0.2", [wheels["alpha2"]], bases=("1.0.1",)))
+
+    assert (server.app_root / "venv.adopted").is_dir() and freeze(server) == ["alpha==2.0"]
+
+
+def test_the_build_does_not_depend_on_roots_umask(server: Server, wheels: dict[str, Wheel]) -> None:
+    old = os.umask(0o077)
+    try:
+        run(server, release(server, "1.0.1", [wheels["alpha1"]]))
+    finally:
+        os.umask(old)
+    site = next(Path(link(server)).glob("lib/python3*/site-packages/alpha"))
+    assert (site / "__init__.py").stat().st_mode & 0o004

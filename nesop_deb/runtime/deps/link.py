@@ -57,23 +57,43 @@ def read(ctx: Context) -> Live:
     )
 
 
+def _is_link(app: safefs.Tree, rel: str) -> bool:
+    st = app.lstat(rel)
+    return st is not None and stat.S_ISLNK(st.st_mode)
+
+
 def check_link(ctx: Context) -> None:
-    """The preflight: ``<venv>`` can be switched (and a real directory adopted)."""
+    """The preflight: ``<venv>`` can be switched (and a real directory adopted), and the names
+    the switch uses beside it hold nothing but what an interrupted switch of ours left."""
     live = read(ctx)
-    if live.kind == "dir":
-        kept = ctx.app_path(_rel(ctx) + ADOPTED_SUFFIX)
-        with safefs.Tree.open(ctx.app_root) as app:
-            if app.lstat(_rel(ctx) + ADOPTED_SUFFIX) is not None:
-                raise RefusedError(
-                    f"{ctx.app_path(_rel(ctx))} is a directory, and {kept} (where it would be kept)"
-                    " exists already",
-                    hint="remove the one that is not the app's virtualenv",
-                )
+    rel = _rel(ctx)
+    new, adopted = rel + NEW_SUFFIX, rel + ADOPTED_SUFFIX
+    with safefs.Tree.open(ctx.app_root) as app:
+        if live.kind == "dir" and app.lstat(adopted) is not None and not _is_link(app, adopted):
+            raise RefusedError(
+                f"{app.path / rel} is a directory, and {app.path / adopted} (where it would be kept)"
+                " exists already",
+                hint="remove the one that is not the app's virtualenv",
+            )
+        st = app.lstat(new)
+        if (
+            st is not None
+            and not stat.S_ISLNK(st.st_mode)
+            and not (stat.S_ISDIR(st.st_mode) and app.lstat(adopted) is None)
+        ):
+            raise RefusedError(
+                f"{app.path / new} is in the way of the virtualenv switch",
+                hint="remove it (the update makes it, as a link, for an instant)",
+            )
 
 
-def record(ctx: Context) -> dict[str, Any]:
-    """What a backup keeps of the link."""
-    return read(ctx).to_record()
+def record(ctx: Context) -> dict[str, Any] | None:
+    """What a backup keeps of the link; None when it is something no switch could put back."""
+    try:
+        return read(ctx).to_record()
+    except RefusedError as exc:
+        log.warning("%s: not recorded in the backup", exc.message)
+        return None
 
 
 def switch(ctx: Context, target: str) -> None:
@@ -81,6 +101,8 @@ def switch(ctx: Context, target: str) -> None:
     rel = _rel(ctx)
     new = rel + NEW_SUFFIX
     with safefs.Tree.open(ctx.app_root) as app:
+        if _is_link(app, rel + ADOPTED_SUFFIX):
+            app.unlink(rel + ADOPTED_SUFFIX)  # our link, left by an interrupted put_back
         if app.is_dir(new) and app.lstat(rel + ADOPTED_SUFFIX) is None:
             # an adopted directory an interrupted switch left under the temporary name
             app.replace(new, rel + ADOPTED_SUFFIX)
@@ -117,6 +139,8 @@ def put_back(ctx: Context, recorded: dict[str, Any]) -> str | None:
             return None
         if kind == "dir":
             if st is not None and stat.S_ISDIR(st.st_mode):
+                if _is_link(app, adopted):
+                    app.unlink(adopted)  # the link an interrupted put_back left there
                 return None
             kept = adopted if app.is_dir(adopted) else new if app.is_dir(new) else None
             if kept is None:

@@ -41,12 +41,14 @@ def prune(ctx: Context) -> list[str]:
     for vid in venvs.present(ctx) - keep:
         if venvs.discard(ctx, vid, keep):
             gone.append(str(venvs.env_path(ctx, vid)))
+    venvs.drop_scratch(ctx, venvs.scratch(ctx))
+    store.drop_scratch(ctx)
     rel = ctx.app.venv + link.ADOPTED_SUFFIX
     if not adopted:
+        # never removed by root: the app's account may have renamed anything to this name
         with safefs.Tree.open(ctx.app_root) as app:
             if app.is_dir(rel):
-                app.rmtree(rel)
-                gone.append(str(app.path / rel))
+                log.info("no backup needs %s any more: remove it once you no longer want it", app.path / rel)
     needed = set()
     for vid in keep:
         rec = markers.get(vid)

@@ -7,7 +7,6 @@ manifest's sha256 and renamed into place: the store holds only complete, verifie
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from nesop_deb.errors import NesopError, RefusedError
@@ -15,6 +14,7 @@ from nesop_deb.manifest import Dependencies, Manifest
 from nesop_deb.runtime import safefs
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.deps.pins import pins, wheel_pin
+from nesop_deb.runtime.fsutil import sha256_file
 
 WHEELS = "wheels"  # in the unpacked package, beside payload/ and migrations/
 
@@ -59,17 +59,19 @@ def add(ctx: Context, source: Path, deps: Dependencies) -> None:
             if store.digest(w.file) == w.sha256:
                 continue
             src = source / WHEELS / w.file
+            tmp = f".{w.file}{safefs.TMP_SUFFIX}"
             try:
-                data = src.read_bytes()
+                with src.open("rb") as fh:
+                    store.write_new(tmp, fh, 0o600, 0, 0)
             except FileNotFoundError:
                 raise NesopError(f"{src} is missing: the package is damaged") from None
-            if hashlib.sha256(data).hexdigest() != w.sha256:
+            # the copy is what is checked: streamed, so a wheel of any size never sits in memory
+            if store.digest(tmp) != w.sha256:
+                store.unlink(tmp)
                 raise RefusedError(
                     f"wheel {w.file}: sha256 does not match the manifest; the package is damaged",
                     hint="download or build the package again; nothing was changed",
                 )
-            tmp = f".{w.file}{safefs.TMP_SUFFIX}"
-            store.write_new(tmp, data, 0o600, 0, 0)
             store.replace(tmp, w.file)
 
 
@@ -77,7 +79,7 @@ def verify_shipped(source: Path, deps: Dependencies) -> None:
     """The package's wheels are what its manifest says (the preflight's payload check)."""
     for w in deps.wheels:
         p = source / WHEELS / w.file
-        if p.is_symlink() or not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != w.sha256:
+        if p.is_symlink() or not p.is_file() or sha256_file(p) != w.sha256:
             raise RefusedError(
                 f"wheel {w.file}: sha256 does not match the manifest; the package is damaged",
                 hint="download or build the package again; nothing was changed",
@@ -88,3 +90,13 @@ def remove(ctx: Context, names: set[str]) -> None:
     with open_store(ctx) as store:
         for name in names:
             store.unlink(name)
+
+
+def drop_scratch(ctx: Context) -> None:
+    """Copies an interrupted :func:`add` left behind."""
+    if not ctx.wheels_dir.is_dir():
+        return
+    with open_store(ctx) as store:
+        for name in store.listdir():
+            if name.startswith(".") and name.endswith(safefs.TMP_SUFFIX):
+                store.unlink(name)

@@ -10,17 +10,20 @@ can neither reach the network nor build an sdist (docs/architecture.md, "depende
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from nesop_deb import proc
 from nesop_deb.errors import CommandError, NesopError
 from nesop_deb.manifest import Dependencies
-from nesop_deb.runtime import accounts, safefs
+from nesop_deb.runtime import safefs
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.deps import store
 from nesop_deb.runtime.deps.target import server_python
@@ -28,6 +31,9 @@ from nesop_deb.runtime.log import log
 
 MARKER = "nesop-venv.json"
 PYTHON = "/usr/bin/python3"
+ID = re.compile(r"[0-9a-f]{16}")  # only these names in /opt/venvs/<package> are ours
+CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+IMPORT_CHECK_TIMEOUT = 300.0
 # the import check runs the app's dependencies' code: as the app's account, never as root
 _IMPORT_CHECK = (
     "import importlib, sys\n"
@@ -52,13 +58,19 @@ def env_path(ctx: Context, vid: str) -> Path:
 
 
 def open_venvs(ctx: Context) -> safefs.Tree:
-    """``/opt/venvs/<package>``: root's, readable by all (the app runs from it)."""
-    return safefs.Tree.open(ctx.venvs_dir, create=True, mode=0o755)
+    """``/opt/venvs/<package>``: root's, readable by all (the app runs from it); every directory
+    on the way must be root's and writable by no one else (:func:`safefs.root_owned`)."""
+    return safefs.root_owned(ctx.root, ctx.venvs_dir.relative_to(ctx.root).as_posix(), mode=0o755)
+
+
+def _ours(venvs: safefs.Tree) -> list[str]:
+    """The environment directories in ``venvs``: named by an id, real directories."""
+    return [n for n in venvs.listdir() if ID.fullmatch(n) and venvs.is_dir(n)]
 
 
 def is_built(ctx: Context, vid: str) -> bool:
     with open_venvs(ctx) as venvs:
-        return venvs.lstat(f"{vid}/{MARKER}") is not None
+        return venvs.is_dir(vid) and venvs.lstat(f"{vid}/{MARKER}") is not None
 
 
 def built(ctx: Context) -> dict[str, dict[str, object]]:
@@ -67,7 +79,7 @@ def built(ctx: Context) -> dict[str, dict[str, object]]:
         return {}
     found: dict[str, dict[str, object]] = {}
     with open_venvs(ctx) as venvs:
-        for name in venvs.listdir():
+        for name in _ours(venvs):
             if venvs.lstat(f"{name}/{MARKER}") is None:
                 continue
             try:
@@ -77,12 +89,36 @@ def built(ctx: Context) -> dict[str, dict[str, object]]:
     return found
 
 
+def scratch(ctx: Context) -> list[str]:
+    """Requirements copies an interrupted build left behind."""
+    if not ctx.venvs_dir.is_dir():
+        return []
+    with open_venvs(ctx) as venvs:
+        return [n for n in venvs.listdir() if n.startswith(".") and n.endswith(".requirements")]
+
+
+def drop_scratch(ctx: Context, names: list[str]) -> None:
+    with open_venvs(ctx) as venvs:
+        for name in names:
+            venvs.rmtree(name)
+
+
 def present(ctx: Context) -> set[str]:
     """Every environment directory, built or not (not the requirements scratch dirs)."""
     if not ctx.venvs_dir.is_dir():
         return set()
     with open_venvs(ctx) as venvs:
-        return {n for n in venvs.listdir() if not n.startswith(".") and venvs.is_dir(n)}
+        return set(_ours(venvs))
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    """What root writes here must be readable by the app, whatever root's own umask is."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, int] | None) -> str:
@@ -94,6 +130,12 @@ def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, in
     if is_built(ctx, vid):
         log.info("virtualenv %s (%s) is built already: reused", vid, env_path(ctx, vid))
         return vid
+    with _umask(0o022):
+        _build(ctx, vid, python, deps, owner)
+    return vid
+
+
+def _build(ctx: Context, vid: str, python: str, deps: Dependencies, owner: tuple[int, int] | None) -> None:
     started = time.monotonic()
     with open_venvs(ctx) as venvs:
         venvs.rmtree(vid)  # an interrupted build
@@ -104,10 +146,16 @@ def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, in
         with open_venvs(ctx) as venvs:
             venvs.mkdirs(req.name, mode=0o700)
             venvs.write_new(f"{req.name}/requirements.txt", deps.requirements.encode(), 0o600)
-        proc.run([PYTHON, "-m", "venv", "--without-pip", path], hint="is python3 installed?")
+        proc.run(
+            [PYTHON, "-I", "-m", "venv", "--without-pip", path],
+            cwd=Path("/"),
+            env=CLEAN_ENV,
+            hint="is python3 installed?",
+        )
         proc.run(
             [
                 sys.executable,
+                "-I",
                 "-m",
                 "pip",
                 "--python",
@@ -128,12 +176,8 @@ def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, in
             ],
             # no configuration file either: --isolated still reads /etc/pip.conf, where an index
             # or a constraint would otherwise reach the build
-            env={
-                "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                "LC_ALL": "C.UTF-8",
-                "HOME": "/root",
-                "PIP_CONFIG_FILE": os.devnull,
-            },
+            cwd=Path("/"),
+            env={**CLEAN_ENV, "PIP_CONFIG_FILE": os.devnull},
         )
     except CommandError as exc:
         raise VenvError(
@@ -145,6 +189,7 @@ def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, in
     modules = top_level_modules(path)
     check_imports(path, modules, owner)
     with open_venvs(ctx) as venvs:
+        venvs.syncfs()  # pip fsyncs nothing: the environment is on disk before its marker says so
         marker = {"python": python, "requirements": deps.requirements, "built": time.time()}
         venvs.write_new(f"{vid}/{MARKER}", json.dumps(marker, indent=2).encode(), 0o644)
     log.info(
@@ -154,7 +199,6 @@ def prepare(ctx: Context, source: Path, deps: Dependencies, owner: tuple[int, in
         len(modules),
         ", ".join(modules),
     )
-    return vid
 
 
 def _last_line(exc: CommandError) -> str:
@@ -208,14 +252,10 @@ def check_imports(path: Path, modules: list[str], owner: tuple[int, int] | None)
 
 def discard(ctx: Context, vid: str, keep: set[str]) -> bool:
     """Remove environment ``vid`` unless ``keep`` names it; True when removed."""
-    if vid in keep or not ctx.venvs_dir.is_dir():
+    if vid in keep or not ID.fullmatch(vid) or not ctx.venvs_dir.is_dir():
         return False
     with open_venvs(ctx) as venvs:
-        if venvs.lstat(vid) is None:
+        if not venvs.is_dir(vid):
             return False
         venvs.rmtree(vid)
     return True
-
-
-def owner_of(ctx: Context) -> tuple[int, int] | None:
-    return accounts.app_owner(ctx)

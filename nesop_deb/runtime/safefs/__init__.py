@@ -18,6 +18,7 @@ from nesop_deb.runtime.safefs.tree import (
     is_private,
     parent_of,
     records,
+    root_owned,
 )
 
-__all__ = ["TMP_SUFFIX", "LinkRefused", "Tree", "is_private", "parent_of", "records"]
+__all__ = ["TMP_SUFFIX", "LinkRefused", "Tree", "is_private", "parent_of", "records", "root_owned"]

@@ -503,3 +503,36 @@ def records(app_root: Path, name: str, *, create: bool, mode: int = 0o700) -> Tr
             hint=f"chown -R root:root {tree.path} && chmod go-w {tree.path} (after checking its content)",
         )
     return tree
+
+
+def root_owned(top: Path, rel: str, *, mode: int = 0o755) -> Tree:
+    """``top/rel``, every directory from ``top`` down root's and writable by no one else, made
+    (root's, ``mode``) where missing. ``top`` is trusted (``/``, or ``$DPKG_ROOT``).
+
+    Where root builds by path (a virtualenv: pip and python write and run files by name), no
+    other account may own or write any directory on the way: one that could rename an entry
+    could swap in its own files between root's writes, and root would run them."""
+    fd = os.open(top, _DIR)
+    path = top
+    try:
+        for part in _rel(rel):
+            path = path / part
+            Tree._mkdir_at(fd, part, path, mode, -1, -1)
+            try:
+                nxt = os.open(part, _DIR, dir_fd=fd)
+            except OSError as exc:
+                _refuse_link(path, exc, fd)
+                raise
+            os.close(fd)
+            fd = nxt
+            st = os.fstat(fd)
+            if not is_private(st):
+                raise RefusedError(
+                    f"{path} belongs to uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}: root builds"
+                    " there only where no other account can write",
+                    hint=f"chown root:root {path} && chmod go-w {path} (after checking its content)",
+                )
+    except BaseException:
+        os.close(fd)
+        raise
+    return Tree(fd, path)
