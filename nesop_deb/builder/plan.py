@@ -49,6 +49,7 @@ class BuildOptions:
     allow_partial: bool = False
     python: str | None = None  # --python: the servers' python3 instead of [dependencies] python
     arch: str | None = None  # --arch: their Debian architecture instead of [dependencies] architecture
+    all_wheels: bool = False  # --all-wheels: the update carries every wheel and switches the venv
 
 
 @dataclass(frozen=True)
@@ -502,7 +503,7 @@ class _VenvChange:
 
 
 def _venv_change(
-    repo: GitRepo, deps: config.DependenciesConfig, head: str, base: str | None
+    repo: GitRepo, deps: config.DependenciesConfig, head: str, base: str | None, *, all_wheels: bool = False
 ) -> _VenvChange | None:
     """HEAD's pinned set (refused unless every line is pinned with hashes), when the update
     changes the virtualenv: always in a full package; in an update when the base release had no
@@ -521,6 +522,8 @@ def _venv_change(
             f"{deps.requirements}: not UTF-8 text", hint="write it in UTF-8 (pip-compile does)"
         ) from None
     pins = requirements.parse(text, deps.requirements)
+    if all_wheels:  # a server whose wheel store lacks the base's (its virtualenv was made by hand)
+        return _VenvChange(text, pins, None)
     before_cfg = _base_config(repo, base) if base is not None else None
     before = before_cfg.dependencies if before_cfg is not None else None
     if before is None or (before.python, before.architecture) != (deps.python, deps.architecture):
@@ -692,7 +695,16 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     rng = f"{since_ref}..HEAD" if since_commit else "HEAD"
     left = left_behind(changes, head_tree, base_tree, blobs, cfg.files.exclude, files)
     deps = cfg.dependencies
-    venv = _venv_change(repo, deps, head, since_commit) if deps is not None else None
+    if options.all_wheels and deps is None:
+        raise UsageError(
+            f"--all-wheels: {config.CONFIG_NAME} at HEAD has no [dependencies], so no wheels are fetched",
+            hint="drop --all-wheels, or add a [dependencies] section",
+        )
+    venv = (
+        _venv_change(repo, deps, head, since_commit, all_wheels=options.all_wheels)
+        if deps is not None
+        else None
+    )
     if not files and not migrations and venv is None:
         why = f" ({_leaves_out(_left_out_cause(options, left, mig_dir))} {_names(left)})" if left else ""
         raise UsageError(

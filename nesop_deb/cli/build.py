@@ -62,6 +62,12 @@ cli = group("nesop-deb", "Turn an app's changes into versioned update packages (
     metavar="|".join(ARCHITECTURES),
     help="Fetch the wheels of [dependencies] for this architecture (default: its `architecture`).",
 )
+@click.option(
+    "--all-wheels",
+    is_flag=True,
+    help="Ship every wheel of [dependencies], not only those the base did not pin (a server whose"
+    " virtualenv was made by hand has none of them).",
+)
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option(
     "--sign",
@@ -84,6 +90,7 @@ def build(
     allow_dirty: bool,
     python: str | None,
     arch: str | None,
+    all_wheels: bool,
     dry_run: bool,
     sign_key: str | None,
     extra_files: tuple[str, ...],
@@ -112,7 +119,7 @@ def build(
             # like git's paths: relative to where the command runs (-C DIR), not to the app
             named = tuple(f if Path(f).is_absolute() else str(directory.resolve() / f) for f in named)
         options = BuildOptions(
-            version, since, named, no_migrations, full, allow_dirty, allow_partial, python, arch
+            version, since, named, no_migrations, full, allow_dirty, allow_partial, python, arch, all_wheels
         )
         plan = make_plan(app_dir, options)
         for note in plan.notes:

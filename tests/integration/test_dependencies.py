@@ -196,6 +196,18 @@ def test_an_update_that_upgrades_one_pin_ships_only_its_wheel(
     assert [f["path"] for f in manifest["files"]] == ["requirements.txt", "server.py"]
 
 
+def test_all_wheels_ships_every_wheel_for_a_server_whose_venv_was_made_by_hand(
+    make_repo: Callable[..., Repo], tmp_path: Path, deps_env: dict[str, str]
+) -> None:
+    repo = shop(make_repo("app"))
+    release(repo, "v1.0.1")  # the requirements did not change: an update alone ships no wheel
+    deb = built(repo, tmp_path / "out", deps_env, "--all-wheels")
+    assert sorted(w.split("-")[0] for w in wheels_in(deb)) == sorted(
+        w.split("-")[0] for w in wheels_in(built(repo, tmp_path / "full", deps_env, "--full"))
+    )
+    assert dependencies(deb) is not None and dependencies(deb)["requirements"] == SET_302
+
+
 def test_unchanged_requirements_change_no_virtualenv(
     make_repo: Callable[..., Repo], tmp_path: Path, deps_env: dict[str, str]
 ) -> None:

@@ -269,7 +269,7 @@ def test_preflight_refuses_missing_wheels_and_another_target_changing_nothing(
     server: Server, wheels: dict[str, Wheel]
 ) -> None:
     manifest = release(server, "1.0.1", [wheels["alpha1"], wheels["beta"]], [wheels["alpha1"]])
-    with pytest.raises(RefusedError, match=r"beta==1\.0 .*--full package"):
+    with pytest.raises(RefusedError, match=r"beta==1\.0 .*--all-wheels"):
         checks.preflight(server.ctx, manifest)
     assert manifest.dependencies is not None
     elsewhere = dataclasses.replace(manifest.dependencies, python="3.2", architecture="amd64")

@@ -47,8 +47,8 @@ def check_available(ctx: Context, manifest: Manifest) -> None:
         raise RefusedError(
             f"{manifest.package} {manifest.version} needs wheels this server does not have: {shown}"
             f" (neither in the package nor in {ctx.wheels_dir})",
-            hint="install the --full package of this version, or build the update --since the version"
-            " this server runs",
+            hint="build the update with `nesop-deb build --all-wheels` (it carries every wheel; a server"
+            " whose virtualenv was made by hand has none in its store)",
         )
 
 
