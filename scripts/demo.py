@@ -4,7 +4,9 @@
 
 Builds the store's release history and its update packages, boots a container with systemd,
 then narrates: first install, an update with a migration, a failing update restored
-automatically, a rollback with apt, and what dpkg -l and nesop-update history say at the end.
+automatically, a rollback with apt; then the store moving onto pip packages in a virtualenv, a
+dependency upgrade, a broken dependency change restored automatically and its rollback with apt;
+and what dpkg -l and nesop-update history say at the end.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ HEALTH = (
     'python3 -c "import urllib.request;'
     "print(urllib.request.urlopen('http://127.0.0.1:5000/health').read().decode())\""
 )
+# The toolchain's own pip, reading the app's virtualenv (the virtualenvs have no pip of their own).
+FREEZE = "/opt/venvs/nesop-deb/bin/pip --python /opt/nesop-store/venv/bin/python freeze"
+# The servers' python3 by Debian release: the store's [dependencies] python is Debian 13's.
+PYTHONS = {"bookworm": "3.11", "trixie": "3.13"}
+CONFIG_PYTHON = "3.13"
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 
 
@@ -75,6 +82,11 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     upd5 = build(repo, "v1.0.5")
     upd6 = build(repo, "v1.0.6")
     broken = build(repo, "broken/migration", "--version", "1.0.7", "--since", "v1.0.6")
+    # from 1.1.0 the store runs from a virtualenv: its wheels are fetched for the servers' Python
+    python = () if PYTHONS[args.suite] == CONFIG_PYTHON else ("--python", PYTHONS[args.suite])
+    deps0 = build(repo, "v1.1.0", *python)
+    deps1 = build(repo, "v1.1.1", *python)
+    broken_deps = build(repo, "broken/import", "--version", "1.1.4", "--since", "v1.1.1", *python)
 
     say(f"Booting a Debian {SUITES[args.suite]} ({args.suite}) server with systemd (systemd-nspawn)")
     root = build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=args.suite)
@@ -82,7 +94,7 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     try:
         box.boot()
         print(f"  booted in {box.boot_seconds:.2f} s ({box.boot_state})")
-        for deb in (args.toolchain, full, upd5, upd6, broken):
+        for deb in (args.toolchain, full, upd5, upd6, broken, deps0, deps1, broken_deps):
             box.copy_in(deb, f"/root/{deb.name}")
 
         say("1. Install the toolchain, then the store itself from a --full package")
@@ -121,11 +133,70 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
             check=False,
         )
 
-        say("5. What happened, as dpkg and nesop-update tell it")
+        say(
+            "5. Dependencies: the store moves onto gunicorn, in a virtualenv (1.0.6 again, then 1.1.0)",
+            "1.1.0 adds [dependencies]: requirements.txt pins gunicorn and MarkupSafe with their hashes, and "
+            "the package carries their wheels, fetched for the server's Python. The server builds a "
+            "virtualenv from them, offline, before the stop; inside the outage /opt/nesop-store/venv "
+            "becomes a link to it, and the new unit runs venv/bin/gunicorn.",
+        )
+        run(box, "apt-get install -y -q nesop-store-update=1.0.6 2>&1 | grep -E 'released|now at'")
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{deps0.name} 2>&1 "
+            "| grep -E 'venv|virtualenv|replaced|now at'",
+        )
+        run(box, "readlink /opt/nesop-store/venv")
+        run(box, FREEZE)
+
+        say(
+            "6. A dependency upgrade: MarkupSafe 3.0.3 -> 3.0.4 (1.1.0 -> 1.1.1)",
+            "The package carries the new MarkupSafe wheel: the server keeps every wheel an update shipped, "
+            "so an update needs only what is new. The new virtualenv is built beside the live one while "
+            "1.1.0 serves (venv-build, before stop), and venv-switch points the link at it in one rename.",
+        )
+        run(box, f"nesop-deb inspect /root/{deps1.name} | grep -E '^(virtualenv|wheels)|whl'")
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{deps1.name} 2>&1 | grep -E '^  -> |virtualenv|now at'",
+        )
+        run(box, "nesop-update status | grep virtualenv")
+        run(box, FREEZE)
+
+        say(
+            "7. A broken dependency change is restored automatically",
+            "1.1.4 makes receipt links expire with itsdangerous's TimedJSONWebSignatureSerializer and pins "
+            "itsdangerous 2.2.0, which no longer has it. The virtualenv builds and every package in it "
+            "imports, but the app does not start: the health gate fails, the undo points the link back "
+            "and removes the new virtualenv, and 1.1.1 runs again from its own.",
+        )
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{broken_deps.name} 2>&1 "
+            "| grep -E '^  -> (venv|undo venv)|virtualenv|pruned|FAILED'",
+            check=False,
+        )
+        run(box, "nesop-update status | grep -E '^(version|package|virtualenv)'")
+        run(box, FREEZE)
+
+        say(
+            "8. Roll the dependency change back with apt: back to 1.1.0",
+            "1.1.1's backup recorded where the link pointed; the rollback points it back at 1.1.0's "
+            "virtualenv, still on the server: nothing is built or fetched.",
+        )
+        run(
+            box,
+            "apt-get install -y -q --allow-downgrades nesop-store-update=1.1.0 2>&1 "
+            "| grep -E 'roll back|virtualenv|held|back at'",
+            check=False,
+        )
+        run(box, FREEZE)
+
+        say("9. What happened, as dpkg and nesop-update tell it")
         run(box, "dpkg -l nesop-store-update | tail -1")
         run(box, "nesop-update history")
         run(box, "nesop-update validate", check=False)
-        say("6. The store answers /health, from inside the container, through systemd")
+        say("10. The store answers /health, from inside the container, through systemd")
         run(box, HEALTH)
         say("Done", "The store answered /health through systemd at every step that succeeded.")
     finally:
