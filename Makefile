@@ -105,7 +105,8 @@ $(VENV)/.bench-stamp: requirements/bench.txt $(VENV)/.stamp
 	$(VPY) -m pip install -q --no-cache-dir -r requirements/bench.txt
 	touch $@
 
-bench: venv package $(VENV)/.bench-stamp
+# the dependency benchmark (bench/deps.py) runs the store's 1.1.x releases on Debian 13
+bench: venv package $(call suite_deb,trixie) $(VENV)/.bench-stamp
 	$(TEST_ENV) $(VPY) bench/run.py --output docs/benchmarks.md $(BENCH_ARGS)
 
 clean:

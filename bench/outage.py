@@ -23,7 +23,9 @@ from bench.server import OpResult, Server
 from tests.e2e import store
 
 GOAL_RATIO = 1.2
-IN_OUTAGE = ("stop", "snapshot-db", "apply-files", "migrate", "start")  # the steps between stop and start
+# the steps between stop and start (an update that changes the virtualenv switches it there; one
+# that changes the unit file installs it there)
+IN_OUTAGE = ("stop", "snapshot-db", "apply-files", "venv-switch", "migrate", "unit", "start")
 
 
 @dataclass

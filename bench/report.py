@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import buildtime, machine, outage, plot, scaling, size
+from bench import buildtime, deps, machine, outage, plot, scaling, size, venv_build
 from bench.common import Goal, Stat
 from bench.server import OpResult
 
@@ -36,15 +36,21 @@ class Results:
     size: size.SizeResult | None = None
     build: buildtime.BuildTimes | None = None
     scaling: list[scaling.Point] | None = None
+    venv: venv_build.VenvResult | None = None
+    venv_note: str = ""  # why the virtualenv benchmark could not run
+    deps: deps.DepsResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     total_s: float = 0.0
 
     def goals(self) -> list[Goal]:
         goals: list[Goal] = []
+        dependencies = getattr(self, "deps", None)  # results pickled before it existed lack it
         if self.outage:
             goals += outage.goals(self.outage.phases)
         if self.size:
             goals += self.size.goals()
+        if dependencies:
+            goals += deps.goals(dependencies)
         if self.build:
             goals += self.build.goals()
         if self.scaling:
@@ -217,7 +223,8 @@ def write(r: Results, output: Path) -> str:
         "\n".join(g.line() for g in goals) + "\n",
         "## Machine\n",
         machine.markdown(r.work, r.started),
-        "The server is a booted Debian 12 container (systemd-nspawn, systemd as PID 1, an overlayfs "
+        "The server is a booted Debian 12 container (Debian 13 for the updates that change the "
+        "app's virtualenv; systemd-nspawn, systemd as PID 1, an overlayfs "
         "on the cached root) on this machine, with a private network so that its port 5000 meets "
         "nothing else; the poller is a thread of the benchmark on the host that enters the "
         "container's network namespace (no subprocess per probe).\n",
@@ -232,8 +239,13 @@ def write(r: Results, output: Path) -> str:
         parts += [outage.markdown(phases, args.runs), _plot(phases, output), _outage_why(r.outage)]
     else:
         parts.append(_not_run("outage"))
+    dependencies = getattr(r, "deps", None)
+    parts.append("### An update and a rollback that change the app's virtualenv\n")
+    parts.append(deps.outage_markdown(dependencies) if dependencies else _not_run("deps"))
     parts.append("## 2. Package size\n")
     parts.append(size.markdown(r.size) + SIZE_WHY if r.size else _not_run("size"))
+    parts.append("### An update that upgrades one dependency\n")
+    parts.append(deps.size_markdown(dependencies) if dependencies else _not_run("deps"))
     parts.append("## 3. Build time\n")
     parts.append(buildtime.markdown(r.build) + BUILD_WHY if r.build else _not_run("build"))
     parts.append("## 4. Apply cost by step as the app grows\n")
@@ -259,16 +271,34 @@ def write(r: Results, output: Path) -> str:
         parts += [outage.rollback_markdown(r.outage.phases, args.runs), _rollback_why(r.outage.phases)]
     else:
         parts.append(_not_run("outage"))
+    parts.append("## 6. Building an app's virtualenv offline\n")
+    parts.append(
+        "The ways a server can build an app's virtualenv from the wheels an update ships, before the "
+        "stop: create it, install every pinned wheel from a local directory (`--no-index`, "
+        "`--find-links`, `--require-hashes`, wheels only, the machine's pip and uv configuration "
+        "ignored), then import every module, by `bench/venv_build.py`.\n\n"
+    )
+    venv = getattr(r, "venv", None)  # results pickled before this benchmark existed lack it
+    if venv:
+        parts.append(venv_build.markdown(venv))
+    elif getattr(r, "venv_note", ""):
+        parts.append(f"Could not run: {r.venv_note}.\n")
+    else:
+        parts.append(_not_run("venv"))
     parts += [
         "## How to reproduce\n",
         "As root on Debian 12: `make bench` (installs what it needs, builds the toolchain package, "
         "runs `bench/run.py` and rewrites this file and the plot). Options: "
         "`.venv/bin/python bench/run.py --help`; e.g. `--only outage,size`, `--runs 9`, "
-        "`--scaling-runs 5`, `--assets 10,300,2048 --db 1,100,1000`; through make: "
+        "`--scaling-runs 5`, `--assets 10,300,2048 --db 1,100,1000`, `--only venv --venv-runs 9` "
+        "(alone: `python3 -m bench.venv_build`), `--only deps --runs 9` (the updates that change the "
+        "virtualenv, with the Debian 13 toolchain package of `make package SUITE=trixie`, "
+        "`--deps-toolchain`); through make: "
         "`make bench BENCH_ARGS='--runs 9'`. The run "
         "works in `build/bench/` (emptied first) and leaves its raw results in "
-        "`build/bench/results.json`. The Debian 12 root the containers start from is built once "
-        "with mmdebstrap and cached in `/var/tmp/nesop-deb-testbed`.\n",
+        "`build/bench/results.json`. The Debian 12 and 13 roots the containers start from are built once "
+        "with mmdebstrap and cached in `/var/tmp/nesop-deb-testbed`; the virtualenv benchmark's "
+        "wheels, uv and pip are downloaded once into `build/bench-cache/venv-build/`.\n",
     ]
     text = "\n".join(parts)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
 
-    bench/run.py [--only outage,size,build,scaling] [--runs 5] [--scaling-runs 3]
-                 [--assets 10,100,1024] [--db 1,50,500] [--output docs/benchmarks.md]
+    bench/run.py [--only outage,size,build,scaling,venv,deps] [--runs 5] [--scaling-runs 3]
+                 [--venv-runs 5] [--assets 10,100,1024] [--db 1,50,500] [--output docs/benchmarks.md]
+                 [--toolchain DEB] [--deps-toolchain DEB]
     bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
 
 Every number is compared with a baseline measured in the same run on the same machine: a bare
 `systemctl restart` of the same app in the same container, a `--full` package and a debdelta
-of the same release, the smallest repository. Runs as root (containers); the Debian 12 root
-is built once and cached (tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
+of the same release, the smallest repository. Runs as root (containers); the Debian roots (the
+host's release, and Debian 13 for the dependency benchmark) are built once and cached
+(tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
 The benchmark states whether each goal is met; nothing here fails on a slow result.
 """
 
@@ -29,11 +31,12 @@ from typing import Any
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from bench import buildtime, outage, releases, report, scaling, size  # noqa: E402
+from bench import buildtime, deps, outage, releases, report, scaling, size, venv_build  # noqa: E402
 from bench.common import say  # noqa: E402
-from tests.e2e.testbed import missing_prerequisites  # noqa: E402
+from tests.e2e.testbed import host_suite, missing_prerequisites  # noqa: E402
 
-BENCHMARKS = ("outage", "size", "build", "scaling")  # rollback times come with the outage runs
+# rollback times come with the outage runs; deps: the updates that change the app's virtualenv
+BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps")
 
 
 def _ints(text: str) -> list[int]:
@@ -45,7 +48,8 @@ def _ints(text: str) -> list[int]:
 
 def _only(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    names = ["outage" if n == "rollback" else n for n in names]
+    aliases = {"rollback": "outage", "dependencies": "deps"}
+    names = [aliases.get(n, n) for n in names]
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -62,6 +66,19 @@ def default_toolchain() -> Path | None:
     return Path(found[-1]) if found else None
 
 
+def default_deps_toolchain() -> Path | None:
+    """The toolchain package for the dependency benchmark's Debian release: `make package
+    SUITE=trixie` (NESOP_DEB_TOOLCHAIN_DEB_TRIXIE), or plain `make package` on a Debian 13 host."""
+    suite = deps.SUITE
+    configured = os.environ.get(f"NESOP_DEB_TOOLCHAIN_DEB_{suite.upper()}")
+    if configured and Path(configured).is_file():
+        return Path(configured)
+    if host_suite() == suite:
+        return default_toolchain()
+    found = sorted(glob.glob(str(TOP / "dist" / suite / "nesop-deb_*.deb")))
+    return Path(found[-1]) if found else None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=TOP / "docs" / "benchmarks.md", help="the report to write")
@@ -75,7 +92,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--asset-mib", type=int, default=size.ASSETS_MIB, help="assets in the size benchmark (24)")
     p.add_argument("--build-sizes", type=_ints, default=[100, 1000, 10000], help="repository sizes (files)")
     p.add_argument("--build-runs", type=int, default=5, help="timed builds per repository size (5)")
-    p.add_argument("--toolchain", type=Path, default=default_toolchain(), help="the nesop-deb toolchain .deb")
+    p.add_argument(
+        "--venv-runs", type=int, default=5, help="timed virtualenv builds per installer and app (5)"
+    )
+    p.add_argument(
+        "--toolchain",
+        type=Path,
+        default=default_toolchain(),
+        help="the nesop-deb toolchain .deb (host's release)",
+    )
+    p.add_argument(
+        "--deps-toolchain",
+        type=Path,
+        default=default_deps_toolchain(),
+        help=f"the toolchain .deb for Debian {deps.SUITE} (`make package SUITE={deps.SUITE}`), for deps",
+    )
     p.add_argument("--work", type=Path, default=TOP / "build" / "bench", help="scratch directory (emptied)")
     p.add_argument(
         "--from-results",
@@ -84,19 +115,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure nothing: write the report again from a run's results.pickle (in its --work)",
     )
     args = p.parse_args(argv)
-    if min(args.runs, args.scaling_runs, args.build_runs) < 1:
+    if min(args.runs, args.scaling_runs, args.build_runs, args.venv_runs) < 1:
         p.error("every run count must be at least 1")
     return args
 
 
+_DROPPED = ("timeline", "log")
+
+
 def _plain(value: Any) -> Any:
-    """Results as JSON-friendly data (timelines dropped: they are in the plot)."""
+    """Results as JSON-friendly data (timelines dropped: they are in the plot; update.log text)."""
     if is_dataclass(value) and not isinstance(value, type):
         data = asdict(value)
-        data.pop("timeline", None)
-        return {k: _plain(v) for k, v in data.items() if k != "timeline"}
+        return {k: _plain(v) for k, v in data.items() if k not in _DROPPED}
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if k != "timeline"}
+        return {str(k): _plain(v) for k, v in value.items() if k not in _DROPPED}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Path):
@@ -122,12 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     clock = time.monotonic()
     needs_server = {"outage", "scaling"} & set(args.only)
-    if needs_server:
+    if needs_server or "deps" in args.only:
         problems = missing_prerequisites()
         if problems:
             raise SystemExit(f"bench: cannot run containers: {'; '.join(problems)}")
-        if args.toolchain is None or not args.toolchain.is_file():
-            raise SystemExit("bench: no toolchain package; run `make package` or pass --toolchain")
+    if needs_server and (args.toolchain is None or not args.toolchain.is_file()):
+        raise SystemExit("bench: no toolchain package; run `make package` or pass --toolchain")
+    if "deps" in args.only and (args.deps_toolchain is None or not args.deps_toolchain.is_file()):
+        raise SystemExit(
+            f"bench: no toolchain package for Debian {deps.SUITE}; run `make package SUITE={deps.SUITE}` "
+            "or pass --deps-toolchain"
+        )
     work: Path = args.work.resolve()
     if work.exists():
         shutil.rmtree(work)
@@ -157,6 +195,20 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         results.build = buildtime.measure(work / "build", args.build_sizes, args.build_runs)
         timings["build time"] = time.monotonic() - t
+    if "venv" in args.only:
+        say("virtualenv build: bench/venv_build.py")
+        t = time.monotonic()
+        try:
+            results.venv = venv_build.measure(work / "venv", args.venv_runs)
+        except venv_build.Unavailable as e:
+            results.venv_note = str(e)
+        timings["virtualenv build"] = time.monotonic() - t
+    if "deps" in args.only:
+        say("dependencies: bench/deps.py")
+        t = time.monotonic()
+        debs = deps.build(work / "deps", args.deps_toolchain)
+        results.deps = deps.measure(debs, args.runs)
+        timings["dependencies"] = time.monotonic() - t
 
     results.timings = timings
     results.total_s = time.monotonic() - clock

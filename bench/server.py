@@ -1,4 +1,5 @@
-"""A benchmark server: a booted Debian 12 container running the example store.
+"""A benchmark server: a booted Debian container (the host's release, or the one asked for)
+running the example store.
 
 Each operation (an update, a rollback, a bare restart) is timed from the host, watched by the
 health poller, and returns the per-step durations that the runtime wrote to ``update.log``.
@@ -49,6 +50,11 @@ class OpResult:
     timeline: list[Sample] = field(default_factory=list)  # probes, t in seconds since the start (± TAIL)
     probe_rate: float = 0.0
     service: dict[str, float] = field(default_factory=dict)  # from the journal, see service_phases
+    log: str = ""  # what the operation wrote to update.log
+
+    def lines(self, pattern: str) -> list[re.Match[str]]:
+        """The update.log lines of this operation that ``pattern`` matches (searched)."""
+        return [m for m in map(re.compile(pattern).search, self.log.splitlines()) if m]
 
     @property
     def outage_s(self) -> float:
@@ -72,8 +78,9 @@ def service_phases(journal_json: str, since: float) -> dict[str, float]:
 
     ``stop``: systemd's "Stopping" to "Stopped"; ``gap``: "Stopped" to "Started" (a bare restart
     only forks here; an update also runs its steps between the two); ``startup``: "Started" to
-    the app's "listening on" line; ``at_<event>``: when each happened, in seconds after ``since``
-    (wall-clock time). Empty when the operation did not stop and start the store.
+    the app's "listening on" line (gunicorn's "Listening at:" when it serves the store);
+    ``at_<event>``: when each happened, in seconds after ``since`` (wall-clock time). Empty when the
+    operation did not stop and start the store.
     """
     marks: dict[str, float] = {}
     for line in journal_json.splitlines():
@@ -89,7 +96,8 @@ def service_phases(journal_json: str, since: float) -> dict[str, float]:
         for key, prefix in (("stopping", "Stopping "), ("stopped", "Stopped "), ("started", "Started ")):
             if message.startswith(prefix) and key not in marks:
                 marks[key] = t
-        if "listening on" in message and "started" in marks and "listening" not in marks:
+        listening = "listening on" in message or "Listening at: " in message
+        if listening and "started" in marks and "listening" not in marks:
             marks["listening"] = t
     if not {"stopping", "stopped", "started", "listening"} <= marks.keys():
         return {}
@@ -123,19 +131,25 @@ def parse_log(text: str) -> list[Block]:
     return blocks
 
 
+def root_of(suite: str) -> Path:
+    """The cached root file system of Debian ``suite`` the servers boot (built once)."""
+    return build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=suite)
+
+
 class Server:
     """A fresh container with the toolchain installed and the store at ``full``'s version.
 
     The container has a private network (its own loopback), so its port 5000 collides with
-    nothing on the host or in a test run next door; the poller thread enters that namespace.
+    nothing on the host or in a test run next door, and it reaches no other network; the poller
+    thread enters that namespace. ``suite``: the Debian release it runs, by default the host's
+    (the release plain `make package` builds the toolchain for); ``toolchain`` must be for it.
     """
 
-    def __init__(self, toolchain: Path, full: Path) -> None:
+    def __init__(self, toolchain: Path, full: Path, suite: str | None = None) -> None:
         self.toolchain = toolchain
         self.full = full
-        # the release `make package` builds the toolchain for: the host's
-        suite = host_suite() or "bookworm"
-        self.box = Container(build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=suite))
+        self.suite = suite or host_suite() or "bookworm"
+        self.box = Container(root_of(self.suite))
         self.box.private_network = True
         self._poller: HealthPoller | None = None
 
@@ -209,6 +223,7 @@ class Server:
             timeline=[Sample(s.t - t0, s.ok) for s in context],
             probe_rate=len(samples) / (up - t0) if up > t0 else 0.0,
             service=service_phases(self._journal(wall0), wall0),
+            log=text,
         )
 
     def copy_in(self, deb: Path) -> str:

@@ -1,10 +1,12 @@
 """Benchmark 2: how big an update is next to a full package and to a debdelta.
 
-In a copy of the example store's history, one extra commit adds realistic assets (product photos,
-vendor scripts and style sheets, see assets.py) and is tagged v1.1.0; the next commit changes one
-file (a style sheet) and is tagged v1.1.1. Measured: the update package of v1.1.1, the `--full`
-package of v1.1.1, and a debdelta between the full packages of v1.1.0 and v1.1.1 (verified by
-rebuilding v1.1.1 from it with debpatch).
+In a copy of the example store's history, one extra commit on top of its newest release adds
+realistic assets (product photos, vendor scripts and style sheets, see assets.py) and is tagged
+v1.2.0; the next commit changes one file (a style sheet) and is tagged v1.2.1. Measured: the update
+package of v1.2.1, the `--full` package of v1.2.1, and a debdelta between the full packages of
+v1.2.0 and v1.2.1 (verified by rebuilding v1.2.1 from it with debpatch). The store runs from a
+virtualenv since 1.1.0, so the full packages carry its wheels too; the update, whose requirements
+did not change, carries none.
 
 Goal: the update is at most 2% of the full package and smaller than the debdelta.
 """
@@ -27,6 +29,9 @@ GOAL_SHARE = 0.02
 ASSETS_MIB = 24
 RELEASE_TIME = 1736154000 + 30 * 86400  # after the example's history, fixed: same commits every run
 CHANGED = "styles/store.css"
+# after the example's own releases (1.1.3 is the newest): the commit of assets, then the fix
+ASSETS_VERSION = "1.2.0"
+FIX_VERSION = "1.2.1"
 # debdelta only Recommends the diff back ends it needs (bsdiff, xdelta3) and the xz tool
 DEBDELTA_PACKAGES = ("debdelta", "bsdiff", "xdelta3", "xz-utils")
 DEBDELTA_TOOLS = ("debdelta", "debpatch", "bsdiff", "xdelta3", "xz")
@@ -51,6 +56,7 @@ class SizeResult:
     debdelta_bytes: int | None
     debdelta_s: float | None
     debdelta_note: str
+    update_file: str = ""  # the update's file name (results from before it was kept: empty)
 
     def goals(self) -> list[Goal]:
         share = self.update_bytes / self.full_bytes
@@ -154,13 +160,16 @@ def debdelta(old: Path, new: Path, work: Path) -> tuple[int | None, float | None
 
 def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
     work.mkdir(parents=True, exist_ok=True)
-    say("size: the example history, plus a commit of generated assets (v1.1.0) and a one-file fix (v1.1.1)")
+    say(
+        f"size: the example history, plus a commit of generated assets (v{ASSETS_VERSION}) and a "
+        f"one-file fix (v{FIX_VERSION})"
+    )
     repo = store.ExampleRepo.create(work)
     _git(repo.path, "checkout", "--quiet", "main")
     asset_set = assets.generate(repo.path, assets_mib * assets.MIB)
     _git(repo.path, "add", "--all")
     _git(repo.path, "commit", "--quiet", "-m", "Add product photos and vendor bundles", when=RELEASE_TIME)
-    _git(repo.path, "tag", "v1.1.0")
+    _git(repo.path, "tag", f"v{ASSETS_VERSION}")
     with (repo.path / CHANGED).open("a", encoding="utf-8") as fh:
         fh.write(CHANGE)
     _git(
@@ -172,12 +181,12 @@ def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
         "Keep product photos in proportion",
         when=RELEASE_TIME + 3600,
     )
-    _git(repo.path, "tag", "v1.1.1")
+    _git(repo.path, "tag", f"v{FIX_VERSION}")
 
     say("size: building the update and the two full packages")
-    update, update_s = _build(repo, "v1.1.1", name="update-1.1.1")
-    full, full_s = _build(repo, "v1.1.1", "--full", name="full-1.1.1")
-    previous, _ = _build(repo, "v1.1.0", "--full", name="full-1.1.0")
+    update, update_s = _build(repo, f"v{FIX_VERSION}", name=f"update-{FIX_VERSION}")
+    full, full_s = _build(repo, f"v{FIX_VERSION}", "--full", name=f"full-{FIX_VERSION}")
+    previous, _ = _build(repo, f"v{ASSETS_VERSION}", "--full", name=f"full-{ASSETS_VERSION}")
     say("size: debdelta between the full packages")
     delta_bytes, delta_s, note = debdelta(previous, full, work)
     return SizeResult(
@@ -191,20 +200,23 @@ def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
         debdelta_bytes=delta_bytes,
         debdelta_s=delta_s,
         debdelta_note=note,
+        update_file=update.name,
     )
 
 
 def markdown(r: SizeResult) -> str:
     a = r.asset_set
+    # results pickled before the tags moved on to 1.2.x name none and mean 1.1.0 and 1.1.1
+    fix, assets_version = (FIX_VERSION, ASSETS_VERSION) if r.update_file else ("1.1.1", "1.1.0")
     rows = [
         [
-            "update `nesop-store-update_1.1.1_all.deb`",
+            f"update `{r.update_file or 'nesop-store-update_1.1.1_all.deb'}`",
             size(r.update_bytes),
             "1x",
             f"{r.update_build_s:.2f} s",
         ],
         [
-            "`--full` package of 1.1.1",
+            f"`--full` package of {fix}",
             size(r.full_bytes),
             f"{r.full_bytes / r.update_bytes:,.0f}x",
             f"{r.full_build_s:.2f} s",
@@ -213,18 +225,18 @@ def markdown(r: SizeResult) -> str:
     if r.debdelta_bytes is not None:
         rows.append(
             [
-                "debdelta full 1.1.0 → full 1.1.1",
+                f"debdelta full {assets_version} → full {fix}",
                 size(r.debdelta_bytes),
                 f"{r.debdelta_bytes / r.update_bytes:.2f}x",
                 f"{r.debdelta_s:.2f} s" if r.debdelta_s is not None else "",
             ]
         )
     else:
-        rows.append(["debdelta full 1.1.0 → full 1.1.1", "none", "", ""])
+        rows.append([f"debdelta full {assets_version} → full {fix}", "none", "", ""])
     return (
         f"The store carries {size(a.total)} of generated assets in {a.files} files: "
         f"{size(a.image_bytes)} of JPEG/PNG photos (incompressible image data) and "
-        f"{size(a.text_bytes)} of JS/CSS bundles. Release 1.1.1 changes one file (`{CHANGED}`); "
+        f"{size(a.text_bytes)} of JS/CSS bundles. Release {fix} changes one file (`{CHANGED}`); "
         f"the update ships {r.update_files} payload file(s).\n\n"
         + table(["package", "size", "vs update", "build time"], rows)
         + f"\ndebdelta: {r.debdelta_note}.\n"
