@@ -36,8 +36,14 @@ def incoming_dir(ctx: Context) -> Path:
     return ctx.state_dir / "incoming"
 
 
-def file_name(package: str, version: str) -> str:
-    return f"{package}_{version.split(':', 1)[-1]}_all.deb"
+def file_name(package: str, version: str, arch: str = "all") -> str:
+    """As Debian names it: an update with compiled wheels is for one architecture."""
+    return f"{package}_{version.split(':', 1)[-1]}_{arch}.deb"
+
+
+def _architecture(deb: Path) -> str:
+    arch = proc.run(["dpkg-deb", "--field", deb, "Architecture"]).out.strip()
+    return arch if arch.isalnum() else "all"
 
 
 def stage_incoming(ctx: Context, deb: Path, version: str, signed: bool) -> None:
@@ -52,7 +58,7 @@ def stage_incoming(ctx: Context, deb: Path, version: str, signed: bool) -> None:
     # what an earlier, refused or failed attempt left here is never published: drop it
     shutil.rmtree(incoming, ignore_errors=True)
     incoming.mkdir(parents=True)
-    target = incoming / file_name(ctx.package, version)
+    target = incoming / file_name(ctx.package, version, _architecture(deb))
     _copy(deb, target)
     from nesop_deb.signing import signature_path
 
@@ -71,10 +77,11 @@ def publish(ctx: Context, version: str) -> bool:
     """After a commit: move the applied version's package into the repository and reindex."""
     from nesop_deb.signing import signature_path
 
-    name = file_name(ctx.package, version)
-    staged = incoming_dir(ctx) / name
-    if not staged.exists():
+    found = sorted(incoming_dir(ctx).glob(file_name(ctx.package, version, "*")))
+    if not found:
         return False  # installed with plain dpkg -i: apt's hook never saw it
+    staged = found[0]
+    name = staged.name
     repo = repo_dir(ctx)
     repo.mkdir(parents=True, exist_ok=True)
     staged.replace(repo / name)
