@@ -503,7 +503,13 @@ class _VenvChange:
 
 
 def _venv_change(
-    repo: GitRepo, deps: config.DependenciesConfig, head: str, base: str | None, *, all_wheels: bool = False
+    repo: GitRepo,
+    deps: config.DependenciesConfig,
+    head: str,
+    base: str | None,
+    *,
+    all_wheels: bool = False,
+    target_given: bool = False,
 ) -> _VenvChange | None:
     """HEAD's pinned set (refused unless every line is pinned with hashes), when the update
     changes the virtualenv: always in a full package; in an update when the base release had no
@@ -526,7 +532,10 @@ def _venv_change(
         return _VenvChange(text, pins, None)
     before_cfg = _base_config(repo, base) if base is not None else None
     before = before_cfg.dependencies if before_cfg is not None else None
-    if before is None or (before.python, before.architecture) != (deps.python, deps.architecture):
+    if before is None:
+        return _VenvChange(text, pins, None)
+    # --python/--arch name the servers this update is for: their base was built for them too
+    if (before.python, before.architecture) != (deps.python, deps.architecture) and not target_given:
         return _VenvChange(text, pins, None)
     base_raw = repo.file_at(base, before.requirements) if base is not None else None
     if base_raw == raw and before.venv == deps.venv:
@@ -701,7 +710,14 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
             hint="drop --all-wheels, or add a [dependencies] section",
         )
     venv = (
-        _venv_change(repo, deps, head, since_commit, all_wheels=options.all_wheels)
+        _venv_change(
+            repo,
+            deps,
+            head,
+            since_commit,
+            all_wheels=options.all_wheels,
+            target_given=options.python is not None or options.arch is not None,
+        )
         if deps is not None
         else None
     )

@@ -208,6 +208,16 @@ def test_all_wheels_ships_every_wheel_for_a_server_whose_venv_was_made_by_hand(
     assert dependencies(deb) is not None and dependencies(deb)["requirements"] == SET_302
 
 
+def test_with_python_the_base_counts_as_built_for_the_same_servers(
+    make_repo: Callable[..., Repo], tmp_path: Path, deps_env: dict[str, str]
+) -> None:
+    repo = shop(make_repo("app"))  # its config names Python 3.13
+    release(repo, "v1.0.1", SET_303)
+    deb = built(repo, tmp_path / "out", deps_env, "--python", "3.11")
+    assert deb.name == "shop-update_1.0.1_py3.11_amd64.deb"
+    assert [w.split("-")[:3] for w in wheels_in(deb)] == [["markupsafe", "3.0.3", "cp311"]]
+
+
 def test_unchanged_requirements_change_no_virtualenv(
     make_repo: Callable[..., Repo], tmp_path: Path, deps_env: dict[str, str]
 ) -> None:
