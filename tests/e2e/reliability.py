@@ -15,8 +15,8 @@ from .baseroot import SUITES, default_suite
 
 KINDS = ("step fails", "SIGKILL", "power loss", "disk full")
 STEPS = (
-    "preflight", "record", "stage", "backup", "stop", "snapshot-db", "apply-files", "migrate", "start",
-    "health", "commit", "undo (failed update)", "undo (rollback)",
+    "preflight", "record", "stage", "backup", "venv-build", "stop", "snapshot-db", "apply-files",
+    "venv-switch", "migrate", "start", "health", "commit", "undo (failed update)", "undo (rollback)",
 )  # fmt: skip
 
 

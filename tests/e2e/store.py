@@ -190,12 +190,15 @@ def apply_ok(box: Container, repo: ExampleRepo, ref: str) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def live_tree(box: Container) -> dict[str, tuple[str, int]]:
+def live_tree(box: Container, *, beside: tuple[str, ...] = ()) -> dict[str, tuple[str, int]]:
+    """The app's files on the server: path → (sha256, mode). ``beside``: more directories (as
+    ``"venv/"``) that are not the app's own files, as a virtualenv made by hand in the tree."""
     root = box.path(APP_ROOT)
     files: dict[str, tuple[str, int]] = {}
+    skipped = (*RUNTIME_ONLY, *beside)
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
-        if any(rel == p.rstrip("/") or rel.startswith(p) for p in RUNTIME_ONLY) or "__pycache__" in rel:
+        if any(rel == p.rstrip("/") or rel.startswith(p) for p in skipped) or "__pycache__" in rel:
             continue
         if path.is_file() and not path.is_symlink():
             files[rel] = (hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mode & 0o777)
@@ -278,9 +281,9 @@ def customer_emails(box: Container) -> set[str]:
     return set(out.split())
 
 
-def assert_tree(box: Container, repo: ExampleRepo, ref: str) -> None:
+def assert_tree(box: Container, repo: ExampleRepo, ref: str, *, beside: tuple[str, ...] = ()) -> None:
     expected = repo.tree(ref)
-    live = live_tree(box)
+    live = live_tree(box, beside=beside)
     missing = sorted(set(expected) - set(live))
     extra = sorted(set(live) - set(expected))
     differ = sorted(p for p in set(expected) & set(live) if expected[p] != live[p])
