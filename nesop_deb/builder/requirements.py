@@ -19,6 +19,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from packaging.utils import canonicalize_name
+from packaging.version import InvalidVersion, Version
+
 from nesop_deb.errors import BuildError
 from nesop_deb.text import printable
 
@@ -39,7 +42,15 @@ SHOWN = 5  # problems named in the one-line refusal
 
 def normalize(name: str) -> str:
     """A distribution name as PEP 503 compares it: lower case, runs of ``-_.`` one ``-``."""
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return str(canonicalize_name(name))
+
+
+def same_version(a: str, b: str) -> bool:
+    """Equal as PEP 440 compares them (``1.0`` is ``1.0.0``); as text when one is not a version."""
+    try:
+        return Version(a) == Version(b)
+    except InvalidVersion:
+        return a.lower() == b.lower()
 
 
 @dataclass(frozen=True)
@@ -209,9 +220,9 @@ def new_pins(head: Requirements, base: Requirements | None) -> tuple[Pin, ...]:
     out = []
     for pin in head.pins:
         before = base.get(pin.name)
-        if before is None or before.version != pin.version or not before.hashes <= pin.hashes:
+        if before is None or not same_version(before.version, pin.version) or not before.hashes <= pin.hashes:
             out.append(pin)
     return tuple(out)
 
 
-__all__ = ["GENERATE", "Pin", "Requirements", "new_pins", "normalize", "parse"]
+__all__ = ["GENERATE", "Pin", "Requirements", "new_pins", "normalize", "parse", "same_version"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nesop_deb import proc
-from nesop_deb.builder.requirements import Pin, Requirements, new_pins
+from nesop_deb.builder.requirements import Pin, Requirements, new_pins, same_version
 from nesop_deb.config import ARCHITECTURES
 from nesop_deb.errors import BuildError, CommandError
 from nesop_deb.manifest import WHEEL_NAME, Dependencies, WheelEntry
@@ -167,12 +167,12 @@ def _check(wheel: Wheel, requirements: Requirements, target: Target) -> Pin:
     pin = requirements.get(m.group("name"))
     if pin is None:
         raise BuildError(f"pip fetched {wheel.file}, which {requirements.file} does not pin")
-    if m.group("version").lower() != pin.version.lower():
+    if not same_version(m.group("version"), pin.version):
         raise BuildError(
             f"{requirements.file} line {pin.line} pins {pin.requirement}, but its wheel {wheel.file} is"
             f" version {m.group('version')}",
-            hint=f"write the version as the wheel names it ({pin.name}=={m.group('version')}):"
-            " the server matches wheels to pins by it",
+            hint="pip fetched another version than the file pins: check the pin and pip's configuration"
+            " (a constraints file)",
         )
     if wheel.sha256 not in pin.hashes:  # pip checked it: this is a second look, at what ships
         raise BuildError(

@@ -163,12 +163,15 @@ def test_a_wheel_whose_hash_is_not_pinned_is_refused(pip: FakePip) -> None:
 
 
 def test_a_wheel_of_another_version_than_pinned_is_refused(pip: FakePip) -> None:
+    # 2.2 is 2.2.0 (PEP 440): the server matches wheels to pins the same way
     reqs = requirements(itsdangerous=f"itsdangerous==2.2 --hash=sha256:{sha(DATA[PURE])}")
+    assert wheels.fetch(reqs, TARGET)["itsdangerous"].file == PURE
+    reqs = requirements(itsdangerous=f"itsdangerous==2.1 --hash=sha256:{sha(DATA[PURE])}")
     with pytest.raises(
-        BuildError, match=r"line 2 pins itsdangerous==2\.2, but its wheel .* is version 2\.2\.0"
+        BuildError, match=r"line 2 pins itsdangerous==2\.1, but its wheel .* is version 2\.2\.0"
     ) as e:
         wheels.fetch(reqs, TARGET)
-    assert "itsdangerous==2.2.0" in (e.value.hint or "")
+    assert "pip fetched another version" in (e.value.hint or "")
 
 
 def test_a_pin_without_a_wheel_and_a_wheel_without_a_pin_are_refused(pip: FakePip) -> None:

@@ -438,3 +438,14 @@ def test_the_build_does_not_depend_on_roots_umask(server: Server, wheels: dict[s
         os.umask(old)
     site = next(Path(link(server)).glob("lib/python3*/site-packages/alpha"))
     assert (site / "__init__.py").stat().st_mode & 0o004
+
+
+def test_pins_and_wheels_compare_as_the_packaging_specifications_say() -> None:
+    from nesop_deb.runtime.deps.pins import pins, wheel_pin
+
+    text = "Foo_Bar==1.0 \\\n    --hash=sha256:" + "0" * 64 + "\n# a comment\nbaz==2.0.1  # inline\n"
+    assert pins(text) == {
+        wheel_pin("foo_bar-1.0.0-py3-none-any.whl"),
+        wheel_pin("Baz-2.0.1-py3-none-any.whl"),
+    }
+    assert wheel_pin("not-a-wheel.txt")[0] == ""
