@@ -466,6 +466,23 @@ def _unit_file_newly_named(
     return [] if before == unit else [Change("M", unit)]
 
 
+def _without_venv(cfg: config.Config, head: Mapping[str, TreeEntry], notes: list[str]) -> config.Config:
+    """[dependencies] venv never ships: on the server it is the link to the virtualenv root
+    builds (a virtualenv tracked in git, or one it tracked before, is left out, deletions too)."""
+    if cfg.dependencies is None:
+        return cfg
+    venv = cfg.dependencies.venv
+    patterns = (venv, f"{venv}/**")
+    tracked = sum(1 for p in head if excluded(p, patterns))
+    if tracked:
+        notes.append(
+            f"{venv}/ is in the repository ({tracked} files): it never ships, the server builds the"
+            f" virtualenv; `git rm -r --cached {venv}` and `/{venv}/` in .gitignore keep it out"
+        )
+    files = dataclasses.replace(cfg.files, exclude=(*cfg.files.exclude, *patterns))
+    return dataclasses.replace(cfg, files=files)
+
+
 def _with_target(cfg: config.Config, options: BuildOptions) -> config.Config:
     """The config with ``--python``/``--arch`` in place of [dependencies]' python/architecture."""
     given = [(o, v) for o, v in (("--python", options.python), ("--arch", options.arch)) if v is not None]
@@ -522,7 +539,7 @@ def _venv_change(
             hint="commit it there, or fix [dependencies] requirements",
         )
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # as pip reads it: a byte order mark is no part of line 1
     except UnicodeDecodeError:
         raise BuildError(
             f"{deps.requirements}: not UTF-8 text", hint="write it in UTF-8 (pip-compile does)"
@@ -541,7 +558,11 @@ def _venv_change(
     if base_raw == raw and before.venv == deps.venv:
         return None
     try:  # the set the base shipped; unreadable today, it counts for nothing and every wheel ships
-        base_pins = None if base_raw is None else requirements.parse(base_raw.decode(), before.requirements)
+        base_pins = (
+            None
+            if base_raw is None
+            else requirements.parse(base_raw.decode("utf-8-sig"), before.requirements)
+        )
     except (BuildError, UnicodeDecodeError):
         base_pins = None
     return _VenvChange(text, pins, base_pins)
@@ -638,6 +659,8 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         since_ref = options.since  # recorded; a full install has no base
 
     head_tree = repo.tree(head)
+    recorded = cfg  # what the manifest carries: the config as written (and the target used)
+    cfg = _without_venv(cfg, head_tree, notes)
     base_tree = repo.tree(since_commit) if since_commit else {}
     changes = repo.diff(since_commit, head) if since_commit else [Change("A", p) for p in head_tree]
     if since_commit is not None:
@@ -752,7 +775,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
         since_ref=since_ref,
         builder_version=__version__,
         created=epoch,
-        config=cfg.to_dict(),
+        config=recorded.to_dict(),
         files=tuple(files),
         migrations=tuple(migrations),
         config_files=tuple(p for p in cfg.files.config if p in head_tree or p in base_tree),

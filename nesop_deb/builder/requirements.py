@@ -131,7 +131,10 @@ def _option_problem(token: str) -> str:
         "--find-links",
         "--trusted-host",
     ):
-        return "an index option: the builder fetches with pip's own configuration (pip.conf)"
+        return (
+            "an index option: the builder fetches with pip's own configuration (pip.conf);"
+            " pip-compile --no-emit-index-url --no-emit-find-links leaves them out"
+        )
     return f"the option {option}, which a pinned set does not take"
 
 
@@ -205,8 +208,14 @@ def parse(text: str, file: str) -> Requirements:
     if problems:
         more = f" and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
         raise BuildError(
-            f"{file}: {len(problems)} line(s) not pinned with hashes: {'; '.join(problems[:SHOWN])}{more}",
+            f"{file}: {len(problems)} line(s) the builder cannot take: {'; '.join(problems[:SHOWN])}{more}",
             hint=GENERATE,
+        )
+    if not pins:
+        # a virtualenv without a package would replace the app's: its start would fail in the outage
+        raise BuildError(
+            f"{file} pins no package",
+            hint="pin the app's packages there, or remove [dependencies] if it has none",
         )
     return Requirements(file, tuple(pins))
 

@@ -216,9 +216,28 @@ _MISMATCH = re.compile(
 )
 
 
+_UNREACHABLE = re.compile(
+    r"(Failed to establish a new connection|Could not fetch URL|ProxyError|SSLError|Name or service not known"
+    r"|Temporary failure in name resolution)[^\n]*"
+)
+_REQUIRES_PYTHON = re.compile(r"Requires-Python (\S+)")
+
+
 def _refusal(stderr: str, requirements: Requirements, target: Target) -> BuildError:
     file = requirements.file
     m = _NO_MATCH.search(stderr)
+    unreachable = _UNREACHABLE.search(stderr)
+    if unreachable is not None:
+        return BuildError(
+            f"pip could not reach its index to fetch the wheels of {file}: {printable(unreachable.group(0))}",
+            hint="check the network, or pip's index and proxy settings (pip.conf); the build needs them",
+        )
+    needs = _REQUIRES_PYTHON.search(stderr)
+    if m is not None and needs is not None:
+        return BuildError(
+            f"{printable(m.group(1))} needs Python {printable(needs.group(1))}, but the servers run {target}",
+            hint="pin a version that supports the servers' Python, or build for theirs (--python)",
+        )
     if m is not None:
         return BuildError(
             f"no wheel of {printable(m.group(1))} for {target} (CPython {target.abi}, manylinux glibc"

@@ -65,10 +65,6 @@ def test_extras_spaces_and_the_require_hashes_option_are_taken() -> None:
     assert (pin.name, pin.version, pin.requirement) == ("uvicorn", "0.30.1", "uvicorn[standard]==0.30.1")
 
 
-def test_an_empty_set_is_a_set() -> None:
-    assert parse("# nothing yet\n\n", "r.txt").pins == ()
-
-
 @pytest.mark.parametrize(
     ("line", "why"),
     [
@@ -104,7 +100,7 @@ def test_a_line_that_is_not_pinned_with_hashes_is_refused(line: str, why: str) -
     assert err.value.exit_code == ExitCode.USAGE
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("requirements.txt: 1 line(s) not pinned with hashes: line 3 '")
+    assert message.startswith("requirements.txt: 1 line(s) the builder cannot take: line 3 '")
     assert why in message
     assert "pip-compile --generate-hashes" in (err.value.hint or "")
 
@@ -120,7 +116,7 @@ def test_every_bad_line_is_counted_and_the_first_five_named() -> None:
     with pytest.raises(BuildError) as err:
         parse(text, "requirements.txt")
     message = err.value.message
-    assert message.startswith("requirements.txt: 7 line(s) not pinned with hashes: line 1 'pkg0>=1'")
+    assert message.startswith("requirements.txt: 7 line(s) the builder cannot take: line 1 'pkg0>=1'")
     assert "line 5 'pkg4>=1'" in message and "pkg5" not in message and message.endswith(" and 2 more")
 
 
@@ -181,3 +177,11 @@ def test_a_pin_that_drops_a_hash_of_the_base_ships_again_one_that_adds_one_does_
         f"packaging==24.2 --hash=sha256:{H3}",
     )
     assert names(head, BASE) == ["markupsafe==3.0.2"]
+
+
+def test_an_empty_set_is_refused() -> None:
+    with pytest.raises(BuildError, match=r"requirements\.txt pins no package") as e:
+        parse("# nothing yet\n\n", "requirements.txt")
+    assert "remove [dependencies]" in (e.value.hint or "")
+    pinned = parse("markupsafe==3.0.2 --hash=sha256:" + "a" * 64 + "\n", "requirements.txt")
+    assert [p.name for p in pinned.pins] == ["markupsafe"]

@@ -138,7 +138,7 @@ def test_the_whole_set_is_fetched_and_matched_to_its_pins(pip: FakePip) -> None:
 
 
 def test_an_empty_set_runs_no_pip(pip: FakePip) -> None:
-    assert wheels.fetch(parse("", "requirements.txt"), TARGET) == {}
+    assert wheels.fetch(Requirements("requirements.txt", ()), TARGET) == {}
     assert pip.calls == []
 
 

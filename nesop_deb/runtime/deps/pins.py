@@ -27,7 +27,7 @@ def _version(text: str) -> Version | str:
 def pins(requirements: str) -> set[Pin]:
     """(canonical name, version) of every requirement line."""
     found: set[Pin] = set()
-    logical = re.sub(r"\\\n", " ", requirements)
+    logical = re.sub(r"\\\n", " ", requirements.removeprefix("\ufeff"))
     for line in logical.splitlines():
         line = line.split(" #", 1)[0].strip()
         if not line or line.startswith(("#", "-")):
