@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from debian.arfile import ArError, ArFile
+
 from bench import outage
 from bench.common import Goal, Stat, say, table
 from bench.server import BenchError, OpResult, Server, root_of
@@ -148,18 +150,10 @@ def build(work: Path, toolchain: Path) -> Packages:
 
 def _ar_members(deb: Path) -> dict[str, int]:
     """The sizes of a .deb's ar members (debian-binary, control.tar.*, data.tar.*)."""
-    data = deb.read_bytes()
-    if not data.startswith(b"!<arch>\n"):
-        raise BenchError(f"{deb}: not an ar archive")
-    members: dict[str, int] = {}
-    offset = 8
-    while offset + 60 <= len(data):
-        header = data[offset : offset + 60]
-        name = header[:16].decode().strip().rstrip("/")
-        length = int(header[48:58].decode().strip())
-        members[name] = length
-        offset += 60 + length + (length % 2)
-    return members
+    try:
+        return {m.name: m.size for m in ArFile(str(deb)).getmembers()}
+    except ArError as exc:
+        raise BenchError(f"{deb}: not an ar archive ({exc})") from exc
 
 
 def deb_size(deb: Path, version: str, build_s: float) -> DebSize:
@@ -347,16 +341,7 @@ def outage_markdown(r: DepsResult) -> str:
             _steps_ms(r.additions, "apply "),
         ),
     ]
-    header = [
-        "operation",
-        "outage",
-        "vs restart",
-        "Stopping→Stopped",
-        "Stopped→Started",
-        "Started→listening",
-        "update.log stop…start",
-        "ms per probe",
-    ]
+    header = outage.HEADER
     before = [
         _before_row(f"{BASE} → {UPGRADE} (apply: gunicorn, markupsafe)", r.upgrades),
         _before_row(f"{UPGRADE} → {ADDED} (apply: gunicorn, itsdangerous, markupsafe)", r.additions),

@@ -174,6 +174,19 @@ def _resolution(ops: list[OpResult]) -> str:
     return f"{statistics.median(gaps) * 1000:.1f}" if gaps else "–"
 
 
+# the columns of an outage table (this module's and bench/deps.py's)
+HEADER = [
+    "operation",
+    "outage",
+    "vs restart",
+    "Stopping→Stopped",
+    "Stopped→Started",
+    "Started→listening",
+    "update.log stop…start",
+    "ms per probe",
+]
+
+
 def markdown(phases: list[Phase], runs: int) -> str:
     rows: list[list[str]] = []
     base = baseline(phases).median
@@ -183,16 +196,7 @@ def markdown(phases: list[Phase], runs: int) -> str:
         rows.append(
             _row(f"`apt install ./…_{p.update}_all.deb` ({p.kind})", p.applies, base, steps_ms(p.applies))
         )
-    header = [
-        "operation",
-        "outage",
-        "vs restart",
-        "Stopping→Stopped",
-        "Stopped→Started",
-        "Started→listening",
-        "update.log stop…start",
-        "ms per probe",
-    ]
+    header = HEADER
     mig_rows = [
         [
             p.update,

@@ -57,11 +57,6 @@ def read(ctx: Context) -> Live:
     )
 
 
-def _is_link(app: safefs.Tree, rel: str) -> bool:
-    st = app.lstat(rel)
-    return st is not None and stat.S_ISLNK(st.st_mode)
-
-
 def check_link(ctx: Context) -> None:
     """The preflight: ``<venv>`` can be switched (and a real directory adopted), and the names
     the switch uses beside it hold nothing but what an interrupted switch of ours left."""
@@ -69,18 +64,14 @@ def check_link(ctx: Context) -> None:
     rel = _rel(ctx)
     new, adopted = rel + NEW_SUFFIX, rel + ADOPTED_SUFFIX
     with safefs.Tree.open(ctx.app_root) as app:
-        if live.kind == "dir" and app.lstat(adopted) is not None and not _is_link(app, adopted):
+        if live.kind == "dir" and app.lstat(adopted) is not None and not app.is_link(adopted):
             raise RefusedError(
                 f"{app.path / rel} is a directory, and {app.path / adopted} (where it would be kept)"
                 " exists already",
                 hint="remove the one that is not the app's virtualenv",
             )
-        st = app.lstat(new)
-        if (
-            st is not None
-            and not stat.S_ISLNK(st.st_mode)
-            and not (stat.S_ISDIR(st.st_mode) and app.lstat(adopted) is None)
-        ):
+        ours = app.is_link(new) or (app.is_dir(new) and app.lstat(adopted) is None)
+        if app.lstat(new) is not None and not ours:
             raise RefusedError(
                 f"{app.path / new} is in the way of the virtualenv switch",
                 hint="remove it (the update makes it, as a link, for an instant)",
@@ -101,14 +92,13 @@ def switch(ctx: Context, target: str) -> None:
     rel = _rel(ctx)
     new = rel + NEW_SUFFIX
     with safefs.Tree.open(ctx.app_root) as app:
-        if _is_link(app, rel + ADOPTED_SUFFIX):
+        if app.is_link(rel + ADOPTED_SUFFIX):
             app.unlink(rel + ADOPTED_SUFFIX)  # our link, left by an interrupted put_back
         if app.is_dir(new) and app.lstat(rel + ADOPTED_SUFFIX) is None:
             # an adopted directory an interrupted switch left under the temporary name
             app.replace(new, rel + ADOPTED_SUFFIX)
         app.symlink_new(new, target)
-        st = app.lstat(rel)
-        if st is not None and stat.S_ISDIR(st.st_mode):
+        if app.is_dir(rel):
             app.exchange(new, rel)  # rel is the link now; new holds the directory
             app.replace(new, rel + ADOPTED_SUFFIX)
             log.info("%s was a directory: kept as %s%s", app.path / rel, rel, ADOPTED_SUFFIX)
@@ -122,12 +112,11 @@ def put_back(ctx: Context, recorded: dict[str, Any]) -> str | None:
     new, adopted = rel + NEW_SUFFIX, rel + ADOPTED_SUFFIX
     kind, target = recorded.get("kind"), recorded.get("target")
     with safefs.Tree.open(ctx.app_root) as app:
-        st = app.lstat(rel)
-        is_link = st is not None and stat.S_ISLNK(st.st_mode)
+        present, is_link = app.lstat(rel) is not None, app.is_link(rel)
         if kind == "link" and isinstance(target, str):
             if is_link and app.readlink(rel) == target:
                 return None
-            if st is not None and not is_link:
+            if present and not is_link:
                 raise NesopError(f"{app.path / rel} is not a link: cannot point it back at {target}")
             app.symlink_new(new, target)
             app.replace(new, rel)
@@ -138,8 +127,8 @@ def put_back(ctx: Context, recorded: dict[str, Any]) -> str | None:
                 return f"{rel} removed"
             return None
         if kind == "dir":
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                if _is_link(app, adopted):
+            if app.is_dir(rel):
+                if app.is_link(adopted):
                     app.unlink(adopted)  # the link an interrupted put_back left there
                 return None
             kept = adopted if app.is_dir(adopted) else new if app.is_dir(new) else None

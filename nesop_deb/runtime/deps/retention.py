@@ -41,7 +41,6 @@ def prune(ctx: Context) -> list[str]:
     for vid in venvs.present(ctx) - keep:
         if venvs.discard(ctx, vid, keep):
             gone.append(str(venvs.env_path(ctx, vid)))
-    venvs.drop_scratch(ctx, venvs.scratch(ctx))
     store.drop_scratch(ctx)
     rel = ctx.app.venv + link.ADOPTED_SUFFIX
     if not adopted:

@@ -89,22 +89,8 @@ def built(ctx: Context) -> dict[str, dict[str, object]]:
     return found
 
 
-def scratch(ctx: Context) -> list[str]:
-    """Requirements copies an interrupted build left behind."""
-    if not ctx.venvs_dir.is_dir():
-        return []
-    with open_venvs(ctx) as venvs:
-        return [n for n in venvs.listdir() if n.startswith(".") and n.endswith(".requirements")]
-
-
-def drop_scratch(ctx: Context, names: list[str]) -> None:
-    with open_venvs(ctx) as venvs:
-        for name in names:
-            venvs.rmtree(name)
-
-
 def present(ctx: Context) -> set[str]:
-    """Every environment directory, built or not (not the requirements scratch dirs)."""
+    """Every environment directory, built or not."""
     if not ctx.venvs_dir.is_dir():
         return set()
     with open_venvs(ctx) as venvs:
@@ -139,13 +125,8 @@ def _build(ctx: Context, vid: str, python: str, deps: Dependencies, owner: tuple
     started = time.monotonic()
     with open_venvs(ctx) as venvs:
         venvs.rmtree(vid)  # an interrupted build
-        venvs.rmtree(f".{vid}.requirements")
     path = env_path(ctx, vid)
-    req = ctx.venvs_dir / f".{vid}.requirements"
     try:
-        with open_venvs(ctx) as venvs:
-            venvs.mkdirs(req.name, mode=0o700)
-            venvs.write_new(f"{req.name}/requirements.txt", deps.requirements.encode(), 0o600)
         proc.run(
             [PYTHON, "-I", "-m", "venv", "--without-pip", path],
             cwd=Path("/"),
@@ -172,20 +153,18 @@ def _build(ctx: Context, vid: str, python: str, deps: Dependencies, owner: tuple
                 "--require-hashes",
                 "--no-cache-dir",
                 "--requirement",
-                req / "requirements.txt",
+                "/dev/stdin",  # the manifest's text: no copy on disk to write, clean up, or swap
             ],
             # no configuration file either: --isolated still reads /etc/pip.conf, where an index
             # or a constraint would otherwise reach the build
             cwd=Path("/"),
             env={**CLEAN_ENV, "PIP_CONFIG_FILE": os.devnull},
+            stdin=deps.requirements.encode(),
         )
     except CommandError as exc:
         raise VenvError(
             f"cannot build the virtualenv for {deps.requirements_file}: {_last_line(exc)}"
         ) from exc
-    finally:
-        with open_venvs(ctx) as venvs:
-            venvs.rmtree(req.name)
     modules = top_level_modules(path)
     check_imports(path, modules, owner)
     with open_venvs(ctx) as venvs:
