@@ -37,6 +37,11 @@ def is_unit_name(name: str) -> bool:
     return _UNIT_NAME.fullmatch(name) is not None
 
 
+def socket_name(service: str) -> str:
+    """The socket unit of ``service`` (``shop.service`` -> ``shop.socket``)."""
+    return service.removesuffix(".service") + ".socket"
+
+
 def is_account_name(name: str) -> bool:
     return _USER_NAME.fullmatch(name) is not None
 
@@ -55,6 +60,13 @@ class AppConfig:
     service: str
     unit_file: str | None = None
     writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
+    # the app's systemd socket unit (app-relative), installed as <service stem>.socket
+    socket_file: str | None = None
+
+    @property
+    def socket(self) -> str:
+        """The name the socket unit is installed as: systemd pairs it with the service by name."""
+        return socket_name(self.service)
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,7 @@ class Config:
                 "service": self.app.service,
                 "unit_file": self.app.unit_file,
                 "writable": list(self.app.writable),
+                **({"socket_file": self.app.socket_file} if self.app.socket_file is not None else {}),
             },
             "package": {"name": self.package.name, "maintainer": self.package.maintainer},
             "files": {"exclude": list(self.files.exclude), "config": list(self.files.config)},
@@ -159,6 +172,7 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "group": ((str,), False),
         "service": ((str,), False),
         "unit_file": ((str,), False),
+        "socket_file": ((str,), False),
         "writable": ((list,), False),
     },
     "package": {"name": ((str,), False), "maintainer": ((str,), False), "section": ((str,), False)},
@@ -243,6 +257,20 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
     if unit_file is not None:
         unit_file = _relative(unit_file, "app.unit_file", source)
     writable = tuple(sorted({_relative(w, "app.writable entry", source) for w in app.get("writable", ())}))
+    socket_file = app.get("socket_file")
+    if socket_file is not None:
+        socket_file = _relative(socket_file, "app.socket_file", source)
+        if unit_file is None:
+            raise ConfigError(
+                f"{source}: app.socket_file {socket_file!r} needs app.unit_file: the socket starts the"
+                " service the package installs",
+                hint="set [app] unit_file to the service's unit file in the repository",
+            )
+        if socket_file == unit_file:
+            raise ConfigError(
+                f"{source}: app.socket_file and app.unit_file are both {socket_file!r}",
+                hint="name the .socket file in socket_file and the .service file in unit_file",
+            )
 
     pkg = data.get("package", {})
     package_name = pkg.get("name", f"{name}-update")
@@ -294,7 +322,7 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
     _database_is_writable(database, root, writable, source)
     dependencies = _dependencies(data.get("dependencies"), writable, source)
     return Config(
-        app=AppConfig(name, root, user, group, service, unit_file, writable),
+        app=AppConfig(name, root, user, group, service, unit_file, writable, socket_file),
         package=PackageConfig(package_name, maintainer, pkg.get("section", "admin")),
         files=FilesConfig(
             tuple(files.get("exclude", ())),

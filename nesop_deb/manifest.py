@@ -381,6 +381,11 @@ def _check_config(cfg: dict[str, Any]) -> None:
     unit_file = _section(cfg, "app").get("unit_file")
     if unit_file is not None:
         _path(unit_file, "config.app.unit_file")
+    socket_file = _section(cfg, "app").get("socket_file")
+    if socket_file is not None:
+        _path(socket_file, "config.app.socket_file")
+        if unit_file is None:
+            raise ManifestError("update manifest: config.app.socket_file is set without config.app.unit_file")
     writable = _section(cfg, "app").get("writable", [])
     if not isinstance(writable, list):
         raise ManifestError("update manifest: config.app.writable is not a list of paths")

@@ -13,9 +13,10 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from nesop_deb import __version__, config
-from nesop_deb.builder import release, requirements, wheels
+from nesop_deb.builder import release, requirements, socketunit, wheels
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
 from nesop_deb.builder.migrations import MIGRATION_NAME, check_names, is_migration_file, refuse_python
 from nesop_deb.errors import BuildError, ConfigError, UsageError
@@ -394,15 +395,19 @@ def _check_pointers(
 ) -> None:
     """What the config names must be in the release: ``[app] unit_file`` (what a first install
     enables), every ``[files] config`` entry and, with a database, the migrations directory."""
-    unit = cfg.app.unit_file
-    if unit is not None:
+    for key, unit, what in (
+        ("unit_file", cfg.app.unit_file, "the service"),
+        ("socket_file", cfg.app.socket_file, "the socket unit"),
+    ):
+        if unit is None:
+            continue
         why = _missing(unit, head, cfg.files.exclude)
         if why is None and full and not any(f.path == unit for f in files):
             why = "is not among the files this --full build ships (--files)"
         if why is not None:
             raise BuildError(
-                f"[app] unit_file {unit} {why}, so the server could not install the service",
-                hint="commit the unit file there, take it out of [files] exclude, or fix [app] unit_file",
+                f"[app] {key} {unit} {why}, so the server could not install {what}",
+                hint=f"commit the unit file there, take it out of [files] exclude, or fix [app] {key}",
             )
     for entry in cfg.files.config:
         why = _missing(entry, head, cfg.files.exclude)
@@ -436,6 +441,25 @@ def _check_pointers(
         )
 
 
+def _check_socket(repo: GitRepo, head: str, cfg: config.Config, warnings: list[str]) -> None:
+    """The socket unit must be one the runtime can hold connections with; a health URL on
+    another port would be answered by nothing the socket starts."""
+    path = cfg.app.socket_file
+    if path is None:
+        return
+    raw = repo.file_at(head, path) or b""
+    unit = socketunit.check(raw.decode("utf-8", "replace"), path, cfg.app.service)
+    url = cfg.health.url
+    if url is None:
+        return
+    port = urlsplit(url).port or (443 if url.startswith("https:") else 80)
+    if not any(listen.rsplit(":", 1)[-1] == str(port) for listen in unit.listen):
+        warnings.append(
+            f"[health] url {url} is on port {port}, which {path} does not listen on"
+            f" ({', '.join(unit.listen)}): the health gate would not reach the app through it"
+        )
+
+
 def _missing(path: str, head: Mapping[str, TreeEntry], exclude: tuple[str, ...]) -> str | None:
     if path not in head:
         return "is not a file in the repository at HEAD"
@@ -456,14 +480,20 @@ def _base_config(repo: GitRepo, base: str) -> config.Config | None:
 def _unit_file_newly_named(
     repo: GitRepo, base: str, cfg: config.Config, changes: Sequence[Change], head: Mapping[str, TreeEntry]
 ) -> list[Change]:
-    """``[app] unit_file`` set, or pointed at another file, since the base release: the server
-    installs the unit only from an update that writes it, so it ships although it did not change."""
-    unit = cfg.app.unit_file
-    if unit is None or unit not in head or any(unit in (c.path, c.old_path) for c in changes):
-        return []
-    before_cfg = _base_config(repo, base)  # one that does not load today: name the unit to be safe
-    before = before_cfg.app.unit_file if before_cfg is not None else None
-    return [] if before == unit else [Change("M", unit)]
+    """``[app] unit_file`` or ``socket_file`` set, or pointed at another file, since the base
+    release: the server installs a unit only from an update that writes it, so it ships although
+    it did not change."""
+    before_cfg = _base_config(repo, base)  # one that does not load today: name the units to be safe
+    added: list[Change] = []
+    for unit, before in (
+        (cfg.app.unit_file, before_cfg.app.unit_file if before_cfg is not None else None),
+        (cfg.app.socket_file, before_cfg.app.socket_file if before_cfg is not None else None),
+    ):
+        if unit is None or unit not in head or any(unit in (c.path, c.old_path) for c in changes):
+            continue
+        if before != unit:
+            added.append(Change("M", unit))
+    return added
 
 
 def _without_venv(cfg: config.Config, head: Mapping[str, TreeEntry], notes: list[str]) -> config.Config:
@@ -753,6 +783,7 @@ def make_plan(app_dir: Path, options: BuildOptions) -> BuildPlan:
     if left and not options.allow_partial:
         raise _partial_refused(options, left, mig_dir, rng)
     _check_pointers(cfg, head_tree, files, options.full or since_commit is None)
+    _check_socket(repo, head, cfg, warnings)
 
     dependencies: Dependencies | None = None
     wheel_data: dict[str, bytes] = {}

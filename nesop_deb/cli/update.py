@@ -27,6 +27,7 @@ from nesop_deb.runtime import (
     backup,
     deps,
     failures,
+    gating,
     health,
     history,
     manual,
@@ -130,6 +131,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         journal = state.read_journal(ctx)
         failure = failures.read(ctx)
         venv = deps.report(ctx)
+        gate = gating.report(ctx, svc)
         data = {
             "app": ctx.app.name,
             "root": str(ctx.app_root),
@@ -139,6 +141,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
                 "unit": ctx.app.service,
                 "state": f"{svc.active_state}/{svc.sub_state}",
                 "pid": svc.main_pid,
+                "socket": gate.to_dict(),
             },
             "health": None
             if probe is None
@@ -170,6 +173,12 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
                 )
                 click.echo(f"               see `{PROG} history`, then fix and `{PROG} retry`, or `{back}`)")
         show(f"service:      {ctx.app.service} {svc.active_state}/{svc.sub_state} (pid {svc.main_pid})")
+        if gate.socket is not None:
+            listen = f" on {', '.join(gate.listen)}" if gate.listen else ""
+            show(f"socket:       {gate.socket} {gate.socket_state}{listen} ({gate.enabled or 'not enabled'})")
+        show(f"gate:         {gate.gate}")
+        for problem in gate.problems:
+            show(f"              PROBLEM: {problem}")
         if probe is not None:
             show(f"health:       {'ok' if probe.ok else 'FAILING'} ({ctx.app.health_url}: {probe.detail})")
         if entries:
@@ -187,7 +196,7 @@ def status(debug: bool, app_name: str | None, as_json: bool) -> None:
         if journal:
             show(
                 f"PENDING:      interrupted {journal.get('kind')} of {journal.get('version')}: "
-                f"run `{PROG} recover`"
+                f"run `{PROG} recover` (until then a start of the app waits at the gate)"
             )
 
     guarded(PROG, debug, run)

@@ -32,6 +32,7 @@ from nesop_deb.runtime import (
     backup,
     database,
     deps,
+    gating,
     health,
     history,
     pages,
@@ -325,8 +326,11 @@ class Backup:
                 meta["venv"] = recorded
         # the installed unit, when this update replaces it: an undo, a recovery after a crash and
         # a rollback put it back from here
-        unit = unitfile.copy_for_backup(job.ctx) if unitfile.entry(job.manifest) else None
-        backup.create_files(job.ctx, job.backup_name, job.touched(), meta, unit=unit)
+        unit, socket = (
+            unitfile.copy_for_backup(job.ctx, kind) if unitfile.entry(job.manifest, kind) else None
+            for kind in (unitfile.SERVICE, unitfile.SOCKET)
+        )
+        backup.create_files(job.ctx, job.backup_name, job.touched(), meta, unit=unit, socket=socket)
         if job.snapshots_database:
             started = time.monotonic()
             try:
@@ -407,24 +411,32 @@ class SwitchVenv:
 
 
 class Stop:
+    """Close the gate, then stop the app: from here until :class:`Start` opens the gate, nothing
+    starts the app (not its socket, not an operator), whose tree is being changed."""
+
     name = "stop"
 
     def __init__(self, job: Job) -> None:
         self.job = job
 
     def apply(self) -> None:
-        st = service.status(self.job.unit)
-        self.job.service_existed = st.exists
-        self.job.was_active = st.active
+        job = self.job
+        st = service.status(job.unit)
+        job.service_existed = st.exists
+        job.was_active = st.active
         # read now, while the app still runs: a stop does not change the restart count, and
         # every systemctl call between stop and start would lengthen the outage
-        self.job.status_before_stop = st
+        job.status_before_stop = st
+        gating.ensure_dropin(job.ctx, st)
+        gating.hold(job.ctx, f"update to {job.manifest.version}")
         if st.exists:
-            service.stop(self.job.unit)
+            service.stop(job.unit)
 
     def undo(self) -> None:
+        # last of the undo: files, virtualenv, database and units are back
+        gating.release(self.job.ctx)
         if service.status(self.job.unit).exists:
-            service.start(self.job.unit)
+            gating.start_app(self.job.ctx)
 
 
 class SnapshotDatabase:
@@ -572,8 +584,9 @@ class Migrate:
 
 
 class InstallUnit:
-    """The new ``[app] unit_file`` as the installed unit, while the app is stopped; systemd is
-    reloaded before the start. The unit it replaces is in the backup (see :class:`Backup`)."""
+    """The new ``[app] unit_file`` (and ``socket_file``) as the installed units, while the app is
+    stopped; systemd is reloaded before the start. The units they replace are in the backup (see
+    :class:`Backup`)."""
 
     name = "unit"
 
@@ -582,13 +595,17 @@ class InstallUnit:
 
     def apply(self) -> None:
         job = self.job
-        f = unitfile.entry(job.manifest)
-        assert f is not None
-        # the copy dpkg unpacked, not the one in the app tree (which the app's account could change)
-        content = job.payload(f.path).read_bytes()
-        if hashlib.sha256(content).hexdigest() != f.sha256:
-            raise NesopError(f"payload {f.path}: changed since it was verified; the package is damaged")
-        job.unit_written = unitfile.install(job.ctx, content, enable=job.manifest.full)
+        # the service first: a new socket starts listening only once the unit it starts is there
+        for kind in (unitfile.SERVICE, unitfile.SOCKET):
+            f = unitfile.entry(job.manifest, kind)
+            if f is None:
+                continue
+            # the copy dpkg unpacked, not the app tree's (which the app's account could change)
+            content = job.payload(f.path).read_bytes()
+            if hashlib.sha256(content).hexdigest() != f.sha256:
+                raise NesopError(f"payload {f.path}: changed since it was verified; the package is damaged")
+            if unitfile.install(job.ctx, content, enable=job.manifest.full, kind=kind):
+                job.unit_written = True
 
     def undo(self) -> None:
         # from the backup, not from memory: after a crash the journal names this step, and the
@@ -597,6 +614,8 @@ class InstallUnit:
 
 
 class Start:
+    """Open the gate and start the new app (a start its socket queued meanwhile goes on now)."""
+
     name = "start"
 
     def __init__(self, job: Job) -> None:
@@ -608,13 +627,15 @@ class Start:
         before = job.status_before_stop
         if before is not None and not job.unit_written:
             self.restarts_before = before.restarts
-            service.start(job.unit, reset_failed=before.active_state == "failed")
+            gating.start_app(job.ctx, reset_failed=before.active_state == "failed")
         else:
             # a unit installed or replaced (systemd reloaded): what systemd says of it now
             self.restarts_before = service.status(job.unit).restarts
-            service.start(job.unit)
+            gating.start_app(job.ctx)
 
     def undo(self) -> None:
+        # the gate first: a connection must not start the new app again while it is undone
+        gating.hold(self.job.ctx, f"undo of {self.job.manifest.version}")
         if service.status(self.job.unit).exists:
             service.stop(self.job.unit)
 
@@ -693,7 +714,7 @@ def build_steps(job: Job) -> list[transaction.Step]:
         steps.append(SwitchVenv(job))
     if job.manifest.migrations:
         steps.append(Migrate(job))
-    if unitfile.entry(job.manifest) is not None:
+    if unitfile.writes_units(job.manifest):
         steps.append(InstallUnit(job))
     start = Start(job)
     steps += [start, HealthGate(job, start), Commit(job)]

@@ -33,6 +33,10 @@ MANIFEST = "backup_manifest.json"
 DB_FILE = "database.sqlite3"
 DB_EARLY = DB_FILE + ".before-stop"  # a copy taken while the app ran, not yet known to be exact
 UNIT_FILE = "systemd-unit"  # the installed unit an update replaced, as it was
+SOCKET_FILE = "systemd-socket"  # likewise the app's socket unit ([app] socket_file)
+# the record in backup_manifest.json -> the file holding its content
+UNIT_RECORDS = {"unit": UNIT_FILE, "socket": SOCKET_FILE}
+_SOCKET = re.compile(r"[A-Za-z0-9:_.@\\-]+\.socket")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:~-]{0,200}")
 
 
@@ -110,10 +114,16 @@ def check_name(name: str) -> str:
 
 
 def create_files(
-    ctx: Context, name: str, paths: Iterable[str], meta: dict[str, Any], *, unit: UnitCopy | None = None
+    ctx: Context,
+    name: str,
+    paths: Iterable[str],
+    meta: dict[str, Any],
+    *,
+    unit: UnitCopy | None = None,
+    socket: UnitCopy | None = None,
 ) -> Path:
-    """Back up ``paths`` (app-relative), and ``unit`` when given. Returns the backup directory; the
-    DB is added separately."""
+    """Back up ``paths`` (app-relative), and ``unit`` (the service's) and ``socket`` (the
+    socket unit) when given. Returns the backup directory; the DB is added separately."""
     check_name(name)
     tmp = f".{name}.partial"
     with open_backups(ctx, create=True) as backups, safefs.Tree.open(ctx.app_root) as app:
@@ -122,7 +132,7 @@ def create_files(
         backups.rmtree(tmp)
         try:
             backups.mkdirs(f"{tmp}/files", mode=0o700)
-            _write(ctx, app, backups, tmp, name, paths, meta, unit)
+            _write(ctx, app, backups, tmp, name, paths, meta, {"unit": unit, "socket": socket})
         except BaseException:
             with contextlib.suppress(OSError):
                 backups.rmtree(tmp)  # a half-written backup only takes space
@@ -139,7 +149,7 @@ def _write(
     name: str,
     paths: Iterable[str],
     meta: dict[str, Any],
-    unit: UnitCopy | None,
+    units: dict[str, UnitCopy | None],
 ) -> None:
     files: list[dict[str, Any]] = []
     absent: list[str] = []
@@ -172,12 +182,14 @@ def _write(
             }
         )
     data = {"name": name, "created": stamp(), "files": files, "absent": absent, "database": None, **meta}
-    if unit is not None:
+    for key, unit in units.items():
+        if unit is None:
+            continue
         digest = None
         if unit.content is not None:
-            backups.write_new(f"{tmp}/{UNIT_FILE}", unit.content, 0o600, durable=False)
+            backups.write_new(f"{tmp}/{UNIT_RECORDS[key]}", unit.content, 0o600, durable=False)
             digest = hashlib.sha256(unit.content).hexdigest()
-        data["unit"] = {"name": unit.name, "sha256": digest, "mode": unit.mode}
+        data[key] = {"name": unit.name, "sha256": digest, "mode": unit.mode}
     backups.syncfs()  # every copy is on disk before the manifest that vouches for it
     _write_manifest(ctx, backups, tmp, name, data)
 
@@ -369,10 +381,11 @@ def _validate(name: str, data: dict[str, Any]) -> None:
             kind, target = venv["kind"], venv["target"]
             if kind not in ("link", "dir", "absent") or (kind == "link") != isinstance(target, str):
                 raise bad(f"virtualenv record {venv!r} is malformed")
-        unit = data.get("unit")
-        if unit is not None:
+        for unit in (data.get(key) for key in UNIT_RECORDS):
+            if unit is None:
+                continue
             uname, digest, mode = unit["name"], unit["sha256"], unit["mode"]
-            if not isinstance(uname, str) or not is_unit_name(uname):
+            if not isinstance(uname, str) or not (is_unit_name(uname) or _SOCKET.fullmatch(uname)):
                 raise bad(f"unit {uname!r} is not a unit name")
             if digest is not None and not isinstance(digest, str):
                 raise bad(f"unit {uname}: sha256 is not a string")
@@ -482,20 +495,21 @@ def _prune_empty_dirs(app: Tree, rel: str) -> None:
         rel = str(Path(rel).parent)
 
 
-def read_unit(ctx: Context, backup_dir: Path) -> UnitCopy | None:
-    """The installed unit the backup holds (checked against its manifest); None when the backup
-    holds none (the operation that took it installed no unit)."""
+def read_unit(ctx: Context, backup_dir: Path, key: str = "unit") -> UnitCopy | None:
+    """The installed unit the backup holds (checked against its manifest), the service's or
+    (``key="socket"``) the socket unit; None when the backup holds none (the operation that took
+    it installed no such unit)."""
     data = read_manifest(ctx, backup_dir)
-    record = data.get("unit")
+    record = data.get(key)
     if record is None:
         return None
     content = None
     if record["sha256"] is not None:
         with open_backups(ctx) as backups:
             # read once, then check what was read: no second open to swap a file between
-            content = backups.read_bytes(f"{check_name(backup_dir.name)}/{UNIT_FILE}")
+            content = backups.read_bytes(f"{check_name(backup_dir.name)}/{UNIT_RECORDS[key]}")
         if hashlib.sha256(content).hexdigest() != record["sha256"]:
-            raise BackupError(f"backup {backup_dir.name}: {UNIT_FILE} does not match its manifest")
+            raise BackupError(f"backup {backup_dir.name}: {UNIT_RECORDS[key]} does not match its manifest")
     return UnitCopy(record["name"], content, record["mode"])
 
 

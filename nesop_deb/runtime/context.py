@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nesop_deb.config import Config
+from nesop_deb.config import Config, socket_name
 from nesop_deb.errors import UsageError
 
 
@@ -38,6 +38,12 @@ class AppSettings:
     config_files: tuple[str, ...]
     writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
     venv: str | None = None  # app-relative: the link to the active virtualenv ([dependencies])
+    socket_file: str | None = None  # app-relative: the app's socket unit ([app] socket_file)
+
+    @property
+    def socket(self) -> str:
+        """The name the app's socket unit has (installed or not)."""
+        return socket_name(self.service)
 
     def is_writable(self, rel: str) -> bool:
         """Whether ``rel`` is in (or is) a directory the app's account owns."""
@@ -62,6 +68,7 @@ class AppSettings:
             config_files=tuple(cfg.get("files", {}).get("config", ())),
             writable=tuple(app.get("writable", ())),
             venv=cfg.get("dependencies", {}).get("venv"),
+            socket_file=app.get("socket_file"),
         )
 
     @classmethod
@@ -81,6 +88,7 @@ class AppSettings:
                 "service": self.service,
                 "unit_file": self.unit_file,
                 "writable": list(self.writable),
+                **({"socket_file": self.socket_file} if self.socket_file is not None else {}),
             },
             "files": {"config": list(self.config_files)},
             "migrations": {"dir": self.migrations_dir, "database": self.database},

@@ -15,6 +15,8 @@ from nesop_deb.runtime.log import log
 
 SETTLE_SECONDS = 1.0
 STATUS_EVERY = 0.1  # seconds between systemd status reads while waiting for the app
+PROBE_TIMEOUT = 2.0  # seconds a health probe waits for an answer, at most
+FIRST_PROBE_TIMEOUT = 0.25  # ... at first (doubled after each probe that ran out of time)
 
 
 class HealthError(NesopError):
@@ -50,21 +52,33 @@ def wait_healthy(
     delay = 0.01
     last = "not checked yet"
     ask_systemd = start  # when systemd is asked next; an answer from the app asks it at once
+    # A socket unit accepts every connection, so a probe of an app that is not up (yet, or any
+    # more) waits instead of being refused: probes start short, so that systemd is asked often
+    # and an app that dies is seen at once, and grow for an app that answers slowly.
+    probe_timeout = FIRST_PROBE_TIMEOUT
+    first_pid = 0
     while True:
         # The HTTP probe is cheap; `systemctl show` is a process and a D-Bus call that compete
         # with the starting app for the CPUs, so systemd is asked every STATUS_EVERY seconds, or
         # as soon as the app answers (to confirm it is the unit's process, not restarting).
         answered = None
         if url is not None:
-            result = probe(url)
+            asked = time.monotonic()
+            result = probe(url, probe_timeout)
             last, answered = result.detail, result.ok
+            if not result.ok and time.monotonic() - asked >= probe_timeout * 0.9:
+                probe_timeout = min(probe_timeout * 2, PROBE_TIMEOUT)
         if answered is not False or time.monotonic() >= ask_systemd:
             ask_systemd = time.monotonic() + STATUS_EVERY
             st = service.status(unit)
-            if st.restarts > baseline or st.active_state == "failed":
+            first_pid = first_pid or st.main_pid
+            # a new main process without a restart counted: its socket started it again
+            again = st.main_pid not in (0, first_pid)
+            if st.restarts > baseline or st.active_state == "failed" or again:
                 raise HealthError(
                     f"{unit} failed to start ({st.active_state}/{st.sub_state}, "
-                    f"restarted {st.restarts - baseline}x)",
+                    f"restarted {st.restarts - baseline}x"
+                    f"{f', pid {first_pid} -> {st.main_pid}' if again else ''})",
                     hint=f"its log says: {service.journal_tail(unit)}",
                 )
             if st.active and answered is not False:

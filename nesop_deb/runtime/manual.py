@@ -14,12 +14,12 @@ from nesop_deb.paths import link_stays_inside
 from nesop_deb.runtime import (
     backup,
     deps,
+    gating,
     health,
     history,
     inventory,
     lock,
     safefs,
-    service,
     state,
     transaction,
     unitfile,
@@ -90,10 +90,13 @@ class _SafetyBackup:
         touched = [f["path"] for f in data["files"]] + list(data["absent"])
         # a backup holding the unit an update replaced puts it back: keep the one installed now
         unit = unitfile.copy_for_backup(self.ctx) if data.get("unit") is not None else None
+        socket = (
+            unitfile.copy_for_backup(self.ctx, unitfile.SOCKET) if data.get("socket") is not None else None
+        )
         meta: dict[str, object] = {"kind": "pre_rollback", "version": None}
         if self.ctx.app.venv is not None:
             meta["venv"] = deps.record(self.ctx)
-        backup.create_files(self.ctx, self.safety, touched, meta, unit=unit)
+        backup.create_files(self.ctx, self.safety, touched, meta, unit=unit, socket=socket)
         backup.add_database(self.ctx, self.ctx.backups_dir / self.safety)
 
     def undo(self) -> None:
@@ -107,10 +110,10 @@ class _Stop:
         self.ctx = ctx
 
     def apply(self) -> None:
-        service.stop(self.ctx.app.service)
+        gating.stop_app(self.ctx, "restore of a backup")
 
     def undo(self) -> None:
-        service.start(self.ctx.app.service)
+        gating.start_app(self.ctx)
 
 
 class _Restore:
@@ -142,11 +145,11 @@ class _Start:
         self.ctx = ctx
 
     def apply(self) -> None:
-        service.start(self.ctx.app.service)
+        gating.start_app(self.ctx)
         health.wait_healthy(self.ctx.app.service, self.ctx.app.health_url, self.ctx.app.health_timeout)
 
     def undo(self) -> None:
-        service.stop(self.ctx.app.service)
+        gating.stop_app(self.ctx, "undo of the restore of a backup")
 
 
 def restore_backup(ctx: Context, name: str) -> None:

@@ -17,6 +17,7 @@ from nesop_deb.runtime import (
     checks,
     deps,
     failures,
+    gating,
     health,
     history,
     lock,
@@ -125,7 +126,9 @@ def ensure_running(ctx: Context) -> None:
     st = service.status(ctx.app.service)
     if st.exists and not st.active:
         log.info("starting %s", ctx.app.service)
-        service.start(ctx.app.service)
+        gating.start_app(ctx)
+    else:
+        gating.release(ctx)  # a start that waits for it goes on
 
 
 def still_applied(ctx: Context, version: str) -> None:
@@ -155,6 +158,10 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
     journal = state.read_journal(ctx)
     if journal is None:
         return None
+    # the app stays gated while the interrupted transaction is finished (a killed holder's gate
+    # already kept it so; this makes it this process's): the undo's last step, or the start
+    # below, opens it
+    gating.hold(ctx, f"recovery of the interrupted {journal.get('kind')} of {journal.get('version')}")
     # postinst configure calls this too: an interrupted rollback must not pass for an apply
     if journal.get("kind") == "restore":
         safety = ctx.backups_dir / str(journal.get("safety"))
@@ -166,6 +173,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
         if not boot:
             ensure_running(ctx)
         state.clear_journal(ctx)
+        gating.release(ctx)
         return f"undid the interrupted restore of {journal.get('backup')}"
     if journal.get("kind") == "undo":
         # a rollback is finished, not reversed: the operator asked for the older version
@@ -202,6 +210,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
                 },
             )
         state.clear_journal(ctx)
+        gating.release(ctx)
         return f"{version} had been applied; nothing to undo"
     with runlog.step(f"recover: undo the interrupted {journal.get('kind')} of {version}"):
         started = time.monotonic()
@@ -237,6 +246,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
         if failed_before:
             _record_failure_of(ctx, journal, manifest)
         state.clear_journal(ctx)
+        gating.release(ctx)  # at boot the service steps did not run: the app starts after this
     return f"undid the interrupted update to {version}"
 
 

@@ -23,6 +23,7 @@ class ServiceStatus:
     sub_state: str
     main_pid: int
     restarts: int
+    drop_ins: tuple[str, ...] = ()  # the drop-in files systemd loaded for it
 
     @property
     def active(self) -> bool:
@@ -33,9 +34,12 @@ class ServiceStatus:
         return self.load_state not in ("not-found", "")
 
 
+_PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts,DropInPaths"
+
+
 def status(unit: str) -> ServiceStatus:
     out = proc.run(
-        ["systemctl", "show", "-p", "LoadState,ActiveState,SubState,MainPID,NRestarts", "--", unit],
+        ["systemctl", "show", "-p", _PROPERTIES, "--", unit],
         check=False,
     ).out
     values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -45,6 +49,7 @@ def status(unit: str) -> ServiceStatus:
         values.get("SubState", ""),
         int(values.get("MainPID", "0") or 0),
         int(values.get("NRestarts", "0") or 0),
+        tuple(values.get("DropInPaths", "").split()),
     )
 
 
@@ -59,16 +64,20 @@ def stop(unit: str) -> None:
     _systemctl("stop", "--", unit)
 
 
-def start(unit: str, *, reset_failed: bool = True) -> None:
+def start(unit: str, *, reset_failed: bool = True, socket: str | None = None) -> None:
     """Start ``unit``. reset-failed first: a unit that hit its start limit in a failed attempt
     must be startable again. The update's own start skips it when the unit was known not to be
     failed (it runs while the app is down, and every call there is outage).
 
     The runtime starts the app only on a whole tree (a new version applied, or an old one put
     back), and says so while it does: the recovery unit the start pulls in sees this process
-    holds the lock and is starting the app, and need not wait for it (see :func:`starting`)."""
+    holds the lock and is starting the app, and need not wait for it (see :func:`starting`).
+
+    ``socket``: the app's socket unit, started with it (one call): a socket that failed, or that
+    an update installed, listens again before the app takes it over."""
+    units = [unit] if socket is None else [socket, unit]
     if reset_failed:
-        proc.run(["systemctl", "reset-failed", "--", unit], check=False)
+        proc.run(["systemctl", "reset-failed", "--", *units], check=False)
     marker = _starting_dir() / unit
     try:
         marker.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -77,7 +86,7 @@ def start(unit: str, *, reset_failed: bool = True) -> None:
     except OSError:
         said = False  # no /run to say it in: the recovery unit waits for the lock, bounded
     try:
-        _systemctl("start", "--", unit)
+        _systemctl("start", "--", *units)
     finally:
         if said:
             with contextlib.suppress(OSError):
@@ -106,8 +115,17 @@ def enable(unit: str) -> None:
     _systemctl("enable", "--", unit)
 
 
-def disable(unit: str) -> None:
-    _systemctl("disable", "--", unit)
+def disable(unit: str, *, now: bool = False) -> None:
+    _systemctl("disable", *(["--now"] if now else []), "--", unit)
+
+
+def start_unit(unit: str) -> None:
+    """Start a unit that is not the app (its socket): no gate, no marker."""
+    _systemctl("start", "--", unit)
+
+
+def restart(unit: str) -> None:
+    _systemctl("restart", "--", unit)
 
 
 def journal_tail(unit: str, lines: int = 5) -> str:
@@ -116,3 +134,48 @@ def journal_tail(unit: str, lines: int = 5) -> str:
         ["journalctl", f"_SYSTEMD_UNIT={unit}", "-n", str(lines), "--no-pager", "-o", "cat"], check=False
     ).out
     return " | ".join(line.strip() for line in out.splitlines() if line.strip())
+
+
+@dataclass(frozen=True)
+class SocketStatus:
+    load_state: str
+    active_state: str
+    sub_state: str
+    enabled: str  # UnitFileState: enabled, disabled, ...
+    listen: tuple[str, ...]  # what it listens on, e.g. "127.0.0.1:5000"
+    triggers: tuple[str, ...]
+
+    @property
+    def exists(self) -> bool:
+        return self.load_state not in ("not-found", "")
+
+    @property
+    def listening(self) -> bool:
+        return (self.active_state, self.sub_state) == ("active", "listening") or (
+            self.active_state == "active" and self.sub_state == "running"
+        )
+
+
+def socket_status(unit: str) -> SocketStatus:
+    out = proc.run(
+        [
+            "systemctl",
+            "show",
+            "-p",
+            "LoadState,ActiveState,SubState,UnitFileState,Listen,Triggers",
+            "--",
+            unit,
+        ],
+        check=False,
+    ).out
+    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    # Listen= is "ADDRESS (Stream)" per listener, several separated by spaces
+    listen = tuple(part for part in values.get("Listen", "").split() if not part.startswith("("))
+    return SocketStatus(
+        values.get("LoadState", ""),
+        values.get("ActiveState", ""),
+        values.get("SubState", ""),
+        values.get("UnitFileState", ""),
+        listen,
+        tuple(values.get("Triggers", "").split()),
+    )

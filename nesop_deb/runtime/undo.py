@@ -16,11 +16,11 @@ from nesop_deb.runtime import (
     backup,
     database,
     deps,
+    gating,
     health,
     history,
     lock,
     repo,
-    service,
     state,
     unitfile,
 )
@@ -118,7 +118,9 @@ def undo_locked(ctx: Context, target: str, *, resume_from: str | None = None) ->
         with runlog.step(f"roll back {ctx.app.name} from {source} to {target}"):
             parsed = _read_migrations(ctx, todo)
             with runlog.step("stop"):
-                service.stop(ctx.app.service)
+                # the gate stays closed until the start: a crash leaves the app gated until
+                # `nesop-update recover` finishes the rollback
+                gating.stop_app(ctx, f"rollback to {target}")
             for entry in todo:
                 with runlog.step(f"undo {entry.version}"):
                     notes.append(f"{entry.version}: {_undo_one(ctx, entry, parsed.get(entry.version))}")
@@ -126,7 +128,7 @@ def undo_locked(ctx: Context, target: str, *, resume_from: str | None = None) ->
                 state.save(ctx, st)
                 undone.append(entry.version)
             with runlog.step("start"):
-                service.start(ctx.app.service)
+                gating.start_app(ctx)
             with runlog.step("health"):
                 health.wait_healthy(ctx.app.service, ctx.app.health_url, ctx.app.health_timeout)
     except Exception as exc:

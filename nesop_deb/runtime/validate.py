@@ -27,6 +27,7 @@ from nesop_deb.runtime import (
     checks,
     database,
     deps,
+    gating,
     health,
     history,
     inventory,
@@ -163,7 +164,14 @@ RESTART_WATCH = 0.5  # seconds between the two looks at the service
 def check_service(ctx: Context) -> CheckResult:
     found = _service(ctx)
     drift = _unit_drift(ctx)
-    return CheckResult("service", found.ok and not drift, found.summary, found.problems + drift)
+    gate = gating.report(ctx, service.status(ctx.app.service))
+    problems = found.problems + drift + gate.problems
+    summary = found.summary
+    if gate.socket is not None:
+        listen = f" on {', '.join(gate.listen)}" if gate.listen else ""
+        summary += f"; {gate.socket} {gate.socket_state}{listen}"
+    summary += f"; gate {gate.gate}"
+    return CheckResult("service", found.ok and not problems, summary, problems)
 
 
 def _service(ctx: Context) -> CheckResult:
@@ -183,21 +191,25 @@ def _service(ctx: Context) -> CheckResult:
 
 
 def _unit_drift(ctx: Context) -> list[str]:
-    """The installed unit must be the release's ``[app] unit_file``: what the applied updates
-    wrote there, or (none wrote it) the app tree's copy."""
-    rel = ctx.app.unit_file
-    if rel is None:
-        return []
+    """The installed units must be the release's ``[app] unit_file`` and ``socket_file``: what
+    the applied updates wrote there, or (none wrote it) the app tree's copy."""
     st = state.load(ctx)
-    expected = expected_files(ctx, st).get(rel, (None, None))[0] if st.applied else None
-    if expected is None and ctx.app_root.is_dir():
-        try:
-            with safefs.Tree.open(ctx.app_root) as app:
-                expected = app.digest(rel)
-        except safefs.LinkRefused as exc:
-            return [f"{rel}: {exc.message}"]
-    problem = unitfile.drift(ctx, expected, st.current)
-    return [] if problem is None else [problem]
+    problems = []
+    for kind, rel in ((unitfile.SERVICE, ctx.app.unit_file), (unitfile.SOCKET, ctx.app.socket_file)):
+        if rel is None:
+            continue
+        expected = expected_files(ctx, st).get(rel, (None, None))[0] if st.applied else None
+        if expected is None and ctx.app_root.is_dir():
+            try:
+                with safefs.Tree.open(ctx.app_root) as app:
+                    expected = app.digest(rel)
+            except safefs.LinkRefused as exc:
+                problems.append(f"{rel}: {exc.message}")
+                continue
+        problem = unitfile.drift(ctx, expected, st.current, kind)
+        if problem is not None:
+            problems.append(problem)
+    return problems
 
 
 def check_database(ctx: Context) -> CheckResult:

@@ -187,6 +187,25 @@ def _unit_file(where: str, commit_it: bool) -> Callable[[Repo], list[str]]:
     return prepare
 
 
+def _socket_file(socket: str | None, unit: bool = True) -> Callable[[Repo], list[str]]:
+    """v1.0.2 names deploy/shop.socket (with ``socket`` as its content; None: not committed)."""
+
+    def prepare(repo: Repo) -> list[str]:
+        app = 'service = "shop.service"\n'
+        if unit:
+            app += 'unit_file = "deploy/shop.service"\n'
+            repo.write("deploy/shop.service", "[Service]\nExecStart=/usr/bin/python3 server.py\n")
+        app += 'socket_file = "deploy/shop.socket"'
+        repo.write("nesop-deb.toml", SHOP_CONFIG.replace('service = "shop.service"', app))
+        if socket is not None:
+            repo.write("deploy/shop.socket", socket)
+        repo.write("server.py", "print('v1.0.2')\n")
+        _release(repo)
+        return []
+
+    return prepare
+
+
 def _since_off_branch(repo: Repo) -> list[str]:
     """v1.0.3 on a branch HEAD never merged; HEAD is v1.0.2 and names v1.0.3 as its base."""
     repo.git("checkout", "-q", "-b", "next")
@@ -423,6 +442,36 @@ CASES = [
         _unit_file("deploy/shop.service", commit_it=False),
         ("[app] unit_file deploy/shop.service", "not a file in the repository at HEAD"),
         "fix [app] unit_file",
+    ),
+    Case(
+        "socket-file-missing",
+        _socket_file(None),
+        ("[app] socket_file deploy/shop.socket", "not a file in the repository at HEAD"),
+        "fix [app] socket_file",
+    ),
+    Case(
+        "socket-file-without-unit-file",
+        _socket_file("[Socket]\nListenStream=8000\n", unit=False),
+        ("app.socket_file 'deploy/shop.socket' needs app.unit_file",),
+        "set [app] unit_file",
+    ),
+    Case(
+        "socket-accepts-per-connection",
+        _socket_file("[Socket]\nListenStream=8000\nAccept=yes\n"),
+        ("[app] socket_file deploy/shop.socket", "Accept=yes"),
+        "remove Accept=",
+    ),
+    Case(
+        "socket-listens-on-nothing",
+        _socket_file("[Socket]\nListenDatagram=8000\n"),
+        ("[app] socket_file deploy/shop.socket", "no ListenStream="),
+        "add ListenStream=",
+    ),
+    Case(
+        "socket-starts-another-service",
+        _socket_file("[Socket]\nListenStream=8000\nService=other.service\n"),
+        ("[app] socket_file deploy/shop.socket", "starts other.service, not shop.service"),
+        "remove Service=",
     ),
     Case(
         "version-not-at-head",

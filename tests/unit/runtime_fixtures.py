@@ -28,6 +28,7 @@ from nesop_deb import __version__, proc
 from nesop_deb.manifest import Action, FileEntry, Manifest, MigrationEntry
 from nesop_deb.runtime import database, health, state
 from nesop_deb.runtime.context import AppSettings, Context
+from nesop_deb.runtime.gating import dropin
 
 PACKAGE = "demo-update"
 APP = "demo"
@@ -55,6 +56,8 @@ class UnitState:
     sub: str = "running"
     pid: int = 100
     restarts: int = 0
+    # the drop-ins systemd loaded: the toolchain's generator gives every managed app the gate's
+    gate_dropin: bool = True
 
 
 class FakeSystemd:
@@ -118,6 +121,8 @@ class FakeSystemd:
             return proc.Result(argv, code, out.encode(), err.encode())
 
         if verb == "daemon-reload":
+            for u in self.units.values():
+                u.gate_dropin = True  # the generator ran
             return result()
         if verb == "show":
             if unit is None:
@@ -125,6 +130,7 @@ class FakeSystemd:
             return result(
                 out=f"LoadState={unit.load}\nActiveState={unit.active}\nSubState={unit.sub}\n"
                 f"MainPID={unit.pid}\nNRestarts={unit.restarts}\n"
+                + (f"DropInPaths=/run/systemd/generator/{name}.d/{dropin.NAME}\n" if unit.gate_dropin else "")
             )
         if unit is None:
             return result(5, err=f"Failed to {verb} {name}: Unit {name} not found.")

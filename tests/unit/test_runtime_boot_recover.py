@@ -272,9 +272,11 @@ def test_the_generator_puts_each_app_behind_its_recovery(server: Server, tmp_pat
     files = generate(server.root, tmp_path / "out")
 
     assert sorted(files) == [
+        "demo.service.d/50-nesop-update-gate.conf",
         "demo.service.d/50-nesop-update-recover.conf",
         "nesop-update-recover@demo.service.d/50-demo-update.conf",
         "nesop-update-recover@shop@eu.service.d/50-shop-update.conf",
+        "shop@eu.service.d/50-nesop-update-gate.conf",
         "shop@eu.service.d/50-nesop-update-recover.conf",
     ]
     dropin = files["demo.service.d/50-nesop-update-recover.conf"]
