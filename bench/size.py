@@ -2,9 +2,9 @@
 
 In a copy of the example store's history, one extra commit on top of its newest release adds
 realistic assets (product photos, vendor scripts and style sheets, see assets.py) and is tagged
-v1.2.0; the next commit changes one file (a style sheet) and is tagged v1.2.1. Measured: the update
-package of v1.2.1, the `--full` package of v1.2.1, and a debdelta between the full packages of
-v1.2.0 and v1.2.1 (verified by rebuilding v1.2.1 from it with debpatch). The store runs from a
+v1.3.0; the next commit changes one file (a style sheet) and is tagged v1.3.1. Measured: the update
+package of v1.3.1, the `--full` package of v1.3.1, and a debdelta between the full packages of
+v1.3.0 and v1.3.1 (verified by rebuilding v1.3.1 from it with debpatch). The store runs from a
 virtualenv since 1.1.0, so the full packages carry its wheels too; the update, whose requirements
 did not change, carries none.
 
@@ -29,9 +29,9 @@ GOAL_SHARE = 0.02
 ASSETS_MIB = 24
 RELEASE_TIME = 1736154000 + 30 * 86400  # after the example's history, fixed: same commits every run
 CHANGED = "styles/store.css"
-# after the example's own releases (1.1.3 is the newest): the commit of assets, then the fix
-ASSETS_VERSION = "1.2.0"
-FIX_VERSION = "1.2.1"
+# after the example's own releases (1.2.2 is the newest): the commit of assets, then the fix
+ASSETS_VERSION = "1.3.0"
+FIX_VERSION = "1.3.1"
 # debdelta only Recommends the diff back ends it needs (bsdiff, xdelta3) and the xz tool
 DEBDELTA_PACKAGES = ("debdelta", "bsdiff", "xdelta3", "xz-utils")
 DEBDELTA_TOOLS = ("debdelta", "debpatch", "bsdiff", "xdelta3", "xz")
@@ -57,6 +57,9 @@ class SizeResult:
     debdelta_s: float | None
     debdelta_note: str
     update_file: str = ""  # the update's file name (results from before it was kept: empty)
+    # the two releases measured (results pickled before they were kept were made with 1.2.x)
+    assets_version: str = "1.2.0"
+    fix_version: str = "1.2.1"
 
     def goals(self) -> list[Goal]:
         share = self.update_bytes / self.full_bytes
@@ -201,13 +204,15 @@ def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
         debdelta_s=delta_s,
         debdelta_note=note,
         update_file=update.name,
+        assets_version=ASSETS_VERSION,
+        fix_version=FIX_VERSION,
     )
 
 
 def markdown(r: SizeResult) -> str:
     a = r.asset_set
     # results pickled before the tags moved on to 1.2.x name none and mean 1.1.0 and 1.1.1
-    fix, assets_version = (FIX_VERSION, ASSETS_VERSION) if r.update_file else ("1.1.1", "1.1.0")
+    fix, assets_version = (r.fix_version, r.assets_version) if r.update_file else ("1.1.1", "1.1.0")
     rows = [
         [
             f"update `{r.update_file or 'nesop-store-update_1.1.1_all.deb'}`",

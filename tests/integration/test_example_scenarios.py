@@ -19,6 +19,7 @@ from .conftest import Built
 from .helpers import (
     Repo,
     check_payload,
+    config_at,
     control_fields,
     control_members,
     data_members,
@@ -34,9 +35,20 @@ from .helpers import (
 pytestmark = pytest.mark.integration
 
 RELEASES = ["v1.0.0", "v1.0.1", "v1.0.2", "v1.0.3", "v1.0.4", "v1.0.5", "v1.0.6"]
-UPDATES = list(itertools.pairwise(RELEASES))  # (base, release)
 # Then the store moves onto third-party packages in a virtualenv ([dependencies]).
 DEPENDENCY_RELEASES = ["v1.1.0", "v1.1.1", "v1.1.2", "v1.1.3"]
+# Then systemd holds its listening socket ([app] socket_file), and releases follow on top of that.
+SOCKET_RELEASES = ["v1.2.0", "v1.2.1", "v1.2.2"]
+# (base, release): the 1.2.x updates keep 1.1.3's requirements, so they build without wheels
+UPDATES = [*itertools.pairwise(RELEASES), *itertools.pairwise(["v1.1.3", *SOCKET_RELEASES])]
+BROKEN_BRANCHES = [
+    "broken/migration",
+    "broken/start",
+    "broken/health",
+    "broken/import",
+    "broken/socket-migration",
+    "broken/socket-start",
+]
 MIGRATION = re.compile(r"^[0-9]{4}_[A-Za-z0-9_.-]+?\.sql$")
 
 
@@ -48,9 +60,9 @@ def _exclude(b: Built) -> list[str]:
 def test_the_history_holds_the_guide_scenarios(example_repo: Repo) -> None:
     """The example repository really has what the scenarios below exercise."""
     tags = example_repo.git("tag", "--list", "v*").split()
-    assert sorted(tags) == RELEASES + DEPENDENCY_RELEASES
+    assert sorted(tags) == RELEASES + DEPENDENCY_RELEASES + SOCKET_RELEASES
     branches = example_repo.git("branch", "--list", "--format=%(refname:short)").split()
-    assert {"broken/migration", "broken/start", "broken/health", "broken/import"} <= set(branches)
+    assert set(BROKEN_BRANCHES) <= set(branches)
 
     def statuses(base: str, tag: str) -> dict[str, set[str]]:
         out: dict[str, set[str]] = {}
@@ -70,6 +82,12 @@ def test_the_history_holds_the_guide_scenarios(example_repo: Repo) -> None:
     assert "mode change 100644 => 100755" in example_repo.git("diff", "--summary", "v1.0.3", "v1.0.4")
     for base, tag in (("v1.0.4", "v1.0.5"), ("v1.0.5", "v1.0.6")):
         assert any(p.startswith("migrations/") for p in statuses(base, tag)["A"])
+    # the socket unit arrives, named by the configuration, with no migration
+    assert statuses("v1.1.3", "v1.2.0")["A"] == {"deploy/nesop-store.socket"}
+    assert config_at(example_repo, "v1.2.0")["app"]["socket_file"] == "deploy/nesop-store.socket"
+    assert "A" not in statuses("v1.2.0", "v1.2.1")  # a page changes, the schema does not
+    notes = statuses("v1.2.1", "v1.2.2")["A"]  # then a migration with its rollback
+    assert notes == {"migrations/0005_order_notes.sql", "migrations/0005_order_notes.rollback.sql"}
 
 
 @pytest.mark.parametrize(("base", "tag"), UPDATES)
@@ -209,6 +227,16 @@ def test_schema_release_ships_a_reversible_migration(built: Callable[..., Built]
     manifest, _ = package_manifest(built("v1.0.3").deb, "nesop-store-update")
     [migration] = manifest["migrations"]
     assert migration["id"].startswith("0002_") and migration["reversible"] is True
+
+
+def test_socket_release_ships_its_socket_unit_and_names_it(built: Callable[..., Built]) -> None:
+    manifest, _ = package_manifest(built("v1.2.0").deb, "nesop-store-update")
+    assert manifest["config"]["app"]["socket_file"] == "deploy/nesop-store.socket"
+    assert manifest["config"]["app"]["unit_file"] == "deploy/nesop-store.service"
+    shipped = {f["path"]: f["action"] for f in manifest["files"]}
+    assert shipped["deploy/nesop-store.socket"] == "add"
+    assert shipped["deploy/nesop-store.service"] == "modify"
+    assert manifest["migrations"] == []
 
 
 def test_config_release_ships_the_chmod(built: Callable[..., Built], example_repo: Repo) -> None:

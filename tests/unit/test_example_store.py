@@ -7,12 +7,16 @@ store needs third-party packages: MarkupSafe comes with the test environment
 (Jinja2 needs it); gunicorn and itsdangerous do not, so what needs them is
 checked from the files (requirements.txt, imports, gunicorn.conf.py).
 tests/integration/test_example_store_venv.py builds the virtualenvs from PyPI
-and runs gunicorn in them.
+and runs gunicorn in them. From 1.2.0 the store takes its listening socket from
+systemd (socket activation): ``python3 server.py`` is started here as systemd
+starts it, with a real socket at fd 3; tests/integration/test_example_store_socket.py
+does the same with gunicorn.
 """
 
 from __future__ import annotations
 
 import ast
+import http.client
 import importlib
 import importlib.util
 import io
@@ -21,11 +25,13 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import tomllib
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -49,6 +55,8 @@ BROKEN_BRANCHES = {
     "broken/start": ("v1.0.6", "1.0.7"),
     "broken/health": ("v1.0.6", "1.0.7"),
     "broken/import": ("v1.1.3", "1.1.4"),
+    "broken/socket-migration": ("v1.2.2", "1.2.3"),
+    "broken/socket-start": ("v1.2.2", "1.2.3"),
 }
 
 
@@ -644,8 +652,8 @@ def test_threaded_server_serves_health_and_shuts_down(server: ModuleType, app: W
     assert not thread.is_alive()
 
 
-def start_store(app_dir: Path, database: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "NESOP_STORE_DB": str(database), "NESOP_STORE_PORT": "0"}
+def start_store(app_dir: Path, database: Path, **extra: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "NESOP_STORE_DB": str(database), "NESOP_STORE_PORT": "0", **extra}
     return subprocess.Popen(
         [sys.executable, "-B", "server.py"], cwd=app_dir, env=env, stderr=subprocess.PIPE, text=True
     )
@@ -672,17 +680,19 @@ def test_server_process_serves_until_sigterm_and_exits_0(database: Path) -> None
 # -- migrations -------------------------------------------------------------
 
 
+MIGRATIONS_1_0_6 = ["0001_initial", "0002_product_stock", "0003_product_categories", "0004_newsletter"]
+
+
+@pytest.mark.parametrize(
+    ("ref", "names"),
+    [("v1.0.6", MIGRATIONS_1_0_6), ("v1.2.2", [*MIGRATIONS_1_0_6, "0005_order_notes"])],
+)
 def test_every_migration_has_a_rollback_that_undoes_it_exactly(
-    tree: Callable[[str], Path], tmp_path: Path
+    tree: Callable[[str], Path], tmp_path: Path, ref: str, names: list[str]
 ) -> None:
-    app_dir = tree("v1.0.6")
+    app_dir = tree(ref)
     migrations = migration_files(app_dir)
-    assert [m.stem for m in migrations] == [
-        "0001_initial",
-        "0002_product_stock",
-        "0003_product_categories",
-        "0004_newsletter",
-    ]
+    assert [m.stem for m in migrations] == names
     database = tmp_path / "store.db"
     sqlite3.connect(database).close()
     before = []
@@ -721,6 +731,37 @@ def test_broken_migration_fails_half_way(tree: Callable[[str], Path], tmp_path: 
     with closing(sqlite3.connect(database)) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(products)")]
     assert "slug" in columns
+
+
+def test_broken_socket_migration_fails_half_way(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    app_dir = tree("broken/socket-migration")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir, upto="0005")  # 1.2.2's schema
+    script = app_dir / "migrations" / "0006_order_status.sql"
+    steps = statements(script.read_text())
+    assert len(steps) == 3
+    before = snapshot(database)
+
+    with closing(sqlite3.connect(database, isolation_level=None)) as conn:
+        # In one transaction, as a migration engine runs it: nothing stays.
+        conn.execute("BEGIN")
+        conn.execute(steps[0])
+        conn.execute(steps[1])
+        # a column of the developer's own database, which no migration adds: on any other, even empty
+        with pytest.raises(sqlite3.OperationalError, match="no such column: shipped_at"):
+            conn.execute(steps[2])
+        conn.execute("ROLLBACK")
+        assert snapshot(database) == before
+        # Statement by statement: the column and its index stay.
+        conn.execute(steps[0])
+        conn.execute(steps[1])
+        with pytest.raises(sqlite3.OperationalError):
+            conn.execute(steps[2])
+    with closing(sqlite3.connect(database)) as conn:
+        assert "status" in [row[1] for row in conn.execute("PRAGMA table_info(orders)")]
+    # what did get applied, its rollback takes out again
+    run_sql(database, rollback_file(script))
+    assert snapshot(database) == before
 
 
 # -- the release history ----------------------------------------------------
@@ -801,8 +842,38 @@ RELEASE_CHANGES = {
     },
     "v1.1.3": {"M receipts.py", "M requirements.txt"},
     "broken/import": {"M receipts.py", "M requirements.txt", "M server.py"},
+    "v1.2.0": {
+        "A deploy/nesop-store.socket",
+        "M config.py",
+        "M deploy/nesop-store.service",
+        "M gunicorn.conf.py",
+        "M nesop-deb.toml",
+        "M server.py",
+    },
+    "v1.2.1": {"M styles/store.css", "M views.py"},
+    "v1.2.2": {
+        "A migrations/0005_order_notes.sql",
+        "A migrations/0005_order_notes.rollback.sql",
+        "M cart.html",
+        "M scripts/cart.js",
+        "M server.py",
+        "M store.py",
+        "M styles/store.css",
+        "M views.py",
+    },
+    "broken/socket-migration": {
+        "A migrations/0006_order_status.sql",
+        "A migrations/0006_order_status.rollback.sql",
+        "M server.py",
+        "M store.py",
+    },
+    "broken/socket-start": {"M server.py", "M store.py"},
 }
-TAGS = [*(f"v1.0.{n}" for n in range(7)), *(f"v1.1.{n}" for n in range(4))]
+TAGS = [
+    *(f"v1.0.{n}" for n in range(7)),
+    *(f"v1.1.{n}" for n in range(4)),
+    *(f"v1.2.{n}" for n in range(3)),
+]
 # Releases added later never change these commits, which other tests and packages name.
 PINNED_COMMITS = {
     "v1.0.6": "632889255cc8a05bbaf3f9208d5f655ef9428985",
@@ -853,7 +924,7 @@ def test_release_repo_is_reproducible(release_repo: Path, tmp_path: Path) -> Non
     again = tmp_path / "again"
     result = make_release_repo(again)
     assert result.stderr == ""
-    assert result.stdout.count("\n") == 1 and "v1.0.0..v1.1.3" in result.stdout
+    assert result.stdout.count("\n") == 1 and "v1.0.0..v1.2.2" in result.stdout
     assert git(again, "show-ref") == git(release_repo, "show-ref")
     assert git(again, "log", "-1", "--format=%an <%ae> %ad", "v1.0.0") == (
         "NESOP Team <ops@example.com> Mon Jan 6 09:00:00 2025 +0000"
@@ -942,6 +1013,10 @@ PINS: dict[str, dict[str, str]] = {
     "v1.1.2": {"gunicorn": "27.0.1", "itsdangerous": "2.2.0", "markupsafe": "3.0.4"},
     "v1.1.3": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
     "broken/import": {"gunicorn": "27.0.1", "itsdangerous": "2.2.0", "markupsafe": "3.0.4"},
+    # socket activation, the price list, order notes: no dependency changes
+    "v1.2.0": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
+    "v1.2.2": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
+    "broken/socket-start": {"gunicorn": "27.0.1", "markupsafe": "3.0.4"},
 }
 DEPENDENCY_RELEASES = [ref for ref in PINS if ref != "v1.0.6"]
 HASH = re.compile(r"--hash=sha256:([0-9a-f]{64})")
@@ -1155,3 +1230,292 @@ def test_broken_import_needs_a_name_its_pinned_itsdangerous_lacks(tree: Callable
     server_imports = ast.parse((app_dir / "server.py").read_text()).body
     assert any(isinstance(node, ast.Import) and node.names[0].name == "receipts" for node in server_imports)
     assert (app_dir / "wsgi.py").read_text().count("import server\n") == 1
+
+
+# -- socket activation, and the releases on it (1.2.x) -------------------------
+
+# Runs a program as systemd runs a socket-activated service: the listening socket at fd 3,
+# LISTEN_FDS=1, and LISTEN_PID the pid of the process that runs the program (exec keeps it).
+ACTIVATE = """\
+import os, sys
+fd = int(sys.argv[1])
+if fd != 3:
+    os.dup2(fd, 3)
+    os.close(fd)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="nesop-store.socket")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def start_activated(
+    app_dir: Path, database: Path, listener: socket.socket, **extra: str
+) -> subprocess.Popen[str]:
+    """``python3 server.py`` handed ``listener`` the way systemd hands it nesop-store.socket."""
+    fd = listener.fileno()
+    env = {**os.environ, "NESOP_STORE_DB": str(database), **extra}
+    return subprocess.Popen(
+        [sys.executable, "-c", ACTIVATE, str(fd), sys.executable, "-B", "server.py"],
+        cwd=app_dir, env=env, pass_fds=(fd,), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen[str]) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=10)
+
+
+def get_health(host: str, port: int) -> dict[str, Any]:
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        assert response.status == 200
+        health: dict[str, Any] = json.loads(response.read())
+        return health
+    finally:
+        connection.close()
+
+
+def unit_settings(text: str) -> dict[str, list[tuple[str, str]]]:
+    """A systemd unit file: each section's settings, in order (a key may come more than once)."""
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), [])
+        else:
+            key, _, value = line.partition("=")
+            current.append((key, value))
+    return sections
+
+
+def test_release_1_2_0_ships_a_socket_unit_that_starts_the_service(
+    tree: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_dir = tree("v1.2.0")
+    config = tomllib.loads((app_dir / "nesop-deb.toml").read_text())
+    assert (config["app"]["unit_file"], config["app"]["socket_file"]) == (
+        "deploy/nesop-store.service",
+        "deploy/nesop-store.socket",
+    )
+    socket_unit = unit_settings((app_dir / "deploy/nesop-store.socket").read_text())
+    assert socket_unit["Socket"] == [("ListenStream", "127.0.0.1:5000"), ("Accept", "no")]
+    assert socket_unit["Install"] == [("WantedBy", "sockets.target")]
+    # the health gate asks the address the socket listens on
+    health = urllib.parse.urlsplit(config["health"]["url"])
+    assert f"{health.hostname}:{health.port}" == "127.0.0.1:5000"
+    service = unit_settings((app_dir / "deploy/nesop-store.service").read_text())
+    assert {("Requires", "nesop-store.socket"), ("After", "nesop-store.socket")} <= set(service["Unit"])
+    # systemd passes the socket to the process it starts: gunicorn itself, no wrapper
+    exec_start = [value for key, value in service["Service"] if key == "ExecStart"]
+    assert exec_start == [
+        "/opt/nesop-store/venv/bin/gunicorn --chdir /opt/nesop-store"
+        " --config /opt/nesop-store/gunicorn.conf.py wsgi:application"
+    ]
+    # gunicorn ignores bind when given a socket, and binds it without one (see the integration test)
+    monkeypatch.setenv("NESOP_STORE_PORT", "5077")
+    settings = gunicorn_settings(app_dir)
+    assert settings["bind"] == ["127.0.0.1:5077"]
+    assert settings["keepalive"] == 2
+
+
+@pytest.mark.parametrize(
+    ("family", "host", "url_host"),
+    [(socket.AF_INET, "127.0.0.1", "127.0.0.1"), (socket.AF_INET6, "::1", "[::1]")],
+    ids=["ipv4", "ipv6"],
+)
+def test_release_1_2_0_server_py_serves_on_the_socket_systemd_passes(
+    tree: Callable[[str], Path], tmp_path: Path, family: socket.AddressFamily, host: str, url_host: str
+) -> None:
+    app_dir = tree("v1.2.0")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    try:
+        listener = socket.create_server((host, 0), family=family)
+    except OSError as error:
+        pytest.skip(f"cannot listen on {host} here: {error}")
+    with listener:
+        port = listener.getsockname()[1]
+        # config.py names the socket's own address: binding it too would fail
+        process = start_activated(
+            app_dir, database, listener, NESOP_STORE_HOST=host, NESOP_STORE_PORT=str(port)
+        )
+        try:
+            assert process.stderr is not None
+            first = process.stderr.readline()
+            assert first.endswith(f"1.2.0 listening on the socket from systemd, http://{url_host}:{port}\n")
+            health = get_health(host, port)
+            assert (health["status"], health["version"], health["pid"]) == ("ok", "1.2.0", process.pid)
+            assert stop(process) == 0
+            assert "stopped" in process.stderr.read()
+        finally:
+            process.kill()
+            process.wait()
+
+
+def test_release_1_2_0_a_request_sent_while_the_store_is_stopped_is_answered_by_the_next(
+    tree: Callable[[str], Path], tmp_path: Path
+) -> None:
+    """The socket outlives the store: a connection made between a stop and the next start waits
+    in its queue, and the store that starts next answers it; nothing refuses it."""
+    app_dir = tree("v1.2.0")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        first = start_activated(app_dir, database, listener)
+        try:
+            assert first.stderr is not None
+            assert "listening on the socket from systemd" in first.stderr.readline()
+            assert get_health("127.0.0.1", port)["pid"] == first.pid
+            assert stop(first) == 0
+        finally:
+            first.kill()
+            first.wait()
+        # no process serves now: the request is sent all the same
+        waiting = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        waiting.request("GET", "/health")
+        second = start_activated(app_dir, database, listener)
+        try:
+            response = waiting.getresponse()
+            assert response.status == 200
+            assert json.loads(response.read())["pid"] == second.pid
+            assert stop(second) == 0
+        finally:
+            waiting.close()
+            second.kill()
+            second.wait()
+
+
+def test_release_1_2_0_server_py_binds_its_address_without_a_socket_of_its_own(
+    tree: Callable[[str], Path], tmp_path: Path
+) -> None:
+    app_dir = tree("v1.2.0")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    # LISTEN_PID names another process: the socket, if any, is not this one's
+    process = start_store(app_dir, database, LISTEN_PID="1", LISTEN_FDS="1")
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()
+        assert "1.2.0 listening on http://127.0.0.1:" in first and "systemd" not in first
+        with urllib.request.urlopen(first.split()[-1] + "/health", timeout=10) as response:
+            assert json.load(response)["pid"] == process.pid
+        assert stop(process) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_release_1_2_0_takes_the_variables_only_when_they_name_it(
+    tree: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_dir = tree("v1.2.0")
+    monkeypatch.setenv("NESOP_STORE_DB", str(tmp_path / "store.db"))
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "1")
+    # gunicorn loads wsgi.py (and so server.py) before it looks for the socket: importing takes nothing
+    server = load_server(app_dir, "wsgi").server
+    assert (os.environ["LISTEN_PID"], os.environ["LISTEN_FDS"]) == (str(os.getpid()), "1")
+    monkeypatch.setenv("LISTEN_PID", "1")
+    assert server.inherited_socket() is None
+    assert os.environ["LISTEN_PID"] == "1"  # left to the process they name
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "0")
+    assert server.inherited_socket() is None
+    assert "LISTEN_PID" not in os.environ and "LISTEN_FDS" not in os.environ
+
+
+def test_release_1_2_0_refuses_a_socket_that_is_not_tcp(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(str(tmp_path / "store.sock"))
+        listener.listen()
+        process = start_activated(tree("v1.2.0"), tmp_path / "store.db", listener)
+        _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 1
+    assert "OSError: the socket systemd passed (fd 3) is not a TCP socket" in stderr
+
+
+def test_release_1_2_1_price_list_says_how_many_are_left(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    app_dir = tree("v1.2.1")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    app = make_app(load_server(app_dir), database, app_dir)
+    for product_id, stock in ((1, 0), (2, 3), (3, 5), (4, 6)):
+        assert call(app, "PUT", f"/api/admin/products/{product_id}", {"stock": stock}, admin()).status == 200
+    page = call(app, "GET", "/catalogue").body.decode()
+    names = {cell.partition(" <")[0]: cell for cell in re.findall(r"<tr><td>(.*?)</td>", page)}
+    assert names["NESOP Mug"] == 'NESOP Mug <span class="sold-out">sold out</span>'
+    assert names["NESOP T-Shirt"] == 'NESOP T-Shirt <span class="few-left">only 3 left</span>'
+    assert names["NESOP Hoodie"] == 'NESOP Hoodie <span class="few-left">only 5 left</span>'
+    assert names["Sticker Pack"] == "Sticker Pack"  # 6 left: enough
+    assert ".few-left {" in call(app, "GET", "/styles/store.css").body.decode()
+
+
+def test_release_1_2_2_orders_keep_the_customers_note(tree: Callable[[str], Path], tmp_path: Path) -> None:
+    app_dir = tree("v1.2.2")
+    database = tmp_path / "store.db"
+    migrate(database, app_dir)
+    server = load_server(app_dir)
+    app = make_app(server, database, app_dir, secret_key=RECEIPT_KEY)
+    assert call(app, "GET", "/health").json()["status"] == "ok"
+    note = "  Leave it at the <b>reception</b>,\nthank you  "
+    cart_id = call(app, "POST", "/api/cart", {"product_id": 2}).json()["cart_id"]
+    reply = call(app, "POST", "/api/orders", {"note": note}, {"X-Cart-Id": cart_id})
+    assert reply.status == 201
+    order = reply.json()
+    assert order["note"] == note.strip()
+    shown = call(app, "GET", f"/api/admin/orders/{order['order_id']}", headers=admin()).json()
+    assert shown["note"] == note.strip()
+    receipt = call(app, "GET", order["receipt_url"]).body.decode()
+    assert (
+        '<p class="order-note">Note: Leave it at the &lt;b&gt;reception&lt;/b&gt;,\nthank you</p>' in receipt
+    )
+    # without one: an empty note, and none on the receipt
+    plain = call(app, "POST", "/api/orders", {"items": [{"product_id": 1}]}).json()
+    assert plain["note"] == ""
+    assert "order-note" not in call(app, "GET", plain["receipt_url"]).body.decode()
+    for bad in ("x" * (server.MAX_NOTE_CHARS + 1), 42, None):
+        assert call(app, "POST", "/api/orders", {"items": [{"product_id": 1}], "note": bad}).status == 400
+    assert call(app, "GET", "/api/admin/stats", headers=admin()).json()["orders"] == 2
+    # the form offers no more than the API takes
+    assert f'<textarea name="note" rows="3" maxlength="{server.MAX_NOTE_CHARS}">' in (
+        (app_dir / "cart.html").read_text()
+    )
+    # deployed without its migration, it says so
+    old = tmp_path / "old.db"
+    migrate(old, app_dir, upto="0004")
+    reply = call(make_app(server, old, app_dir), "GET", "/health")
+    assert reply.status == 503
+    assert reply.json()["reason"] == "missing column orders.note"
+
+
+def test_broken_socket_start_exits_at_once_and_the_socket_waits_for_the_release_before(
+    tree: Callable[[str], Path], tmp_path: Path
+) -> None:
+    database = tmp_path / "store.db"
+    migrate(database, tree("v1.2.2"))
+    process = start_store(tree("broken/socket-start"), database)
+    _, stderr = process.communicate(timeout=10)
+    assert process.returncode == 1
+    assert "missing ), unterminated subpattern" in stderr and "listening" not in stderr
+    # given the socket, it exits just the same; a request sent meanwhile waits for 1.2.2
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        waiting = http.client.HTTPConnection("127.0.0.1", listener.getsockname()[1], timeout=60)
+        waiting.request("GET", "/health")
+        broken = start_activated(tree("broken/socket-start"), database, listener)
+        _, stderr = broken.communicate(timeout=10)
+        assert broken.returncode == 1 and "unterminated subpattern" in stderr
+        again = start_activated(tree("v1.2.2"), database, listener)
+        try:
+            response = waiting.getresponse()
+            health = json.loads(response.read())
+            assert (response.status, health["version"], health["pid"]) == (200, "1.2.2", again.pid)
+            assert stop(again) == 0
+        finally:
+            waiting.close()
+            again.kill()
+            again.wait()
