@@ -345,14 +345,22 @@ def assert_not_tried_again_on_its_own(box: Container, version: str, step: str) -
     assert (last["action"], last["version"], last["status"]) == ("apply", version, "refused"), last
 
 
+GATE = f"/var/lib/{PACKAGE}/gate"
+
+
 def leftovers(box: Container) -> list[str]:
-    """What a finished update must not leave: staged files, partial backups, reserved space."""
+    """What a finished update must not leave: staged files, partial backups, reserved space, a
+    gate still closed (every start of the app would wait at it)."""
     root = box.path(APP_ROOT)
-    return sorted(
+    found = sorted(
         str(p.relative_to(root))
         for pattern in ("*.nesop-tmp", ".*.partial", ".reserve-*", "*.part")
         for p in root.rglob(pattern)
     )
+    gate = box.path(GATE)
+    if gate.exists() and gate.read_text():
+        found.append(f"{GATE}: {gate.read_text().strip()}")
+    return found
 
 
 def assert_old_version_whole(
