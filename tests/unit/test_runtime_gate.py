@@ -215,8 +215,10 @@ def test_a_gate_drop_in_systemd_has_not_loaded_is_loaded_before_the_stop(
 ) -> None:
     install_base(server)
     server.unit.gate_dropin = False  # a toolchain installed without a reload since
+    assert validate.check_service(server.ctx).problems == []  # adopted only: no package, no drop-in
+    manifest = server.package("1.0.1", [modify("app.py", APP_V1, APP_V2)])  # unpacked by dpkg
     assert any("has not loaded the update gate" in p for p in validate.check_service(server.ctx).problems)
-    run_update(server)
+    operations.run_apply(server.ctx, manifest, server.ctx.share, state.load(server.ctx))
     verbs = server.systemd.verbs()
     assert verbs.index("daemon-reload") < verbs.index("stop")
     assert validate.check_service(server.ctx).problems == []
@@ -332,3 +334,26 @@ def test_a_failed_update_that_brought_a_socket_disables_stops_and_removes_it(
     assert (server.app_root / "app.py").read_bytes() == APP_V1
     assert server.unit.active == "active"
     assert gatefile.inspect(server.ctx) == gatefile.GateState("", False)
+
+
+@pytest.mark.parametrize("long_outage", [True, False])
+def test_restarts_counted_while_the_app_waited_at_the_gate_fail_only_a_short_outage(
+    server: Server, monkeypatch: pytest.MonkeyPatch, long_outage: bool
+) -> None:
+    """A start that waits at the gate past TimeoutStartSec= times out and Restart= starts it
+    again: systemd counts a restart. After a long outage that is no sign of the new app."""
+    from nesop_deb.runtime import apply
+
+    install_base(server)
+    monkeypatch.setattr(apply, "LONG_OUTAGE", 0.0 if long_outage else 3600.0)
+
+    def timed_out_while_gated(name: str) -> None:
+        server.unit.restarts += 1
+
+    server.systemd.on_stop = timed_out_while_gated
+    if long_outage:
+        run_update(server)
+        assert state.load(server.ctx).current == "1.0.1"
+    else:  # a restart within a short outage: the health gate sees it
+        with pytest.raises(Exception, match="failed to start"):
+            run_update(server)

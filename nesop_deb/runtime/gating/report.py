@@ -33,7 +33,10 @@ class GateReport:
 def report(ctx: Context, svc: service.ServiceStatus) -> GateReport:
     problems: list[str] = []
     gate = _gate(ctx, problems)
-    if svc.exists and not dropin.loaded(svc.drop_ins):
+    # the generator writes the drop-in for an app whose update package is installed (an app only
+    # adopted gets it with its first package, whose stop reloads systemd first)
+    managed = (ctx.share / "update_manifest.json").exists()
+    if managed and svc.exists and not dropin.loaded(svc.drop_ins):
         problems.append(
             f"{ctx.app.service} has not loaded the update gate ({dropin.NAME}): a start during an"
             " update would not wait; run `systemctl daemon-reload` (is nesop-deb installed?)"
