@@ -6,7 +6,8 @@ Builds the store's release history and its update packages, boots a container wi
 then narrates: first install, an update with a migration, a failing update restored
 automatically, a rollback with apt; then the store moving onto pip packages in a virtualenv, a
 dependency upgrade, a broken dependency change restored automatically and its rollback with apt;
-and what dpkg -l and nesop-update history say at the end.
+then systemd holding the store's socket while a customer sees no failed request across updates, a
+failed migration and a rollback; and what dpkg -l and nesop-update history say at the end.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ from tests.e2e.testbed import BASE_PACKAGES, SUITES, Container, build_base_root,
 HEALTH = (
     'python3 -c "import urllib.request;'
     "print(urllib.request.urlopen('http://127.0.0.1:5000/health').read().decode())\""
+)
+# A customer loading a page that reads the database (the e2e tests' client), and what it saw.
+CUSTOMER = TOP / "tests/e2e/readclient.py"
+PRODUCTS = "http://127.0.0.1:5000/api/products"
+CUSTOMER_SAYS = (
+    "python3 -c \"import json; r = json.load(open('/root/customer.json')); "
+    'print(f\'customer: {r[\\"sent\\"]} requests, {len(r[\\"failures\\"])} failed, '
+    'the longest took {r[\\"longest\\"]} s\')"'
 )
 # The toolchain's own pip, reading the app's virtualenv (the virtualenvs have no pip of their own).
 FREEZE = "/opt/venvs/nesop-deb/bin/pip --python /opt/nesop-store/venv/bin/python freeze"
@@ -87,6 +96,12 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     deps0 = build(repo, "v1.1.0", *python)
     deps1 = build(repo, "v1.1.1", *python)
     broken_deps = build(repo, "broken/import", "--version", "1.1.4", "--since", "v1.1.1", *python)
+    # from 1.2.0 systemd holds the store's socket
+    sock0 = build(repo, "v1.2.0", "--since", "v1.1.0", *python)
+    sock1 = build(repo, "v1.2.1", *python)
+    sock2 = build(repo, "v1.2.2", *python)
+    broken_sock = build(repo, "broken/socket-migration", "--version", "1.2.3", "--since", "v1.2.2", *python)
+    socket_debs = (sock0, sock1, sock2, broken_sock)
 
     say(f"Booting a Debian {SUITES[args.suite]} ({args.suite}) server with systemd (systemd-nspawn)")
     root = build_base_root(cache_dir_from_env(), BASE_PACKAGES, suite=args.suite)
@@ -94,8 +109,9 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
     try:
         box.boot()
         print(f"  booted in {box.boot_seconds:.2f} s ({box.boot_state})")
-        for deb in (args.toolchain, full, upd5, upd6, broken, deps0, deps1, broken_deps):
+        for deb in (args.toolchain, full, upd5, upd6, broken, deps0, deps1, broken_deps, *socket_debs):
             box.copy_in(deb, f"/root/{deb.name}")
+        box.copy_in(CUSTOMER, "/root/customer.py")
 
         say("1. Install the toolchain, then the store itself from a --full package")
         run(
@@ -192,11 +208,49 @@ def _demo(args: argparse.Namespace, work: Path) -> int:
         )
         run(box, FREEZE)
 
-        say("9. What happened, as dpkg and nesop-update tell it")
+        say(
+            "9. Zero failed requests: systemd holds the store's socket (1.1.0 -> 1.2.0)",
+            "1.2.0 ships deploy/nesop-store.socket ([app] socket_file). The update installs, enables and "
+            "starts it while the store is stopped; from then on connections that arrive during an update "
+            "wait in the socket's queue and the store that starts next answers them. A gate keeps the old "
+            "store from being started by such a connection in the middle of the update.",
+        )
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{sock0.name} 2>&1 | grep -E 'socket|now at'",
+        )
+        run(box, "nesop-update status | grep -E '^(service|socket|gate)'")
+
+        say(
+            "10. A customer keeps loading the product list across two updates, a failed migration and an "
+            "apt rollback",
+            "Four clients, each request on a new connection, in the background on the server.",
+        )
+        run(
+            box,
+            f"setsid python3 /root/customer.py {PRODUCTS} /root/stop-customer 4 >/root/customer.json 2>&1 &",
+        )
+        run(box, f"cd /root && apt-get install -y -q ./{sock1.name} 2>&1 | grep -E 'healthy|now at'")
+        run(box, f"cd /root && apt-get install -y -q ./{sock2.name} 2>&1 | grep -E 'migrat|healthy|now at'")
+        run(
+            box,
+            f"cd /root && apt-get install -y -q ./{broken_sock.name} 2>&1 | grep -E 'FAILED|restored'",
+            check=False,
+        )
+        run(
+            box,
+            "apt-get install -y -q --allow-downgrades nesop-store-update=1.2.1 2>&1"
+            " | grep -E 'roll back|back at'",
+            check=False,
+        )
+        run(box, "touch /root/stop-customer; while ! [ -s /root/customer.json ]; do sleep 0.2; done")
+        run(box, CUSTOMER_SAYS)
+
+        say("11. What happened, as dpkg and nesop-update tell it")
         run(box, "dpkg -l nesop-store-update | tail -1")
         run(box, "nesop-update history")
         run(box, "nesop-update validate", check=False)
-        say("10. The store answers /health, from inside the container, through systemd")
+        say("12. The store answers /health, from inside the container, through systemd")
         run(box, HEALTH)
         say("Done", "The store answered /health through systemd at every step that succeeded.")
     finally:
