@@ -48,8 +48,6 @@ from nesop_deb.runtime.log import log
 from nesop_deb.runtime.safefs import TMP_SUFFIX
 
 NEW_SUFFIX = ".nesop-new"
-# seconds: an outage this long may have outlasted a start's timeout (systemd's default is 90 s)
-LONG_OUTAGE = 30.0
 
 
 def load_installed_manifest(ctx_package: str, root: Path) -> Manifest:
@@ -83,7 +81,6 @@ class Job:
     status_before_stop: service.ServiceStatus | None = None
     venv_id: str | None = None  # the virtualenv the update switches to (built before the stop)
     unit_written: bool = False  # the unit step installed a new unit (systemd was reloaded)
-    stopped_at: float | None = None  # when the stop step closed the gate (monotonic)
     started: float = field(default_factory=time.monotonic)
     # the database copy taken before the stop, with its open connection; never journaled, so a
     # job rebuilt after a crash has none and copies the database again
@@ -418,6 +415,7 @@ class Stop:
     starts the app (not its socket, not an operator), whose tree is being changed."""
 
     name = "stop"
+    starts_app = True  # its undo starts the old app: only after every other undo succeeded
 
     def __init__(self, job: Job) -> None:
         self.job = job
@@ -432,7 +430,6 @@ class Stop:
         job.status_before_stop = st
         gating.ensure_dropin(job.ctx, st)
         gating.hold(job.ctx, f"update to {job.manifest.version}")
-        job.stopped_at = time.monotonic()
         if st.exists:
             service.stop(job.unit)
 
@@ -629,10 +626,7 @@ class Start:
     def apply(self) -> None:
         job = self.job
         before = job.status_before_stop
-        # a start that waited at the gate longer than the unit's TimeoutStartSec= timed out, and
-        # Restart= may have counted it: after a long outage the count is read again
-        long_outage = job.stopped_at is not None and time.monotonic() - job.stopped_at > LONG_OUTAGE
-        if before is not None and not job.unit_written and not long_outage:
+        if before is not None and not job.unit_written:
             self.restarts_before = before.restarts
             gating.start_app(job.ctx, reset_failed=before.active_state == "failed")
         else:
@@ -642,9 +636,11 @@ class Start:
 
     def undo(self) -> None:
         # the gate first: a connection must not start the new app again while it is undone
-        gating.hold(self.job.ctx, f"undo of {self.job.manifest.version}")
-        if service.status(self.job.unit).exists:
-            service.stop(self.job.unit)
+        try:
+            gating.hold(self.job.ctx, f"undo of {self.job.manifest.version}")
+        finally:
+            if service.status(self.job.unit).exists:
+                service.stop(self.job.unit)
 
 
 class HealthGate:

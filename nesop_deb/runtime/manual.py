@@ -105,6 +105,7 @@ class _SafetyBackup:
 
 class _Stop:
     name = "stop"
+    starts_app = True  # its undo starts the app: only after every other undo succeeded
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx

@@ -165,6 +165,8 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
     # postinst configure calls this too: an interrupted rollback must not pass for an apply
     if journal.get("kind") == "restore":
         safety = ctx.backups_dir / str(journal.get("safety"))
+        if not boot:  # the restored version may be running: it is stopped before its tree changes
+            gating.stop_app(ctx, f"recovery of the interrupted restore of {journal.get('backup')}")
         if backup.exists(ctx, safety.name):
             backup.restore_files(ctx, safety)
             backup.restore_database(ctx, safety, keep_current=True)
@@ -226,7 +228,7 @@ def recover(ctx: Context, *, boot: bool = False) -> str | None:
 
         errors = transaction.undo_from_journal(ctx, journal, steps, release)
         healthy: bool | None = None  # at boot: not started yet, systemd starts it after this
-        if not boot:
+        if not boot and not errors:  # never started on a tree the undo could not make whole
             ensure_running(ctx)
             healthy = _healthy(ctx)
         entry = apply.history_entry(

@@ -61,15 +61,40 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGTERM, SIGHUP and SIGINT are noted and ignored while an undo runs: a second Ctrl-C
+    must not cut an undo short (the app would start on a half-restored tree)."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.warning("%s ignored: the undo finishes first", signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def undo_steps(steps: Sequence[Step]) -> list[str]:
-    """Undo ``steps`` newest first; keep going past failures and return their messages."""
+    """Undo ``steps`` newest first; keep going past failures and return their messages.
+
+    A step whose undo starts the app (``starts_app``) is left out once an earlier undo failed:
+    the app stays stopped (and gated) on a tree that is not whole, until ``nesop-update
+    recover`` finishes the undo."""
     errors: list[str] = []
-    for s in reversed(steps):
-        try:
-            with log_step(f"undo {s.name}"):
-                s.undo()
-        except Exception as exc:
-            errors.append(f"undo {s.name}: {exc}")
+    with signals_deferred():
+        for s in reversed(steps):
+            if errors and getattr(s, "starts_app", False):
+                log.error("undo %s: not done: the app stays stopped until the undo is finished", s.name)
+                errors.append(f"undo {s.name}: the app was not started, as an earlier undo failed")
+                continue
+            try:
+                with log_step(f"undo {s.name}"):
+                    s.undo()
+            except Exception as exc:
+                errors.append(f"undo {s.name}: {exc}")
     return errors
 
 

@@ -27,6 +27,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from nesop_deb import systemdunit
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Action, FileEntry, Manifest
 from nesop_deb.runtime import backup, service, state
@@ -186,12 +187,23 @@ def install(ctx: Context, content: bytes, *, enable: bool, kind: str = SERVICE) 
         if before is None:
             service.enable(name)
             service.start_unit(name)
-        else:
+        elif _listening_changed(before.content, content):
+            # a restart closes the listener: the connections queued now are reset
             service.restart(name)
     elif enable and before is None:
         service.enable(name)
     log.info("%s %s and reloaded systemd", "installed" if before is None else "replaced", p)
     return True
+
+
+def _listening_changed(old: bytes, new: bytes) -> bool:
+    """Whether the socket's ``[Socket]`` settings differ: only then must it be restarted (which
+    resets the connections it holds); a comment or ``[Install]`` changes nothing it does."""
+
+    def settings(content: bytes) -> list[tuple[str, str]]:
+        return systemdunit.section(content.decode("utf-8", "replace"), "Socket")
+
+    return settings(old) != settings(new)
 
 
 def restore(ctx: Context, backup_dir: Path, *, disable: bool = False) -> bool:
@@ -202,8 +214,9 @@ def restore(ctx: Context, backup_dir: Path, *, disable: bool = False) -> bool:
     if not backup.exists(ctx, backup_dir.name):  # it was taken before the unit could change
         raise backup.BackupError(f"backup {backup_dir.name} is missing: {path(ctx)} could not be put back")
     changed = False
-    # the socket first: it is the one the service's new unit may require
-    for kind in (SOCKET, SERVICE):
+    # the service first: a socket stopped while the new service (which may Require= it) is still
+    # loaded would take the service's pending start with it
+    for kind in (SERVICE, SOCKET):
         old = backup.read_unit(ctx, backup_dir, kind)
         if old is not None:
             changed = (
@@ -230,7 +243,7 @@ def _restore_one(ctx: Context, backup_dir: Path, old: backup.UnitCopy, *, disabl
         return False
     write_atomic(p, old.content, old.mode)
     service.daemon_reload()
-    if kind == SOCKET:
+    if kind == SOCKET and (now is None or _listening_changed(now.content, old.content)):
         service.restart(old.name)
     log.info("put back %s from %s and reloaded systemd", p, backup_dir.name)
     return True

@@ -274,6 +274,8 @@ def test_the_generator_puts_each_app_behind_its_recovery(server: Server, tmp_pat
     assert sorted(files) == [
         "demo.service.d/50-nesop-update-gate.conf",
         "demo.service.d/50-nesop-update-recover.conf",
+        "nesop-update-gate@demo.service.d/50-demo-update.conf",
+        "nesop-update-gate@shop@eu.service.d/50-shop-update.conf",
         "nesop-update-recover@demo.service.d/50-demo-update.conf",
         "nesop-update-recover@shop@eu.service.d/50-shop-update.conf",
         "shop@eu.service.d/50-nesop-update-gate.conf",

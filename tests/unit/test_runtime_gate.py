@@ -44,27 +44,29 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     yield from fake_server(tmp_path, monkeypatch)
 
 
+GATE_UNIT = TOP / "debian/nesop-update-gate@.service"
+
+
 def condition(server: Server, tmp_path: Path) -> list[str]:
-    """The gate's ExecCondition as the generator writes it for the fake server's app, with its
-    paths below the test's root: the argv /bin/sh runs."""
+    """What the app's gate unit runs before each of its starts, as systemd would run it for the
+    fake server's app (``$$`` is a literal ``$``, ``%i`` the instance, ``${NESOP_PACKAGE}`` the
+    package the generator names), with its paths below the test's root: the argv /bin/sh runs."""
     from tests.unit.runtime_fixtures import release_101
 
     release_101(server)  # a manifest where dpkg unpacks it
     files = generate(server.root, tmp_path / "out")
-    text = files[f"{UNIT}.d/{gating.dropin.NAME}"]
-    line = next(x for x in text.splitlines() if x.startswith("ExecCondition="))
-    argv = line.removeprefix("ExecCondition=+")
-    script = argv[len("/bin/sh -c '") : argv.index("' nesop-update-gate ")].replace("$$", "$")
-    state_dir = f"/var/lib/{server.ctx.package}"
-    assert argv.endswith(f" nesop-update-gate {state_dir}/gate {state_dir}/journal.json")
-    return [
-        "/bin/sh",
-        "-c",
-        script,
-        "gate",
-        str(gatefile.path(server.ctx)),
-        str(state.journal_path(server.ctx)),
-    ]
+    stem = UNIT.removesuffix(".service")
+    assert f"Requires=nesop-update-gate@{stem}.service\n" in files[f"{UNIT}.d/{gating.dropin.NAME}"]
+    package = server.ctx.package
+    dropin = files[f"nesop-update-gate@{stem}.service.d/50-{package}.conf"]
+    assert dropin.endswith(f"[Service]\nEnvironment=NESOP_PACKAGE={package}\n")
+    text = GATE_UNIT.read_text().replace("\\\n", "")  # continuation lines joined, as systemd does
+    exec_start = next(line for line in text.splitlines() if line.startswith("ExecStart="))
+    argv = exec_start.removeprefix("ExecStart=")
+    assert argv.startswith("/bin/sh -c '") and argv.endswith('\' nesop-update-gate "${NESOP_PACKAGE}"')
+    script = argv[len("/bin/sh -c '") : argv.rindex("' nesop-update-gate ")]
+    script = script.replace("$$", "$").replace("%i", stem).replace("/var/lib/", f"{server.root}/var/lib/")
+    return ["/bin/sh", "-c", script, "nesop-update-gate", package]
 
 
 def wait(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str] | None:
@@ -89,7 +91,7 @@ def test_the_condition_waits_while_the_gate_is_held_and_goes_on_when_opened(
     done = wait(argv, 5)
     assert done is not None and done.returncode == 0
     assert done.stdout.splitlines() == [
-        "nesop-update gate: an update holds the app; this start waits",
+        f"nesop-update gate: an update holds {UNIT}; its start waits",
         "nesop-update gate: open",
     ]
     assert gatefile.inspect(server.ctx) == gatefile.GateState("", False)
@@ -336,24 +338,43 @@ def test_a_failed_update_that_brought_a_socket_disables_stops_and_removes_it(
     assert gatefile.inspect(server.ctx) == gatefile.GateState("", False)
 
 
-@pytest.mark.parametrize("long_outage", [True, False])
-def test_restarts_counted_while_the_app_waited_at_the_gate_fail_only_a_short_outage(
-    server: Server, monkeypatch: pytest.MonkeyPatch, long_outage: bool
+def test_a_socket_whose_listening_settings_did_not_change_is_not_restarted(
+    server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A start that waits at the gate past TimeoutStartSec= times out and Restart= starts it
-    again: systemd counts a restart. After a long outage that is no sign of the new app."""
-    from nesop_deb.runtime import apply
+    """A restart closes the listener and resets what it holds: only a change of [Socket] needs one."""
+    with_socket(server, monkeypatch)
+    manifest = server.package("1.0.1", [modify("app.py", APP_V1, APP_V2), add(SOCKET_REL, SOCKET_V1)])
+    operations.run_apply(server.ctx, manifest, server.ctx.share, state.load(server.ctx))
+    commented = b"# the store's address\n" + SOCKET_V1
+    manifest = server.package("1.0.2", [modify(SOCKET_REL, SOCKET_V1, commented)], bases=("1.0.1",))
+    operations.run_apply(server.ctx, manifest, server.ctx.share, state.load(server.ctx))
+    assert unitfile.path(server.ctx, SOCKET).read_bytes() == commented
+    assert ["systemctl", "restart", "--", SOCKET] not in server.systemd.calls
+    moved = commented.replace(b"8000", b"8001")
+    manifest = server.package("1.0.3", [modify(SOCKET_REL, commented, moved)], bases=("1.0.2",))
+    operations.run_apply(server.ctx, manifest, server.ctx.share, state.load(server.ctx))
+    assert ["systemctl", "restart", "--", SOCKET] in server.systemd.calls
+
+
+def test_an_undo_that_fails_leaves_the_app_stopped_and_gated(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from nesop_deb.runtime import apply, backup
 
     install_base(server)
-    monkeypatch.setattr(apply, "LONG_OUTAGE", 0.0 if long_outage else 3600.0)
+    server.serve_health(lambda: 503)
+    server.configure(timeout=0.5)
 
-    def timed_out_while_gated(name: str) -> None:
-        server.unit.restarts += 1
+    def broken(*_args: object, **_kw: object) -> None:
+        raise OSError("the disk is gone")
 
-    server.systemd.on_stop = timed_out_while_gated
-    if long_outage:
+    monkeypatch.setattr(backup, "restore_files", broken)
+    with pytest.raises(Exception, match="not healthy") as failed:
         run_update(server)
-        assert state.load(server.ctx).current == "1.0.1"
-    else:  # a restart within a short outage: the health gate sees it
-        with pytest.raises(Exception, match="failed to start"):
-            run_update(server)
+    errors = failed.value.undo_errors  # type: ignore[attr-defined]
+    assert any("apply-files" in e for e in errors) and any("the app was not started" in e for e in errors)
+    assert server.unit.active != "active"
+    assert gatefile.inspect(server.ctx).locked  # held until this process ends; then the line stays
+    assert state.journal_path(server.ctx).exists()
+    assert apply.Stop.starts_app
+    gating.release(server.ctx)

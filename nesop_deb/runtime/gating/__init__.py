@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 
+from nesop_deb.errors import RefusedError
 from nesop_deb.runtime import service
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.gating import dropin
@@ -53,6 +54,19 @@ def ensure_dropin(ctx: Context, st: service.ServiceStatus) -> None:
         return
     log.info("%s has not loaded the update gate (%s) yet: reloading systemd", ctx.app.service, dropin.NAME)
     service.daemon_reload()
+    if dropin.loaded(service.status(ctx.app.service).drop_ins):
+        return
+    socket = socket_installed(ctx)
+    if socket is not None:  # its connections would start the old app in the middle of the update
+        raise RefusedError(
+            f"{ctx.app.service} has no update gate ({dropin.NAME} is not loaded) and {socket} starts"
+            " it on any connection: the update would run under a live app",
+            hint="check that nesop-deb is installed and `systemctl cat "
+            f"{ctx.app.service}` lists the drop-in; nothing was changed",
+        )
+    log.warning(
+        "%s has no update gate (%s): a start during the update would not wait", ctx.app.service, dropin.NAME
+    )
 
 
 def stop_app(ctx: Context, why: str) -> None:

@@ -73,20 +73,23 @@ def hold(ctx: Context, why: str) -> None:
     fd = _open(p)
     try:
         _lock(fd, p)
-        os.ftruncate(fd, 0)
-        # no fsync: after a power loss the boot's recovery decides, not this line
-        os.pwrite(fd, f"pid {os.getpid()}: {why}\n".encode(), 0)
     except BaseException:
         os.close(fd)
         raise
     _held[p] = fd
+    try:
+        os.ftruncate(fd, 0)
+        # no fsync: after a power loss the boot's recovery decides, not this line
+        os.pwrite(fd, f"pid {os.getpid()}: {why}\n".encode(), 0)
+    except OSError as exc:  # a full disk: the lock holds all the same, only a crash is not covered
+        log.warning("cannot write the gate %s (%s): it is held, but a crash would leave it open", p, exc)
 
 
 def release(ctx: Context) -> None:
     """Open the gate: a start waiting for it goes on. Also clears what a killed holder left.
     Idempotent; a missing state directory means there is no gate to open."""
     p = path(ctx)
-    fd = _held.pop(p, None)
+    fd = _held.get(p)
     if fd is None:
         if not p.parent.is_dir():
             return
@@ -102,6 +105,7 @@ def release(ctx: Context) -> None:
         os.ftruncate(fd, 0)
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
+        _held.pop(p, None)
         os.close(fd)
 
 
