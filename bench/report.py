@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import buildtime, deps, machine, outage, plot, scaling, size, venv_build
+from bench import buildtime, deps, machine, outage, plot, scaling, size, traffic, venv_build
 from bench.common import Goal, Stat
 from bench.server import OpResult
 
@@ -39,6 +39,7 @@ class Results:
     venv: venv_build.VenvResult | None = None
     venv_note: str = ""  # why the virtualenv benchmark could not run
     deps: deps.DepsResult | None = None
+    requests: traffic.RequestsResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
     total_s: float = 0.0
 
@@ -51,6 +52,9 @@ class Results:
             goals += self.size.goals()
         if dependencies:
             goals += deps.goals(dependencies)
+        during = getattr(self, "requests", None)  # results pickled before it existed lack it
+        if during:
+            goals += traffic.goals(during)
         if self.build:
             goals += self.build.goals()
         if self.scaling:
@@ -224,9 +228,9 @@ def write(r: Results, output: Path) -> str:
         "## Machine\n",
         machine.markdown(r.work, r.started),
         "The server is a booted Debian 12 container (Debian 13 for the updates that change the "
-        "app's virtualenv; systemd-nspawn, systemd as PID 1, an overlayfs "
-        "on the cached root) on this machine, with a private network so that its port 5000 meets "
-        "nothing else; the poller is a thread of the benchmark on the host that enters the "
+        "app's virtualenv and for the requests during an update; systemd-nspawn, systemd as PID 1, "
+        "an overlayfs on the cached root) on this machine, with a private network so that its port "
+        "5000 meets nothing else; the poller is a thread of the benchmark on the host that enters the "
         "container's network namespace (no subprocess per probe).\n",
         "## 1. Outage during an update\n",
         "`/health` polled from the host every ~2 ms (a new connection per probe, 0.25 s timeout); "
@@ -285,6 +289,17 @@ def write(r: Results, output: Path) -> str:
         parts.append(f"Could not run: {r.venv_note}.\n")
     else:
         parts.append(_not_run("venv"))
+    parts.append("## 7. Requests during an update\n")
+    parts.append(
+        "Clients keep a page busy while the server is updated, fails an update, rolls back with apt "
+        "and restarts, with the app's socket unit (systemd holds the listening socket while the app "
+        "is stopped; connections wait in its queue, and the gate keeps a start from running before "
+        "the update is done) and without it, by `bench/traffic.py`. Goals, with the socket unit: no "
+        "failed request in any operation; exactly one new app process per successful update and "
+        "none before the gate opens; the longest request at most the outage + 100 ms.\n"
+    )
+    during = getattr(r, "requests", None)
+    parts.append(traffic.markdown(during) if during else _not_run("requests"))
     parts += [
         "## How to reproduce\n",
         "As root on Debian 12: `make bench` (installs what it needs, builds the toolchain package, "
@@ -293,7 +308,8 @@ def write(r: Results, output: Path) -> str:
         "`--scaling-runs 5`, `--assets 10,300,2048 --db 1,100,1000`, `--only venv --venv-runs 9` "
         "(alone: `python3 -m bench.venv_build`), `--only deps --runs 9` (the updates that change the "
         "virtualenv, with the Debian 13 toolchain package of `make package SUITE=trixie`, "
-        "`--deps-toolchain`); through make: "
+        "`--deps-toolchain`), `--only requests --requests-rounds 6` (requests during updates, with the "
+        "same Debian 13 toolchain package); through make: "
         "`make bench BENCH_ARGS='--runs 9'`. The run "
         "works in `build/bench/` (emptied first) and leaves its raw results in "
         "`build/bench/results.json`. The Debian 12 and 13 roots the containers start from are built once "

@@ -1,15 +1,15 @@
 #!/usr/bin/env python3
 """`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
 
-    bench/run.py [--only outage,size,build,scaling,venv,deps] [--runs 5] [--scaling-runs 3]
-                 [--venv-runs 5] [--assets 10,100,1024] [--db 1,50,500] [--output docs/benchmarks.md]
-                 [--toolchain DEB] [--deps-toolchain DEB]
+    bench/run.py [--only outage,size,build,scaling,venv,deps,requests] [--runs 5] [--scaling-runs 3]
+                 [--venv-runs 5] [--requests-rounds 4] [--assets 10,100,1024] [--db 1,50,500]
+                 [--output docs/benchmarks.md] [--toolchain DEB] [--deps-toolchain DEB]
     bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
 
 Every number is compared with a baseline measured in the same run on the same machine: a bare
 `systemctl restart` of the same app in the same container, a `--full` package and a debdelta
 of the same release, the smallest repository. Runs as root (containers); the Debian roots (the
-host's release, and Debian 13 for the dependency benchmark) are built once and cached
+host's release, and Debian 13 for the dependency and requests benchmarks) are built once and cached
 (tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
 The benchmark states whether each goal is met; nothing here fails on a slow result.
 """
@@ -31,12 +31,13 @@ from typing import Any
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from bench import buildtime, deps, outage, releases, report, scaling, size, venv_build  # noqa: E402
+from bench import buildtime, deps, outage, releases, report, scaling, size, traffic, venv_build  # noqa: E402
 from bench.common import say  # noqa: E402
 from tests.e2e.testbed import host_suite, missing_prerequisites  # noqa: E402
 
-# rollback times come with the outage runs; deps: the updates that change the app's virtualenv
-BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps")
+# rollback times come with the outage runs; deps: the updates that change the app's virtualenv;
+# requests: clients' requests during updates, with and without the app's socket unit
+BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps", "requests")
 
 
 def _ints(text: str) -> list[int]:
@@ -96,6 +97,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--venv-runs", type=int, default=5, help="timed virtualenv builds per installer and app (5)"
     )
     p.add_argument(
+        "--requests-rounds",
+        type=int,
+        default=4,
+        help="rounds of the requests benchmark's operations, per variant (4: 24 updates and rollbacks each)",
+    )
+    p.add_argument(
         "--toolchain",
         type=Path,
         default=default_toolchain(),
@@ -105,7 +112,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--deps-toolchain",
         type=Path,
         default=default_deps_toolchain(),
-        help=f"the toolchain .deb for Debian {deps.SUITE} (`make package SUITE={deps.SUITE}`), for deps",
+        help=f"the toolchain .deb for Debian {deps.SUITE} (`make package SUITE={deps.SUITE}`), for deps "
+        "and requests",
     )
     p.add_argument("--work", type=Path, default=TOP / "build" / "bench", help="scratch directory (emptied)")
     p.add_argument(
@@ -115,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="measure nothing: write the report again from a run's results.pickle (in its --work)",
     )
     args = p.parse_args(argv)
-    if min(args.runs, args.scaling_runs, args.build_runs, args.venv_runs) < 1:
+    if min(args.runs, args.scaling_runs, args.build_runs, args.venv_runs, args.requests_rounds) < 1:
         p.error("every run count must be at least 1")
     return args
 
@@ -155,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     clock = time.monotonic()
     needs_server = {"outage", "scaling"} & set(args.only)
-    if needs_server or "deps" in args.only:
+    on_trixie = {"deps", "requests"} & set(args.only)
+    if needs_server or on_trixie:
         problems = missing_prerequisites()
         if problems:
             raise SystemExit(f"bench: cannot run containers: {'; '.join(problems)}")
     if needs_server and (args.toolchain is None or not args.toolchain.is_file()):
         raise SystemExit("bench: no toolchain package; run `make package` or pass --toolchain")
-    if "deps" in args.only and (args.deps_toolchain is None or not args.deps_toolchain.is_file()):
+    if on_trixie and (args.deps_toolchain is None or not args.deps_toolchain.is_file()):
         raise SystemExit(
             f"bench: no toolchain package for Debian {deps.SUITE}; run `make package SUITE={deps.SUITE}` "
             "or pass --deps-toolchain"
@@ -209,6 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         debs = deps.build(work / "deps", args.deps_toolchain)
         results.deps = deps.measure(debs, args.runs)
         timings["dependencies"] = time.monotonic() - t
+    if "requests" in args.only:
+        say("requests during an update: bench/traffic.py")
+        t = time.monotonic()
+        rounds = args.requests_rounds
+        results.requests = traffic.measure(
+            traffic.build(work / "requests", args.deps_toolchain, rounds), rounds
+        )
+        timings["requests during an update"] = time.monotonic() - t
 
     results.timings = timings
     results.total_s = time.monotonic() - clock

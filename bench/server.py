@@ -73,6 +73,33 @@ class OpResult:
         return sum(b.seconds for b in self.blocks if b.name.startswith(block_prefix))
 
 
+@dataclass(frozen=True)
+class Entry:
+    """One line of the container's journal."""
+
+    t: float  # wall clock, from the journal's microseconds
+    pid: int
+    unit: str  # UNIT= of systemd's own lines, else the unit that wrote it
+    message: str
+
+
+def journal_entries(text: str) -> list[Entry]:
+    """``journalctl -o json`` lines; binary messages and unparsable lines are skipped."""
+    out: list[Entry] = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        stamp = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP")
+        message = entry.get("MESSAGE")
+        if stamp is None or not isinstance(message, str):
+            continue
+        unit = entry.get("UNIT") or entry.get("_SYSTEMD_UNIT") or ""
+        out.append(Entry(int(stamp) / 1e6, int(entry.get("_PID") or 0), str(unit), message))
+    return out
+
+
 def service_phases(journal_json: str, since: float) -> dict[str, float]:
     """Where a stop-and-start of the store spent its time, from the container's journal.
 
@@ -83,16 +110,8 @@ def service_phases(journal_json: str, since: float) -> dict[str, float]:
     operation did not stop and start the store.
     """
     marks: dict[str, float] = {}
-    for line in journal_json.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        stamp = entry.get("_SOURCE_REALTIME_TIMESTAMP") or entry.get("__REALTIME_TIMESTAMP")
-        message = entry.get("MESSAGE")
-        if stamp is None or not isinstance(message, str):
-            continue
-        t = int(stamp) / 1e6
+    for entry in journal_entries(journal_json):
+        t, message = entry.t, entry.message
         for key, prefix in (("stopping", "Stopping "), ("stopped", "Stopped "), ("started", "Started ")):
             if message.startswith(prefix) and key not in marks:
                 marks[key] = t
