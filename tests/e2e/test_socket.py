@@ -29,6 +29,7 @@ from .testbed import Container
 
 SOCKET = "nesop-store.socket"
 GATE = store.GATE
+GATE_UNIT = "nesop-update-gate@nesop-store.service"  # each start of the store waits in it
 CLIENT = Path(__file__).with_name("readclient.py")
 PAGE = "http://127.0.0.1:5000/api/products"  # reads the database
 
@@ -162,8 +163,8 @@ def test_no_request_fails_across_updates_failures_and_a_rollback(
     assert_listening(box)
     assert gate(box) == ""
     # every start the runtime did not make waited at the gate, and went on only once it opened
-    waits = box.run(["journalctl", "-u", store.UNIT, "--no-pager", "-o", "cat"]).stdout
-    assert waits.count("nesop-update gate: an update holds the app") == waits.count("nesop-update gate: open")
+    waits = box.run(["journalctl", "-u", GATE_UNIT, "--no-pager", "-o", "cat"]).stdout
+    assert waits.count("nesop-update gate: an update holds") == waits.count("nesop-update gate: open")
     assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
 
 
@@ -194,7 +195,8 @@ def test_a_crash_with_the_gate_held_keeps_the_app_from_starting_until_recovery(
         assert box.run(["flock", "-n", "-s", GATE, "true"], check=False).returncode == 0
         time.sleep(3)  # connections keep arriving and waiting
         assert prop(box, store.UNIT, "MainPID") == "0"
-        assert prop(box, store.UNIT, "ActiveState") in ("activating", "inactive")
+        assert prop(box, store.UNIT, "ActiveState") == "inactive"
+        assert prop(box, GATE_UNIT, "ActiveState") == "activating"  # the store's start waits in it
         assert_listening(box)
         status = box.run(["nesop-update", "status"], check=False).stdout
         assert "left closed" in status and "waits for the recovery" in status, status
@@ -207,8 +209,8 @@ def test_a_crash_with_the_gate_held_keeps_the_app_from_starting_until_recovery(
     assert gate(box) == ""
     actions = [(e["action"], e["version"], e["status"]) for e in store.history(box)]
     assert ("recover", "1.2.2", "interrupted") in actions and actions[-1] == ("apply", "1.2.2", "success")
-    log = box.run(["journalctl", "-u", store.UNIT, "--no-pager", "-o", "cat"]).stdout
-    assert "nesop-update gate: an update holds the app; this start waits" in log
+    log = box.run(["journalctl", "-u", GATE_UNIT, "--no-pager", "-o", "cat"]).stdout
+    assert "nesop-update gate: an update holds nesop-store.service; its start waits" in log
 
 
 @pytest.mark.fault(
