@@ -178,8 +178,8 @@ def at_1_2_1(box: Container, repo: store.ExampleRepo) -> Path:
 
 @pytest.mark.fault(
     "SIGKILL",
-    "migrate (gate held)",
-    ends_as="no start while gated; requests wait; configure -a serves the old app, then the new",
+    "migrate",
+    ends_as="with a socket: no start while gated, requests wait; configure -a serves old, then new",
 )
 def test_a_crash_with_the_gate_held_keeps_the_app_from_starting_until_recovery(
     server: Container, example_repo: store.ExampleRepo, tmp_path: Path
@@ -215,8 +215,8 @@ def test_a_crash_with_the_gate_held_keeps_the_app_from_starting_until_recovery(
 
 @pytest.mark.fault(
     "power loss",
-    "apply-files (gate held)",
-    ends_as="after the boot the recovery runs first, the old app serves; the stale gate holds nothing",
+    "apply-files",
+    ends_as="with a socket: after the boot the recovery runs first, old app serves, no request fails",
 )
 def test_a_power_loss_with_the_gate_held_leaves_a_server_that_boots_and_serves(
     server: Container, example_repo: store.ExampleRepo, tmp_path: Path
