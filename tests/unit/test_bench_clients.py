@@ -42,7 +42,8 @@ def raw_server(behaviour: Behaviour) -> Iterator[tuple[str, list[socket.socket]]
             except OSError:
                 return
             accepted.append(conn)
-            with conn:
+            # the client may be gone first (it gave up, or closed): what it saw is what counts
+            with conn, contextlib.suppress(OSError):
                 behaviour(conn)
 
     thread = threading.Thread(target=serve, daemon=True)
