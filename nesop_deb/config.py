@@ -23,6 +23,7 @@ CONFIG_NAME = "nesop-deb.toml"
 # Names end up in control fields and scripts: always fullmatch() ("$" would accept a final "\n").
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _UNIT_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.service$")
+_SOCKET_NAME = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.socket$")
 _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
 # An update waits this long at most for the app to answer: an hour covers the slowest start,
 # while a larger value (or inf, nan) would leave a failed update hanging instead of undone.
@@ -35,6 +36,10 @@ def is_package_name(name: str) -> bool:
 
 def is_unit_name(name: str) -> bool:
     return _UNIT_NAME.fullmatch(name) is not None
+
+
+def is_socket_name(name: str) -> bool:
+    return _SOCKET_NAME.fullmatch(name) is not None
 
 
 def socket_name(service: str) -> str:
@@ -62,11 +67,6 @@ class AppConfig:
     writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
     # the app's systemd socket unit (app-relative), installed as <service stem>.socket
     socket_file: str | None = None
-
-    @property
-    def socket(self) -> str:
-        """The name the socket unit is installed as: systemd pairs it with the service by name."""
-        return socket_name(self.service)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nesop_deb.config import is_unit_name
+from nesop_deb.config import is_socket_name, is_unit_name
 from nesop_deb.errors import NesopError, RefusedError, UsageError
 from nesop_deb.paths import UnsafePath, link_stays_inside, safe_relative
 from nesop_deb.runtime import accounts, database, safefs, state
@@ -36,7 +36,6 @@ UNIT_FILE = "systemd-unit"  # the installed unit an update replaced, as it was
 SOCKET_FILE = "systemd-socket"  # likewise the app's socket unit ([app] socket_file)
 # the record in backup_manifest.json -> the file holding its content
 UNIT_RECORDS = {"unit": UNIT_FILE, "socket": SOCKET_FILE}
-_SOCKET = re.compile(r"[A-Za-z0-9:_.@\\-]+\.socket")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:~-]{0,200}")
 
 
@@ -385,7 +384,7 @@ def _validate(name: str, data: dict[str, Any]) -> None:
             if unit is None:
                 continue
             uname, digest, mode = unit["name"], unit["sha256"], unit["mode"]
-            if not isinstance(uname, str) or not (is_unit_name(uname) or _SOCKET.fullmatch(uname)):
+            if not isinstance(uname, str) or not (is_unit_name(uname) or is_socket_name(uname)):
                 raise bad(f"unit {uname!r} is not a unit name")
             if digest is not None and not isinstance(digest, str):
                 raise bad(f"unit {uname}: sha256 is not a string")

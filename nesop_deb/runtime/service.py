@@ -37,12 +37,14 @@ class ServiceStatus:
 _PROPERTIES = "LoadState,ActiveState,SubState,MainPID,NRestarts,DropInPaths"
 
 
+def _show(unit: str, properties: str) -> dict[str, str]:
+    """``systemctl show``'s ``properties`` of ``unit`` (missing ones are left out)."""
+    out = proc.run(["systemctl", "show", "-p", properties, "--", unit], check=False).out
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 def status(unit: str) -> ServiceStatus:
-    out = proc.run(
-        ["systemctl", "show", "-p", _PROPERTIES, "--", unit],
-        check=False,
-    ).out
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    values = _show(unit, _PROPERTIES)
     return ServiceStatus(
         values.get("LoadState", ""),
         values.get("ActiveState", ""),
@@ -157,18 +159,7 @@ class SocketStatus:
 
 
 def socket_status(unit: str) -> SocketStatus:
-    out = proc.run(
-        [
-            "systemctl",
-            "show",
-            "-p",
-            "LoadState,ActiveState,SubState,UnitFileState,Listen,Triggers",
-            "--",
-            unit,
-        ],
-        check=False,
-    ).out
-    values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    values = _show(unit, "LoadState,ActiveState,SubState,UnitFileState,Listen,Triggers")
     # Listen= is "ADDRESS (Stream)" per listener, several separated by spaces
     listen = tuple(part for part in values.get("Listen", "").split() if not part.startswith("("))
     return SocketStatus(

@@ -47,12 +47,8 @@ class TransactionFailed(NesopError):
 
 
 @contextlib.contextmanager
-def signals_raise() -> Iterator[None]:
-    """SIGTERM, SIGHUP and SIGINT become :class:`Interrupted`, so the undo runs."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
-
+def _signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` for SIGTERM, SIGHUP and SIGINT while the block runs."""
     previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         yield
@@ -61,20 +57,23 @@ def signals_raise() -> Iterator[None]:
             signal.signal(s, h)
 
 
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
+def signals_raise() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM, SIGHUP and SIGINT become :class:`Interrupted`, so the undo runs."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(f"interrupted by signal {signal.Signals(signum).name}")
+
+    return _signals(handler)
+
+
+def signals_deferred() -> contextlib.AbstractContextManager[None]:
     """SIGTERM, SIGHUP and SIGINT are noted and ignored while an undo runs: a second Ctrl-C
     must not cut an undo short (the app would start on a half-restored tree)."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.warning("%s ignored: the undo finishes first", signal.Signals(signum).name)
 
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+    return _signals(handler)
 
 
 def undo_steps(steps: Sequence[Step]) -> list[str]:

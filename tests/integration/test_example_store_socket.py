@@ -20,20 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.activation import activated
+
 pytestmark = pytest.mark.integration
 
 ROOT = "/opt/nesop-store"
 UNIT = "deploy/nesop-store.service"
-# exec keeps the pid: LISTEN_PID is then gunicorn's, as systemd sets it for the process it starts
-ACTIVATE = """\
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="nesop-store.socket")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +63,6 @@ def start(app: Path, venv: Path, database: Path, listener: socket.socket) -> sub
     exec_start = next(line for line in unit if line.startswith("ExecStart=")).removeprefix("ExecStart=")
     argv = exec_start.replace(f"{ROOT}/venv/", f"{venv}/").replace(ROOT, str(app)).split()
     assert argv[0] == f"{venv}/bin/gunicorn"
-    fd = listener.fileno()
     env = {
         "PATH": "/usr/bin:/bin",
         "LC_ALL": "C.UTF-8",
@@ -80,10 +71,7 @@ def start(app: Path, venv: Path, database: Path, listener: socket.socket) -> sub
         # config.py names the socket's own address: were bind used, gunicorn would find it taken
         "NESOP_STORE_PORT": str(listener.getsockname()[1]),
     }
-    return subprocess.Popen(
-        [sys.executable, "-c", ACTIVATE, str(fd), *argv],
-        cwd=app, env=env, pass_fds=(fd,), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return activated(argv, listener, cwd=app, env=env)
 
 
 def listening_at(process: subprocess.Popen[str]) -> str:

@@ -43,6 +43,8 @@ from wsgiref.util import setup_testing_defaults
 
 import pytest
 
+from tests.unit.activation import activated
+
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "nesop-store"
 APP = EXAMPLE / "app"
 MAKE_RELEASE_REPO = EXAMPLE / "make-release-repo"
@@ -704,6 +706,26 @@ def test_every_migration_has_a_rollback_that_undoes_it_exactly(
         assert snapshot(database) == expected, f"{rollback_file(migration).name} is not the inverse"
 
 
+def assert_fails_at_the_third_statement(
+    database: Path, steps: list[str], error: type[sqlite3.Error], match: str
+) -> None:
+    """In one transaction, as a migration engine runs it, nothing of ``steps`` stays; statement by
+    statement, the first two stay applied and the third fails."""
+    before = snapshot(database)
+    with closing(sqlite3.connect(database, isolation_level=None)) as conn:
+        conn.execute("BEGIN")
+        conn.execute(steps[0])
+        conn.execute(steps[1])
+        with pytest.raises(error, match=match):
+            conn.execute(steps[2])
+        conn.execute("ROLLBACK")
+        assert snapshot(database) == before
+        conn.execute(steps[0])
+        conn.execute(steps[1])
+        with pytest.raises(error):
+            conn.execute(steps[2])
+
+
 def test_broken_migration_fails_half_way(tree: Callable[[str], Path], tmp_path: Path) -> None:
     app_dir = tree("broken/migration")
     database = tmp_path / "store.db"
@@ -712,22 +734,7 @@ def test_broken_migration_fails_half_way(tree: Callable[[str], Path], tmp_path: 
         assert conn.execute("SELECT code FROM gift_cards").fetchall() == [("WELCOME-10",)]
     steps = statements((app_dir / "migrations" / "0006_product_slugs.sql").read_text())
     assert len(steps) == 3
-    before = snapshot(database)
-
-    with closing(sqlite3.connect(database, isolation_level=None)) as conn:
-        # In one transaction, as a migration engine runs it: nothing stays.
-        conn.execute("BEGIN")
-        conn.execute(steps[0])
-        conn.execute(steps[1])
-        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):
-            conn.execute(steps[2])
-        conn.execute("ROLLBACK")
-        assert snapshot(database) == before
-        # Statement by statement: the first two stay applied.
-        conn.execute(steps[0])
-        conn.execute(steps[1])
-        with pytest.raises(sqlite3.IntegrityError):
-            conn.execute(steps[2])
+    assert_fails_at_the_third_statement(database, steps, sqlite3.IntegrityError, "UNIQUE constraint failed")
     with closing(sqlite3.connect(database)) as conn:
         columns = [row[1] for row in conn.execute("PRAGMA table_info(products)")]
     assert "slug" in columns
@@ -741,22 +748,10 @@ def test_broken_socket_migration_fails_half_way(tree: Callable[[str], Path], tmp
     steps = statements(script.read_text())
     assert len(steps) == 3
     before = snapshot(database)
-
-    with closing(sqlite3.connect(database, isolation_level=None)) as conn:
-        # In one transaction, as a migration engine runs it: nothing stays.
-        conn.execute("BEGIN")
-        conn.execute(steps[0])
-        conn.execute(steps[1])
-        # a column of the developer's own database, which no migration adds: on any other, even empty
-        with pytest.raises(sqlite3.OperationalError, match="no such column: shipped_at"):
-            conn.execute(steps[2])
-        conn.execute("ROLLBACK")
-        assert snapshot(database) == before
-        # Statement by statement: the column and its index stay.
-        conn.execute(steps[0])
-        conn.execute(steps[1])
-        with pytest.raises(sqlite3.OperationalError):
-            conn.execute(steps[2])
+    # a column of the developer's own database, which no migration adds: on any other, even empty
+    assert_fails_at_the_third_statement(
+        database, steps, sqlite3.OperationalError, "no such column: shipped_at"
+    )
     with closing(sqlite3.connect(database)) as conn:
         assert "status" in [row[1] for row in conn.execute("PRAGMA table_info(orders)")]
     # what did get applied, its rollback takes out again
@@ -1234,29 +1229,13 @@ def test_broken_import_needs_a_name_its_pinned_itsdangerous_lacks(tree: Callable
 
 # -- socket activation, and the releases on it (1.2.x) -------------------------
 
-# Runs a program as systemd runs a socket-activated service: the listening socket at fd 3,
-# LISTEN_FDS=1, and LISTEN_PID the pid of the process that runs the program (exec keeps it).
-ACTIVATE = """\
-import os, sys
-fd = int(sys.argv[1])
-if fd != 3:
-    os.dup2(fd, 3)
-    os.close(fd)
-os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="nesop-store.socket")
-os.execv(sys.argv[2], sys.argv[2:])
-"""
-
 
 def start_activated(
     app_dir: Path, database: Path, listener: socket.socket, **extra: str
 ) -> subprocess.Popen[str]:
     """``python3 server.py`` handed ``listener`` the way systemd hands it nesop-store.socket."""
-    fd = listener.fileno()
     env = {**os.environ, "NESOP_STORE_DB": str(database), **extra}
-    return subprocess.Popen(
-        [sys.executable, "-c", ACTIVATE, str(fd), sys.executable, "-B", "server.py"],
-        cwd=app_dir, env=env, pass_fds=(fd,), stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return activated([sys.executable, "-B", "server.py"], listener, cwd=app_dir, env=env)
 
 
 def stop(process: subprocess.Popen[str]) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from nesop_deb.errors import RefusedError
-from nesop_deb.runtime import service
+from nesop_deb.runtime import service, unitfile
 from nesop_deb.runtime.context import Context
 from nesop_deb.runtime.gating import dropin
 from nesop_deb.runtime.gating.gatefile import GateState, held_here, hold, inspect, release
@@ -37,13 +37,10 @@ __all__ = [
     "stop_app",
 ]
 
-UNIT_DIR = "/etc/systemd/system"
-
-
 def socket_installed(ctx: Context) -> str | None:
     """The app's socket unit when one is installed (where the runtime installs it), else None."""
     name = ctx.app.socket
-    return name if os.path.lexists(ctx.host(f"{UNIT_DIR}/{name}")) else None
+    return name if os.path.lexists(unitfile.path(ctx, name)) else None
 
 
 def ensure_dropin(ctx: Context, st: service.ServiceStatus) -> None:

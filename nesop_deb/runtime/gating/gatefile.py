@@ -50,19 +50,22 @@ def path(ctx: Context) -> Path:
     return ctx.state_dir / NAME
 
 
-def _open(p: Path) -> int:
-    return lock.open_file(p, "the gate")
-
-
-def _lock(fd: int, p: Path) -> None:
-    lock.acquire(
-        fd,
-        WAIT,
-        lambda holder: RefusedError(
-            f"the gate {p} is held by {holder}", hint="wait for that operation to finish"
-        ),
-        step=0.02,
-    )
+def _locked(p: Path) -> int:
+    """The gate's descriptor, opened (never through a link) and locked exclusively."""
+    fd = lock.open_file(p, "the gate")
+    try:
+        lock.acquire(
+            fd,
+            WAIT,
+            lambda holder: RefusedError(
+                f"the gate {p} is held by {holder}", hint="wait for that operation to finish"
+            ),
+            step=0.02,
+        )
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def hold(ctx: Context, why: str) -> None:
@@ -70,13 +73,7 @@ def hold(ctx: Context, why: str) -> None:
     p = path(ctx)
     if p in _held:
         return
-    fd = _open(p)
-    try:
-        _lock(fd, p)
-    except BaseException:
-        os.close(fd)
-        raise
-    _held[p] = fd
+    fd = _held[p] = _locked(p)
     try:
         os.ftruncate(fd, 0)
         # no fsync: after a power loss the boot's recovery decides, not this line
@@ -93,12 +90,7 @@ def release(ctx: Context) -> None:
     if fd is None:
         if not p.parent.is_dir():
             return
-        fd = _open(p)
-        try:
-            _lock(fd, p)
-        except BaseException:
-            os.close(fd)
-            raise
+        fd = _locked(p)
         if os.fstat(fd).st_size:
             log.info("opened the gate %s, left held by a process that is gone", p)
     try:
