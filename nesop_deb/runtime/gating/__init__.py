@@ -37,6 +37,7 @@ __all__ = [
     "stop_app",
 ]
 
+
 def socket_installed(ctx: Context) -> str | None:
     """The app's socket unit when one is installed (where the runtime installs it), else None."""
     name = ctx.app.socket
