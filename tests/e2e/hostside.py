@@ -1,7 +1,8 @@
-"""Host-side helpers of the test bed: errors, processes, paths, HTTP."""
+"""Host-side helpers of the test bed: errors, processes, paths, HTTP, cgroups."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -198,3 +199,69 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# -- cgroups ----------------------------------------------------------------
+#
+# systemd-nspawn --keep-unit puts the container under its own cgroup (a `payload` child beside a
+# `supervisor` one). Containers started from one process would all share that cgroup, and each
+# container's systemd makes its units' cgroups there by the unit's name: two machines starting
+# and stopping the same unit at once then create and remove each other's cgroups, and a start
+# fails ("Failed to spawn executor: No such file or directory"). So each nspawn first moves into
+# a cgroup of its own container, in every hierarchy systemd uses.
+
+
+def _cgroup_bases() -> list[tuple[Path, str]]:
+    """(mount point, this process's path there) for the unified hierarchy and, on a hybrid
+    host, systemd's named v1 one."""
+    own: dict[str, str] = {}
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if number == "0" and controllers == "":
+            own["unified"] = path
+        elif controllers == "name=systemd":
+            own["systemd"] = path
+    root = Path("/sys/fs/cgroup")
+    bases: list[tuple[Path, str]] = []
+    if "unified" in own:
+        unified = root if (root / "cgroup.controllers").exists() else root / "unified"
+        if (unified / "cgroup.procs").exists():
+            bases.append((unified, own["unified"]))
+    if "systemd" in own and (root / "systemd" / "cgroup.procs").exists():
+        bases.append((root / "systemd", own["systemd"]))
+    return bases
+
+
+def container_cgroups(name: str) -> list[Path]:
+    """A new cgroup per hierarchy for the container ``name``, under this process's own; empty
+    where none can be made (the container then shares this process's, as before)."""
+    made: list[Path] = []
+    for base, own in _cgroup_bases():
+        path = base / own.lstrip("/") / f"nesop-testbed-{name}"
+        try:
+            path.mkdir(exist_ok=True)
+        except OSError:
+            continue
+        made.append(path)
+    return made
+
+
+def in_cgroups(cgroups: list[Path], argv: list[str]) -> list[str]:
+    """``argv``, run after its process moved into ``cgroups`` (by a shell that then execs it)."""
+    if not cgroups:
+        return argv
+    script = (
+        'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1/cgroup.procs" || exit 125; '
+        'shift; n=$((n-1)); done; exec "$@"'
+    )
+    return ["sh", "-c", script, "sh", str(len(cgroups)), *map(str, cgroups), *argv]
+
+
+def remove_cgroups(cgroups: list[Path]) -> None:
+    """Remove a stopped container's cgroups (and what its systemd left in them), deepest first."""
+    for top in cgroups:
+        if not top.is_dir():
+            continue
+        for directory, _, _ in sorted(os.walk(top), key=lambda entry: -len(Path(entry[0]).parts)):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)

@@ -162,6 +162,32 @@ def test_stop_leaves_nothing_running_or_mounted(new_container: ContainerFactory)
         box.boot()
 
 
+def _unified_cgroup(pid: int) -> str:
+    return next(
+        line[3:] for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if line.startswith("0::")
+    )
+
+
+def test_each_container_has_a_cgroup_of_its_own(new_container: ContainerFactory) -> None:
+    # Two machines that run the same units must not share the cgroups of those units: one's
+    # stop would remove what the other's start is about to use.
+    first, second = new_container(), new_container()
+    paths = {_unified_cgroup(box.pid) for box in (first, second)}
+    assert len(paths) == 2, paths
+    unit = "systemd-journald.service"
+    cgroups = [
+        box.run(["systemctl", "show", "-P", "ControlGroup", unit]).stdout.strip() for box in (first, second)
+    ]
+    assert cgroups == [f"/system.slice/{unit}"] * 2  # the same inside, apart outside
+    top = Path("/sys/fs/cgroup")
+    top = top if (top / "cgroup.controllers").exists() else top / "unified"
+    mine = [top / path.lstrip("/").removesuffix("/payload/init.scope") for path in paths]
+    assert all(path.is_dir() for path in mine), mine
+    first.stop()
+    second.stop()
+    assert not any(path.exists() for path in mine), mine
+
+
 def test_kill_hard_then_boot_keeps_written_files(container: Container) -> None:
     container.sh("echo synced > /var/lib/before-sync && sync")
     container.sh("echo unsynced > /root/before-nosync")

@@ -43,12 +43,15 @@ from .hostside import (
     HttpResponse,
     TestbedError,
     children,
+    container_cgroups,
     free_port,
     group_members,
     http_get,
     http_in_netns,
     http_request,
+    in_cgroups,
     pid_namespace,
+    remove_cgroups,
     remove_tree,
     resolve_in_root,
 )
@@ -107,6 +110,10 @@ class Container:
     Its file system is an overlay on the cached base root (upper layer in
     `workdir`), so it starts clean in milliseconds and survives `kill_hard()`
     and a new `boot()`.  `stop()` ends it for good and is always safe to call.
+
+    `netns` joins an existing network namespace (e.g. `/run/netns/NAME`, set
+    up from outside with its links and addresses) instead of the host's
+    network or a private one of its own; it outlives the container's boots.
     """
 
     def __init__(
@@ -116,6 +123,7 @@ class Container:
         *,
         name: str | None = None,
         backend: Backend | None = None,
+        netns: Path | None = None,
     ) -> None:
         self.base_root = base_root.resolve()
         self._owns_workdir = workdir is None
@@ -136,12 +144,14 @@ class Container:
         self.failed_units: list[str] = []  # when the boot ended "degraded"
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid1: int | None = None
+        self._cgroups: list[Path] = []
         self._mounted = False
         self._stopped = False
         # A private network namespace (only its own loopback): the app's fixed port cannot
         # collide with anything on the host or in another container. HTTP then goes through
         # `nsenter --net` from the host (see http_get).
-        self.private_network = os.environ.get("NESOP_TESTBED_PRIVATE_NETWORK") == "1"
+        self.private_network = netns is not None or os.environ.get("NESOP_TESTBED_PRIVATE_NETWORK") == "1"
+        self.netns = netns
         _LIVE.add(self)
 
     # -- context manager -------------------------------------------------
@@ -274,21 +284,25 @@ class Container:
         with self.console_log.open("ab") as log:
             log.write(f"\n=== boot {self.name} at {time.ctime()} ===\n".encode())
             log.flush()
+            self._cgroups = container_cgroups(self.name)
             self._proc = subprocess.Popen(
-                [
-                    "systemd-nspawn",
-                    "--directory",
-                    str(self.root),
-                    "--machine",
-                    self.name,
-                    "--boot",
-                    # No systemd on the host to register with or to own a unit.
-                    "--register=no",
-                    "--keep-unit",
-                    "--link-journal=no",
-                    "--console=read-only",
-                    *(["--private-network"] if self.private_network else []),
-                ],
+                in_cgroups(
+                    self._cgroups,
+                    [
+                        "systemd-nspawn",
+                        "--directory",
+                        str(self.root),
+                        "--machine",
+                        self.name,
+                        "--boot",
+                        # No systemd on the host to register with or to own a unit.
+                        "--register=no",
+                        "--keep-unit",
+                        "--link-journal=no",
+                        "--console=read-only",
+                        *self._network_options(),
+                    ],
+                ),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -310,6 +324,12 @@ class Container:
             self.kill_hard()
             raise
         self.boot_seconds = time.monotonic() - started
+
+    def _network_options(self) -> list[str]:
+        if self.netns is not None:
+            # nspawn refuses it together with any other network option.
+            return [f"--network-namespace-path={self.netns}"]
+        return ["--private-network"] if self.private_network else []
 
     def _boot_failure(self, message: str) -> TestbedError:
         return TestbedError(
@@ -412,6 +432,7 @@ class Container:
             # per-machine directory itself; it is empty and ours.
             with contextlib.suppress(OSError):
                 os.rmdir(f"/run/systemd/nspawn/propagate/{self.name}")
+            remove_cgroups(self._cgroups)
             self._proc = None
             self._pid1 = None
 
