@@ -83,6 +83,14 @@ def _reading(path: Path) -> Iterator[None]:
         ) from None
 
 
+def control_fields(path: Path) -> dict[str, str]:
+    """The control fields of any Debian package (an update package or not); a broken or foreign
+    file is one clear error."""
+    check_file(path)
+    with _reading(path):
+        return {k: str(v) for k, v in DebFile(str(path)).debcontrol().items()}
+
+
 def open_update(path: Path) -> UpdateDeb:
     """Open and parse an update package; a broken or foreign file is one clear error."""
     check_file(path)

@@ -55,6 +55,52 @@ def check_key(key_id: str) -> None:
         )
 
 
+def fingerprint(key_id: str) -> str:
+    """The full fingerprint of the one secret key ``key_id`` names (a short id or a user id can
+    name several, or a different key later: an apt repository records the fingerprint)."""
+    check_key(key_id)
+    listing = proc.run(["gpg", "--batch", "--with-colons", "--list-secret-keys", key_id]).out.splitlines()
+    primaries = [
+        (row[1], nxt.split(":")[9])
+        for row, nxt in zip((line.split(":") for line in listing), listing[1:], strict=False)
+        if row[0] == "sec" and nxt.startswith("fpr:")
+    ]
+    if len(primaries) != 1:
+        raise UsageError(
+            f"--sign {key_id}: names {len(primaries)} secret keys",
+            hint="give the full fingerprint of one (gpg --list-secret-keys --with-colons)",
+        )
+    validity, fpr = primaries[0]
+    if validity in ("e", "r"):
+        raise UsageError(
+            f"--sign {key_id}: the key {fpr} is {'expired' if validity == 'e' else 'revoked'}",
+            hint="extend it (gpg --quick-set-expire) or create a new one (gpg --quick-gen-key)",
+        )
+    return fpr
+
+
+def export_public(fpr: str) -> str:
+    """The ASCII-armoured public key ``fpr`` (what a server puts in /etc/apt/keyrings/)."""
+    armoured = proc.run(["gpg", "--batch", "--armor", "--export", fpr]).out
+    if "-----BEGIN PGP PUBLIC KEY BLOCK-----" not in armoured:
+        raise UsageError(f"{fpr}: gpg exported no public key", hint="check it with `gpg --list-keys`")
+    return armoured
+
+
+def verify_inline(signed: Path, key: str) -> str | None:
+    """gpgv's signer of the clear-signed ``signed`` (an apt ``InRelease``) if the armoured public
+    ``key`` made it, else ``None``. Nothing from any gpg home takes part."""
+    binary = _binary_key(dearmour(key, signed), signed)
+    with tempfile.TemporaryDirectory(prefix="nesop-deb-gpgv-", dir=PRIVATE_TMP) as tmp:
+        ring = Path(tmp) / "key.gpg"
+        ring.write_bytes(binary)
+        result = proc.run(
+            ["gpgv", "--homedir", tmp, "--status-fd", "1", "--keyring", ring, signed], check=False
+        )
+    good = [line for line in result.out.splitlines() if line.startswith("[GNUPG:] GOODSIG ")]
+    return good[0].split(" ", 3)[3] if result.returncode == 0 and good else None
+
+
 def _gpg_sign(key_id: str, output: str | Path, data: Path | None, stdin: bytes | None) -> bytes:
     argv: list[str | Path] = ["gpg", "--batch", "--yes", "--local-user", key_id, "--armor", "--detach-sign"]
     argv += ["--output", output] + ([data] if data is not None else [])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from nesop_deb import debfile, signing
+from nesop_deb import debfile, publish, signing
 from nesop_deb.builder import scaffold
 from nesop_deb.builder.git import GitRepo
 from nesop_deb.builder.package import build_deb, manifest_bytes
@@ -226,6 +226,52 @@ def verify(debug: bool, deb: Path) -> None:
             f"{deb}: ok ({n} payload files, {len(update.manifest.migrations)} migrations{wheels} match the"
             " manifest)"
         )
+
+    guarded("nesop-deb", debug, run)
+
+
+@cli.command("publish")
+@click.option(
+    "--repo",
+    "repo",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The apt repository's directory (new, or one this command wrote); serve it as it is.",
+)
+@click.option(
+    "--sign",
+    "sign_key",
+    metavar="KEYID",
+    help="Sign it with this gpg key (the first time; later runs use the key recorded in DIR).",
+)
+@click.option(
+    "--suite",
+    "suites",
+    multiple=True,
+    metavar="SUITE",
+    help="Debian release(s) to publish to (repeatable; default: every one DIR has, else this machine's;"
+    " a package for one architecture: the release its version names).",
+)
+@click.option(
+    "--url", help="The address servers fetch DIR from, for the printed deb lines (default: file://DIR/)."
+)
+@click.argument("debs", metavar="FILE.deb...", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.pass_obj
+def publish_command(
+    debug: bool,
+    repo: Path,
+    sign_key: str | None,
+    suites: tuple[str, ...],
+    url: str | None,
+    debs: tuple[Path, ...],
+) -> None:
+    """Add packages to the signed apt repository in DIR (aptly keeps every version) and publish it;
+    print the apt source lines, the last one a `deb` line."""
+
+    def run() -> None:
+        outcome = publish.publish(repo, debs, sign=sign_key, suites=suites, url=url)
+        for line in outcome.lines():
+            show(line)
 
     guarded("nesop-deb", debug, run)
 

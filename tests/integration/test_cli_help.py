@@ -22,6 +22,7 @@ COMMANDS: list[tuple[Path, tuple[str, ...]]] = [
     (NESOP_DEB, ("inspect",)),
     (NESOP_DEB, ("verify",)),
     (NESOP_DEB, ("init",)),
+    (NESOP_DEB, ("publish",)),
     (NESOP_UPDATE, ()),
     (NESOP_UPDATE, ("status",)),
     (NESOP_UPDATE, ("backup",)),
