@@ -12,7 +12,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, Protocol
@@ -20,6 +20,7 @@ from typing import Any, NoReturn, Protocol
 import pytest
 
 from . import reliability, store
+from .fleet import FLEET_NEEDS, FLEET_PACKAGES, Fleet, missing_fleet_prerequisites
 from .testbed import (
     BASE_PACKAGES,
     SUITES,
@@ -208,6 +209,68 @@ def _record(box: Container) -> None:
         _TIMINGS.boots.append(box.boot_seconds)
     if box.backend is not None:
         _TIMINGS.backends.add(box.backend)
+
+
+@pytest.fixture(scope="session")
+def fleet_roots(testbed_host: None) -> Callable[[str], Path]:
+    """The cached fleet root of a Debian release (`FLEET_PACKAGES`: with openssh-server), built on
+    first use; skips (fails in CI) without ip, ssh, ssh-keygen or ansible-playbook."""
+    problems = missing_fleet_prerequisites()
+    if problems:
+        unavailable(f"e2e fleet: needs {FLEET_NEEDS}: {'; '.join(problems)}")
+    roots: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in roots:
+            cache_dir = cache_dir_from_env()
+            try:
+                roots[name] = build_base_root(cache_dir, FLEET_PACKAGES, suite=name)
+            except TestbedError as error:
+                unavailable(
+                    f"e2e: could not build the Debian {SUITES[name]} fleet root in {cache_dir}: {error}"
+                )
+        return roots[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def fleet_root(fleet_roots: Callable[[str], Path]) -> Path:
+    """The cached fleet root of the default Debian release."""
+    return fleet_roots(default_suite())
+
+
+class FleetFactory(Protocol):
+    def __call__(self, size: int | None = None, *, suites: Sequence[str] | None = None) -> Fleet: ...
+
+
+@pytest.fixture
+def new_fleet(fleet_roots: Callable[[str], Path], tmp_path: Path) -> Iterator[FleetFactory]:
+    """Make started fleets: `size` hosts (default 5) on the default release, or one host per entry
+    of `suites` (e.g. ["trixie", "bookworm"]); all are stopped at teardown."""
+    made: list[Fleet] = []
+
+    def make(size: int | None = None, *, suites: Sequence[str] | None = None) -> Fleet:
+        releases = list(suites) if suites is not None else [default_suite()] * (size or 5)
+        fleet = Fleet([fleet_roots(name) for name in releases], tmp_path / f"fleet-{len(made)}", size)
+        made.append(fleet)
+        try:
+            fleet.start()
+        except TestbedError as error:
+            unavailable(f"e2e: could not start a fleet: {error}")
+        return fleet
+
+    try:
+        yield make
+    finally:
+        errors: list[str] = []
+        for fleet in made:
+            try:
+                fleet.stop()
+            except TestbedError as error:
+                errors.append(str(error))
+        if errors:
+            raise TestbedError("\n".join(errors))
 
 
 @pytest.fixture(scope="session")
