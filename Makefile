@@ -26,11 +26,13 @@ TEST_ENV := HOME=$(CURDIR)/build/home LC_ALL=C.UTF-8 LANG=C.UTF-8 TZ=UTC PYTHONH
 	NESOP_DEB_TOOLCHAIN_DEB=$(CURDIR)/$(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb \
 	$(OTHER_SUITE_VAR)=$(CURDIR)/$(call suite_deb,$(OTHER_SUITE))
 
-.PHONY: help deps venv lint test test-fast test-e2e reliability package deb demo bench clean
+.PHONY: help deps venv lint test test-fast test-e2e reliability package deb demo fleet-demo bench clean
 
 help:
 	@echo "make demo     build the example store, boot Debian 13 in a container, update it, fail, roll back"
 	@echo "              (SUITE=bookworm: Debian 12)"
+	@echo "make fleet-demo  publish to a signed apt repository, roll out with Ansible to five booted containers:"
+	@echo "              batches, a failure that halts on one host, a fleet rollback (docs/fleet.md)"
 	@echo "make test     lint, then unit, integration and end-to-end tests"
 	@echo "make package  build the toolchain package for this machine's Debian release into $(DIST)/"
 	@echo "              (SUITE=bookworm|trixie: for Debian 12|13 into $(DIST)/<suite>/, version +deb12u1|+deb13u1)"
@@ -98,6 +100,12 @@ DEMO_SUITE = $(or $(SUITE),trixie)
 demo: venv $(call suite_deb,$(DEMO_SUITE))
 	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) scripts/demo.py --suite $(DEMO_SUITE) \
 		--toolchain $(call suite_deb,$(DEMO_SUITE))
+
+# Five booted containers (four Debian 13, one Debian 12) and Ansible: each release's toolchain.
+fleet-demo: venv package $(call suite_deb,$(OTHER_SUITE))
+	$(TEST_ENV) NESOP_TESTBED_PRIVATE_NETWORK=1 $(VPY) scripts/fleet-demo.py \
+		--toolchain $(HOST_SUITE)=$(DIST)/nesop-deb_$(VERSION)_$(ARCH).deb \
+		--toolchain $(OTHER_SUITE)=$(call suite_deb,$(OTHER_SUITE))
 
 # The benchmark's own pins (matplotlib for the plot) on top of the dev venv; a rebuilt venv
 # loses this stamp with everything else, so they come back.
