@@ -22,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import stat
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -228,8 +230,28 @@ def read_state(repo: Path) -> State:
     return State(key, tuple(suites))
 
 
+def _check_private(path: Path, what: str) -> None:
+    """``path`` (when it exists) is a real directory that only this user can change: a link or a
+    directory someone else writes to could send the files written there elsewhere, or put
+    packages in front of the signing key."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise RefusedError(f"{what} {path}: a symbolic link", hint="give the directory itself")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise RefusedError(
+            f"{what} {path}: others can write to it "
+            f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o})",
+            hint=f"a repository must be writable only by whoever publishes: chown and chmod go-w {path}",
+        )
+
+
 def check_repo_dir(repo: Path) -> None:
     """DIR is new, empty, or a repository this command made: never someone's other directory."""
+    _check_private(repo, "--repo")
+    _check_private(repo / STATE_DIR, "--repo")
     if repo.exists() and not repo.is_dir():
         raise UsageError(f"--repo {repo}: not a directory", hint="give the repository's directory")
     if repo.is_dir() and not (repo / STATE_DIR).is_dir() and any(repo.iterdir()):
@@ -329,19 +351,24 @@ def _write(path: Path, text: str, mode: int = 0o644) -> bool:
     data = text.encode()
     if path.is_file() and path.read_bytes() == data:
         return False
-    tmp = path.with_name(f".{path.name}.new")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.chmod(mode)
-    tmp.replace(path)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # O_EXCL: follows no link
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fchmod(fh.fileno(), mode)
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return True
 
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as fh:
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "w") as fh:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -447,7 +474,9 @@ def publish(
     fpr = resolve_key(repo, seen, sign)
     plan(packages, suites, seen.suites, host)  # refuse bad input before anything exists
 
-    (repo / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    repo.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (repo / STATE_DIR).mkdir(mode=0o755, exist_ok=True)
+    check_repo_dir(repo)  # again: made now, or there before
     with _locked(repo / STATE_DIR / LOCK):
         state = read_state(repo)  # again, now that no other run can write it
         if state != seen:
@@ -472,6 +501,7 @@ def _publish_locked(
             )
         present[pkg] = sorted({s for _, suites in copies for s in suites})
     key = signing.export_public(fpr)
+    key_file = repo / KEY_FILE
     published = aptly.published()
     added: dict[Package, list[str]] = {}
     there: dict[Package, list[str]] = {}
@@ -490,7 +520,9 @@ def _publish_locked(
                 exc.message += f" ({', '.join(done)} published)"
             raise
         done.append(suite)
-    key_file = repo / KEY_FILE
+        # recorded at once: a later suite that fails leaves this one published and known
+        _write(key_file, key)
+        _write(repo / STATE_DIR / STATE, State(fpr, tuple(dict.fromkeys([*state.suites, *done]))).to_json())
     _write(key_file, key)
     for suite in done:
         in_release = repo / "dists" / suite / "InRelease"

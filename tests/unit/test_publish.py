@@ -408,3 +408,26 @@ def test_a_file_that_is_not_a_package_is_refused(tools: FakeTools, tmp_path: Pat
     junk.write_text("not a package")
     with pytest.raises(UsageError, match=re.escape("junk.deb: not a Debian package")):
         publish.publish(tools.repo, [junk], sign=FPR)
+
+
+def test_a_repository_others_can_change_is_refused(tmp_path: Path) -> None:
+    # a link or a directory someone else writes to could redirect what publish writes, or put
+    # packages in front of the signing key
+    real = tmp_path / "real"
+    real.mkdir(mode=0o755)
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    with pytest.raises(RefusedError, match="a symbolic link"):
+        publish.check_repo_dir(link)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    with pytest.raises(RefusedError, match="others can write to it"):
+        publish.check_repo_dir(shared)
+    state = real / publish.STATE_DIR
+    state.mkdir()
+    state.chmod(0o777)
+    with pytest.raises(RefusedError, match="others can write to it"):
+        publish.check_repo_dir(real)
+    state.chmod(0o755)
+    publish.check_repo_dir(real)
