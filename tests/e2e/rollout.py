@@ -105,7 +105,8 @@ def variables(repo: Repository, url: str, version: str, report: Path, **extra: o
 def read_report(result: subprocess.CompletedProcess[str], report: Path) -> Rollout:
     if not report.is_file():
         raise AssertionError(
-            f"the rollout wrote no report (exit {result.returncode}):\n{result.stdout[-4000:]}"
+            f"the rollout wrote no report (exit {result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         )
     data: dict[str, Any] = json.loads(report.read_text())
     return Rollout(result, data)
