@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 """`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
 
-    bench/run.py [--only outage,size,build,scaling,venv,deps,requests] [--runs 5] [--scaling-runs 3]
-                 [--venv-runs 5] [--requests-rounds 4] [--assets 10,100,1024] [--db 1,50,500]
+    bench/run.py [--only outage,size,build,scaling,venv,deps,requests,fleet] [--runs 5] [--scaling-runs 3]
+                 [--venv-runs 5] [--requests-rounds 4] [--fleet-runs 3] [--assets 10,100,1024] [--db 1,50,500]
                  [--output docs/benchmarks.md] [--toolchain DEB] [--deps-toolchain DEB]
     bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
+    bench/run.py --only fleet --keep OLD.pickle --work build/bench-fleet   # one benchmark again,
+                                                                          # the others' results kept
 
 Every number is compared with a baseline measured in the same run on the same machine: a bare
 `systemctl restart` of the same app in the same container, a `--full` package and a debdelta
 of the same release, the smallest repository. Runs as root (containers); the Debian roots (the
-host's release, and Debian 13 for the dependency and requests benchmarks) are built once and cached
-(tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
+host's release, and Debian 13 for the dependency, requests and fleet benchmarks) are built once and
+cached (tests/e2e/baseroot.py), debdelta is installed with apt-get if missing.
 The benchmark states whether each goal is met; nothing here fails on a slow result.
 """
 
@@ -31,13 +33,28 @@ from typing import Any
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from bench import buildtime, deps, outage, releases, report, scaling, size, traffic, venv_build  # noqa: E402
+from bench import buildtime, deps, fleet, outage, releases, report, scaling, size, traffic, venv_build  # noqa: E402
 from bench.common import say  # noqa: E402
+from tests.e2e.fleet import FLEET_NEEDS, missing_fleet_prerequisites  # noqa: E402
 from tests.e2e.testbed import host_suite, missing_prerequisites  # noqa: E402
 
 # rollback times come with the outage runs; deps: the updates that change the app's virtualenv;
-# requests: clients' requests during updates, with and without the app's socket unit
-BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps", "requests")
+# requests: clients' requests during updates, with and without the app's socket unit; fleet: a
+# five-host rollout with Ansible against the same rollout on one host
+BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps", "requests", "fleet")
+# what each benchmark fills in report.Results (--keep replaces just these)
+FIELDS: dict[str, tuple[str, ...]] = {
+    "outage": ("outage",),
+    "size": ("size",),
+    "build": ("build",),
+    "scaling": ("scaling",),
+    "venv": ("venv", "venv_note"),
+    "deps": ("deps",),
+    "requests": ("requests",),
+    "fleet": ("fleet",),
+}
+# the options the report reads from the run's arguments rather than from a benchmark's results
+OPTIONS: dict[str, tuple[str, ...]] = {"outage": ("runs",), "scaling": ("scaling_runs", "assets", "db")}
 
 
 def _ints(text: str) -> list[int]:
@@ -49,7 +66,7 @@ def _ints(text: str) -> list[int]:
 
 def _only(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    aliases = {"rollback": "outage", "dependencies": "deps"}
+    aliases = {"rollback": "outage", "dependencies": "deps", "rollout": "fleet"}
     names = [aliases.get(n, n) for n in names]
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
@@ -103,6 +120,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="rounds of the requests benchmark's operations, per variant (4: 24 updates and rollbacks each)",
     )
     p.add_argument(
+        "--fleet-runs",
+        type=int,
+        default=3,
+        help="runs of the fleet benchmark (3: each a one-host and a five-host rollout and their rollbacks)",
+    )
+    p.add_argument(
         "--toolchain",
         type=Path,
         default=default_toolchain(),
@@ -112,8 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--deps-toolchain",
         type=Path,
         default=default_deps_toolchain(),
-        help=f"the toolchain .deb for Debian {deps.SUITE} (`make package SUITE={deps.SUITE}`), for deps "
-        "and requests",
+        help=f"the toolchain .deb for Debian {deps.SUITE} (`make package SUITE={deps.SUITE}`), for deps, "
+        "requests and fleet",
     )
     p.add_argument("--work", type=Path, default=TOP / "build" / "bench", help="scratch directory (emptied)")
     p.add_argument(
@@ -122,9 +145,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PICKLE",
         help="measure nothing: write the report again from a run's results.pickle (in its --work)",
     )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        metavar="PICKLE",
+        help="start from an earlier run's results.pickle (a copy outside --work, which is emptied): "
+        "the benchmarks of --only replace theirs, the others' results stay as they were",
+    )
     args = p.parse_args(argv)
-    if min(args.runs, args.scaling_runs, args.build_runs, args.venv_runs, args.requests_rounds) < 1:
+    counts = (
+        args.runs,
+        args.scaling_runs,
+        args.build_runs,
+        args.venv_runs,
+        args.requests_rounds,
+        args.fleet_runs,
+    )
+    if min(counts) < 1:
         p.error("every run count must be at least 1")
+    if args.keep is not None:
+        if not args.keep.is_file():
+            p.error(f"--keep {args.keep}: no such file (an earlier run's results.pickle)")
+        if args.keep.resolve().is_relative_to(args.work.resolve()):
+            p.error(
+                f"--keep {args.keep} is inside --work {args.work}, which is emptied first: copy it elsewhere"
+            )
     return args
 
 
@@ -145,15 +190,34 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def rewrite(args: argparse.Namespace) -> int:
-    """The report again from a finished run's results (e.g. after a change to its text)."""
-    with args.from_results.open("rb") as fh:
+def load(path: Path) -> report.Results:
+    with path.open("rb") as fh:
         results = pickle.load(fh)  # our own file, written by main() below
     if not isinstance(results, report.Results):
-        raise SystemExit(f"{args.from_results}: not the results of a benchmark run")
+        raise SystemExit(f"{path}: not the results of a benchmark run")
+    return results
+
+
+def rewrite(args: argparse.Namespace) -> int:
+    """The report again from a finished run's results (e.g. after a change to its text)."""
+    results = load(args.from_results)
     report.write(results, args.output)
     say(f"wrote {args.output} from {args.from_results}")
     return 0
+
+
+def keep(earlier: report.Results, now: report.Results, names: list[str]) -> report.Results:
+    """The earlier run's results with the benchmarks ``names`` as this run measured them; the
+    report says when they were measured again."""
+    for name in names:
+        for attr in FIELDS[name]:
+            setattr(earlier, attr, getattr(now, attr))
+        for option in OPTIONS.get(name, ()):
+            setattr(earlier.args, option, getattr(now.args, option))
+    later = [r for r in getattr(earlier, "remeasured", []) if not set(r.names) <= set(names)]
+    later.append(report.Remeasured(tuple(names), now.started, now.total_s, dict(now.timings)))
+    earlier.remeasured = later
+    return earlier
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,11 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     clock = time.monotonic()
     needs_server = {"outage", "scaling"} & set(args.only)
-    on_trixie = {"deps", "requests"} & set(args.only)
+    on_trixie = {"deps", "requests", "fleet"} & set(args.only)
     if needs_server or on_trixie:
         problems = missing_prerequisites()
         if problems:
             raise SystemExit(f"bench: cannot run containers: {'; '.join(problems)}")
+    if "fleet" in args.only:
+        problems = missing_fleet_prerequisites()
+        if problems:
+            raise SystemExit(f"bench: cannot run a fleet: {'; '.join(problems)} ({FLEET_NEEDS})")
+    earlier = load(args.keep) if args.keep is not None else None
     if needs_server and (args.toolchain is None or not args.toolchain.is_file()):
         raise SystemExit("bench: no toolchain package; run `make package` or pass --toolchain")
     if on_trixie and (args.deps_toolchain is None or not args.deps_toolchain.is_file()):
@@ -226,9 +295,17 @@ def main(argv: list[str] | None = None) -> int:
             traffic.build(work / "requests", args.deps_toolchain, rounds), rounds
         )
         timings["requests during an update"] = time.monotonic() - t
+    if "fleet" in args.only:
+        say("a fleet rollout: bench/fleet.py")
+        t = time.monotonic()
+        fleet_debs = fleet.build(work / "fleet", args.deps_toolchain)
+        results.fleet = fleet.measure(fleet_debs, work / "fleet", args.fleet_runs)
+        timings["fleet rollout"] = time.monotonic() - t
 
     results.timings = timings
-    results.total_s = time.monotonic() - clock
+    results.total_s = elapsed = time.monotonic() - clock
+    if earlier is not None:
+        results = keep(earlier, results, args.only)
     output: Path = args.output
     text = report.write(results, output)
     with (work / "results.pickle").open("wb") as fh:
@@ -237,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(_plain({k: v for k, v in vars(results).items() if k != "args"}), indent=2, default=str)
     )
     print(text)
-    say(f"wrote {output} in {results.total_s / 60:.1f} min (raw results: {work / 'results.json'})")
+    say(f"wrote {output} in {elapsed / 60:.1f} min (raw results: {work / 'results.json'})")
     return 0
 
 
