@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-# matplotlib is in requirements/bench.txt, which `make bench` installs; `make lint` type-checks
-# bench/ without it, so a missing matplotlib must not fail mypy there (it is Any then).
-from matplotlib.axes import Axes  # type: ignore[import-not-found, unused-ignore]
-from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
+from typing import TYPE_CHECKING
 
 from bench.server import OpResult
+
+# matplotlib is in requirements/bench.txt, which `make bench` installs. It is imported only when
+# a plot is drawn, so the report's other code (and its unit tests) runs without it; `make lint`
+# type-checks bench/ without it too, so a missing matplotlib must not fail mypy (it is Any then).
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes  # type: ignore[import-not-found, unused-ignore]
 
 UP, DOWN = "#2e7d32", "#c62828"
 BEFORE = 0.05  # seconds shown before the first failed probe in the zoomed panels
@@ -45,6 +47,8 @@ def _draw(ax: Axes, op: OpResult, left: float, right: float, shift: float = 0.0)
 def health_timeline(rows: list[tuple[str, OpResult]], out: Path) -> Path:
     """One row per operation: the whole command on the left; on the right the outage, aligned
     at the first failed probe, with systemd's and the app's journal events marked."""
+    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
+
     fig = Figure(figsize=(12, 1.2 * len(rows) + 1.2))
     axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"width_ratios": [1, 1]})
     longest = max(op.timeline[-1].t for _, op in rows if op.timeline)
