@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 from nesop_deb.errors import ConfigError
 from nesop_deb.paths import app_root_problem, control_character
@@ -28,6 +29,8 @@ _USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]*\$?$")
 # An update waits this long at most for the app to answer: an hour covers the slowest start,
 # while a larger value (or inf, nan) would leave a failed update hanging instead of undone.
 MAX_HEALTH_TIMEOUT = 3600
+DEFAULT_LOCK_TIMEOUT = 10.0  # seconds a PostgreSQL migration waits for a lock before it fails
+MAX_LOCK_TIMEOUT = 600
 
 
 def is_package_name(name: str) -> bool:
@@ -86,6 +89,8 @@ class FilesConfig:
 class MigrationsConfig:
     dir: str = "migrations"
     database: str | None = None
+    credentials: str | None = None  # PostgreSQL: a root-only libpq password file on the server
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # PostgreSQL: how long a migration waits for a lock
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,20 @@ class Config:
             },
             "package": {"name": self.package.name, "maintainer": self.package.maintainer},
             "files": {"exclude": list(self.files.exclude), "config": list(self.files.config)},
-            "migrations": {"dir": self.migrations.dir, "database": self.migrations.database},
+            "migrations": {
+                "dir": self.migrations.dir,
+                "database": self.migrations.database,
+                **(
+                    {"credentials": self.migrations.credentials}
+                    if self.migrations.credentials is not None
+                    else {}
+                ),
+                **(
+                    {"lock_timeout": self.migrations.lock_timeout}
+                    if self.migrations.lock_timeout != DEFAULT_LOCK_TIMEOUT
+                    else {}
+                ),
+            },
             "health": {
                 "url": self.health.url,
                 "timeout": self.health.timeout,
@@ -177,7 +195,12 @@ _SCHEMA: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     },
     "package": {"name": ((str,), False), "maintainer": ((str,), False), "section": ((str,), False)},
     "files": {"exclude": ((list,), False), "config": ((list,), False)},
-    "migrations": {"dir": ((str,), False), "database": ((str,), False)},
+    "migrations": {
+        "dir": ((str,), False),
+        "database": ((str,), False),
+        "credentials": ((str,), False),
+        "lock_timeout": ((int, float), False),
+    },
     "health": {"url": ((str,), False), "timeout": ((int, float), False), "pages": ((list,), False)},
     "backups": {"keep": ((int,), False)},
     "dependencies": {
@@ -305,20 +328,20 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
             f"{source}: migrations.database {database!r} must be a database URL",
             hint=f"e.g. sqlite:///{root}/data/app.db",
         )
-    if database is not None and not database.startswith("sqlite:///"):
+    if database is not None and not database.startswith(("sqlite:///", "postgresql://")):
         scheme = database.split("://", 1)[0]
         raise ConfigError(
-            f"{source}: migrations.database {database!r}: the server runtime supports SQLite only,"
-            f" not {scheme}",
-            hint=f"use a sqlite:/// URL such as sqlite:///{root}/data/app.db",
+            f"{source}: migrations.database {database!r}: the server runtime supports SQLite and"
+            f" PostgreSQL, not {scheme}",
+            hint=f"use a sqlite:/// URL such as sqlite:///{root}/data/app.db, or postgresql:///dbname",
         )
-    if database is not None and not database.startswith("sqlite:////"):
+    if database is not None and database.startswith("sqlite:///") and not database.startswith("sqlite:////"):
         raise ConfigError(
             f"{source}: migrations.database {database!r} names a relative path; the server needs an"
             " absolute one",
             hint=f"write sqlite:/// and the absolute path, e.g. sqlite:///{root}/data/app.db",
         )
-
+    credentials, lock_timeout = _postgresql_settings(mig, database, source)
     _database_is_writable(database, root, writable, source)
     dependencies = _dependencies(data.get("dependencies"), writable, source)
     return Config(
@@ -329,12 +352,47 @@ def parse(data: dict[str, Any], source: str = CONFIG_NAME) -> Config:
             tuple(_relative(p, "files.config entry", source) for p in files.get("config", ())),
         ),
         migrations=MigrationsConfig(
-            _relative(mig.get("dir", "migrations"), "migrations.dir", source), database
+            _relative(mig.get("dir", "migrations"), "migrations.dir", source),
+            database,
+            credentials,
+            lock_timeout,
         ),
         health=HealthConfig(url, timeout, tuple(health.get("pages", ()))),
         backups=BackupsConfig(keep),
         dependencies=dependencies,
     )
+
+
+def _postgresql_settings(mig: dict[str, Any], database: str | None, source: str) -> tuple[str | None, float]:
+    """``credentials`` and ``lock_timeout``, which only a PostgreSQL database takes."""
+    credentials, lock_timeout = mig.get("credentials"), mig.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)
+    postgresql = database is not None and database.startswith("postgresql://")
+    for key in ("credentials", "lock_timeout"):
+        if key in mig and not postgresql:
+            raise ConfigError(
+                f"{source}: migrations.{key} applies to a postgresql:// database only",
+                hint=f"remove {key}, or set database to a postgresql:// URL",
+            )
+    if postgresql:
+        assert database is not None
+        parts = urlsplit(database)
+        if parts.password is not None or "password" in dict(parse_qsl(parts.query)):
+            raise ConfigError(
+                f"{source}: migrations.database has a password in it: the package would carry it",
+                hint='remove it; name a root-only password file on the server with credentials = "/etc/..."',
+            )
+        if credentials is not None and not credentials.startswith("/"):
+            raise ConfigError(
+                f"{source}: migrations.credentials {credentials!r} must be an absolute path on the server",
+                hint='e.g. credentials = "/etc/nesop-update/app.pgpass" (root:root, mode 0600)',
+            )
+    if not (isinstance(lock_timeout, int | float) and 0 < lock_timeout <= MAX_LOCK_TIMEOUT):
+        raise ConfigError(
+            f"{source}: migrations.lock_timeout must be a positive number of seconds, at most"
+            f" {MAX_LOCK_TIMEOUT} (not {lock_timeout!r})",
+            hint="write it like lock_timeout = 10",
+        )
+    return credentials, float(lock_timeout)
 
 
 def _dependencies(

@@ -98,4 +98,55 @@ def refuse_python(prefix: str, name: str) -> None:
     )
 
 
-__all__ = ["MIGRATION_NAME", "check_names", "is_migration_file", "refuse_python"]
+# statements PostgreSQL (and for VACUUM, SQLite) refuses to run inside a transaction block
+_OUTSIDE_TRANSACTION = re.compile(
+    r"\b(?:(?:CREATE\s+(?:UNIQUE\s+)?|DROP\s+)INDEX\s+CONCURRENTLY|REINDEX\b[^;]*?\bCONCURRENTLY"
+    r"|REFRESH\s+MATERIALIZED\s+VIEW\s+CONCURRENTLY|VACUUM|(?:CREATE|DROP)\s+(?:DATABASE|TABLESPACE)"
+    r"|ALTER\s+SYSTEM)\b",
+    re.IGNORECASE,
+)
+_NOT_CODE = re.compile(r"--[^\n]*|/\*.*?\*/|'(?:[^']|'')*'|\$(\w*)\$.*?\$\1\$", re.DOTALL)
+
+
+def runs_outside_transaction(data: bytes) -> bool:
+    """Whether a migration is marked ``-- transactional: false`` (yoyo's directive, in its leading
+    comments); its rollback runs the same way."""
+    from yoyo.migrations import parse_metadata_from_sql_comments
+
+    directives, _, _ = parse_metadata_from_sql_comments(data.decode("utf-8", "replace"))
+    return str(directives.get("transactional", "true")).strip().lower() == "false"
+
+
+def check_transactional(path: str, data: bytes, marked: bool) -> None:
+    """Refuse a statement that cannot run in the transaction each migration runs in, unless the
+    migration is ``marked`` (see :func:`runs_outside_transaction`) and holds that statement
+    alone: outside a transaction, a failure halfway through several would leave half of them."""
+    text = data.decode("utf-8", "replace")
+    found = _OUTSIDE_TRANSACTION.search(_NOT_CODE.sub(" ", text))
+    if marked:
+        import sqlparse
+
+        statements = [s for s in sqlparse.split(text) if _NOT_CODE.sub(" ", s).strip(" ;\n\t")]
+        if len(statements) > 1:
+            raise BuildError(
+                f"{path}: marked transactional: false but holds {len(statements)} statements: a failure"
+                " after the first would leave it half applied",
+                hint="give each statement that needs no transaction a migration of its own",
+            )
+    elif found is not None:
+        statement = " ".join(found.group(0).split()).upper()
+        raise BuildError(
+            f"{path}: {statement} cannot run inside a transaction, and every migration runs in one",
+            hint='make it a migration of its own whose first line is "-- transactional: false"'
+            " (its rollback then runs outside a transaction too)",
+        )
+
+
+__all__ = [
+    "MIGRATION_NAME",
+    "check_names",
+    "check_transactional",
+    "is_migration_file",
+    "refuse_python",
+    "runs_outside_transaction",
+]

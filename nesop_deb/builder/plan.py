@@ -18,7 +18,14 @@ from urllib.parse import urlsplit
 from nesop_deb import __version__, config
 from nesop_deb.builder import release, requirements, socketunit, wheels
 from nesop_deb.builder.git import Change, Commit, GitRepo, TreeEntry
-from nesop_deb.builder.migrations import MIGRATION_NAME, check_names, is_migration_file, refuse_python
+from nesop_deb.builder.migrations import (
+    MIGRATION_NAME,
+    check_names,
+    check_transactional,
+    is_migration_file,
+    refuse_python,
+    runs_outside_transaction,
+)
 from nesop_deb.errors import BuildError, ConfigError, UsageError
 from nesop_deb.manifest import (
     WHEEL_NAME,
@@ -322,12 +329,15 @@ def select_migrations(
         if m is None or m.group("rollback"):
             continue
         data = blobs[in_dir[name].blob]
+        outside = runs_outside_transaction(data)
+        check_transactional(prefix + name, data, outside)
         rollback_name = f"{m.group('id')}.rollback.sql"
         rollback = in_dir.get(rollback_name)
         contents[name] = data
         rsha = None
         if rollback is not None:
             rdata = blobs[rollback.blob]
+            check_transactional(prefix + rollback_name, rdata, outside)
             contents[rollback_name] = rdata
             rsha = _sha256(rdata)
         entries.append(

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import os
 import shutil
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,7 +83,7 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     # the database copy taken before the stop, with its open connection; never journaled, so a
     # job rebuilt after a crash has none and copies the database again
-    early_db: database.HeldSnapshot | None = field(default=None, repr=False)
+    early_db: database.Held | None = field(default=None, repr=False)
     # the migrations, parsed before the stop (yoyo imported); likewise never journaled
     migrations: database.Migrations = field(default=None, repr=False)
     persist: Callable[[], None] = field(default=lambda: None, repr=False)  # writes the journal
@@ -100,11 +99,19 @@ class Job:
 
     @property
     def owner(self) -> tuple[int, int] | None:
-        """Who the migrations run as: the app's account (see :func:`database._as_owner`)."""
+        """Who the migrations run as: the app's account (see :func:`database.as_owner`)."""
         if self.uid == -1:
             uid, gid = accounts.uid(self.ctx, self.ctx.app.user), accounts.gid(self.ctx, self.ctx.app.group)
             return None if uid is None or gid is None else (uid, gid)
         return self.uid, self.gid
+
+    @property
+    def database(self) -> database.Database | None:
+        """The app's database, worked on as :attr:`owner`."""
+        db = self.ctx.database
+        if db is not None and db.owner is not None:
+            db.owner = self.owner
+        return db
 
     @property
     def unit(self) -> str:
@@ -117,7 +124,7 @@ class Job:
     @property
     def snapshots_database(self) -> bool:
         """Only an update with migrations can change the database, so only it takes a snapshot."""
-        return bool(self.manifest.migrations) and self.ctx.database_path is not None
+        return bool(self.manifest.migrations) and self.ctx.app.database is not None
 
     @property
     def recorded_migrations(self) -> Path:
@@ -266,7 +273,7 @@ class Prepare:
         """Parsed now, while the app serves: after the stop only the migrations themselves run,
         and one that cannot be parsed fails the update before it."""
         job = self.job
-        if job.manifest.migrations and job.ctx.database_url is not None:
+        if job.manifest.migrations and job.ctx.app.database is not None:
             job.migrations = database.read(job.recorded_migrations, [m.id for m in job.manifest.migrations])
 
     def _missing_dirs(self, app: safefs.Tree) -> list[str]:
@@ -335,7 +342,7 @@ class Backup:
             started = time.monotonic()
             try:
                 job.early_db = backup.copy_database_early(job.ctx, job.backup_dir)
-            except sqlite3.Error as exc:
+            except database.ERRORS as exc:
                 log.warning("could not copy the database before the stop (%s): it is copied after it", exc)
                 return
             if job.early_db is not None:
@@ -443,10 +450,11 @@ class Stop:
 class SnapshotDatabase:
     """After the stop: the database as it is now, in the backup, for Migrate.undo and rollbacks.
 
-    The copy :class:`Backup` took is kept when the database provably did not change since: same
-    file, and ``PRAGMA data_version`` on the copy's still-open connection unchanged (it moves
-    with every commit of any other connection, the app's last writes while stopping included).
-    Otherwise, or when there is no such connection to ask (a job rebuilt after a crash), the
+    The copy :class:`Backup` took is kept when the database provably did not change since (each
+    engine's :meth:`~nesop_deb.runtime.database.Held.unchanged`: for SQLite the same file and
+    ``PRAGMA data_version`` on the copy's still-open connection, for PostgreSQL the server's
+    transaction ids; both move with every commit, the app's last writes while stopping
+    included). Otherwise, or when there is nothing to ask (a job rebuilt after a crash), the
     database is copied again now, while the app is stopped.
     """
 
@@ -539,23 +547,23 @@ class Migrate:
 
     def apply(self) -> None:
         job = self.job
-        url = job.ctx.database_url
-        assert url is not None
+        db = job.database
+        assert db is not None
         ids = [m.id for m in job.manifest.migrations]
         # as the app's account: every file SQLite makes is the app's, and no link is followed as root
-        job.migrated = database.apply(url, job.recorded_migrations, ids, job.migrations, owner=job.owner)
+        job.migrated = database.apply(db, job.recorded_migrations, ids, job.migrations)
 
     def undo(self) -> None:
         job = self.job
-        url, db = job.ctx.database_url, job.ctx.database_path
-        if url is None or db is None:
+        db = job.database
+        if db is None:
             return
         snapshot = backup.has_database(job.ctx, job.backup_dir)
         ids = [m.id for m in job.manifest.migrations]
         if not db.exists():
             return
         try:
-            applied = set(database.applied_ids(url, owner=job.owner)) & set(ids)
+            applied = set(database.applied_ids(db)) & set(ids)
         except database.MigrationError as exc:
             if not snapshot:
                 raise
@@ -570,7 +578,7 @@ class Migrate:
         # yoyo created in a database it never managed, and any half-run non-transactional step
         if applied and not irreversible:
             try:
-                database.rollback(url, job.recorded_migrations, ids, job.migrations, owner=job.owner)
+                database.rollback(db, job.recorded_migrations, ids, job.migrations)
                 return
             except database.MigrationError as exc:
                 if not snapshot:

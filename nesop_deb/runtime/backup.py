@@ -30,8 +30,8 @@ from nesop_deb.runtime.log import log
 from nesop_deb.runtime.safefs import TMP_SUFFIX, Tree
 
 MANIFEST = "backup_manifest.json"
-DB_FILE = "database.sqlite3"
-DB_EARLY = DB_FILE + ".before-stop"  # a copy taken while the app ran, not yet known to be exact
+DB_FILE = "database.sqlite3"  # a SQLite database's snapshot; each engine names its own
+EARLY = ".before-stop"  # added to it: a copy taken while the app ran, not yet known to be exact
 UNIT_FILE = "systemd-unit"  # the installed unit an update replaced, as it was
 SOCKET_FILE = "systemd-socket"  # likewise the app's socket unit ([app] socket_file)
 # the record in backup_manifest.json -> the file holding its content
@@ -241,27 +241,27 @@ def release(ctx: Context, name: str) -> None:
 
 def add_database(ctx: Context, backup_dir: Path) -> str | None:
     """Snapshot the app's database into an existing backup and record it; its sha256, if any."""
-    db = ctx.database_path
+    db = ctx.database
     if db is None or not db.exists():
         return None
     with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
-        digest = database.snapshot(db, bdir, DB_FILE, accounts.app_owner(ctx))
+        digest = db.snapshot(bdir, db.snapshot_file)
     _record_database(ctx, backup_dir, digest)
     return digest
 
 
-def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot | None:
+def copy_database_early(ctx: Context, backup_dir: Path) -> database.Held | None:
     """Copy the database into the backup while the app still runs, keeping the way to check it.
 
-    The copy goes under a name no restore reads (:data:`DB_EARLY`) and is not recorded: it becomes
+    The copy goes under a name no restore reads (:data:`EARLY` added) and is not recorded: it becomes
     the backup's snapshot only through :func:`keep_early_database`, once the app is stopped and
     nothing was committed since.
     """
-    db = ctx.database_path
+    db = ctx.database
     if db is None or not db.exists():
         return None
     with open_backups(ctx) as backups, backups.subdir(check_name(backup_dir.name)) as bdir:
-        early = database.snapshot_held(db, bdir, DB_EARLY, accounts.app_owner(ctx))
+        early = db.snapshot_held(bdir, db.snapshot_file + EARLY)
     try:
         # recorded (and sealed) now, under the name it will have: keeping it after the stop is
         # then one rename; until that rename, the manifest names a file that is not there, and no
@@ -273,11 +273,12 @@ def copy_database_early(ctx: Context, backup_dir: Path) -> database.HeldSnapshot
     return early
 
 
-def keep_early_database(ctx: Context, backup_dir: Path, early: database.HeldSnapshot) -> None:
+def keep_early_database(ctx: Context, backup_dir: Path, early: database.Held) -> None:
     """Make an early copy the backup's snapshot (the database is known unchanged since): the
     manifest already names it (see :func:`copy_database_early`), so this is one rename."""
+    name = snapshot_file(ctx)
     with open_backups(ctx) as backups:
-        backups.replace(f"{check_name(backup_dir.name)}/{DB_EARLY}", f"{backup_dir.name}/{DB_FILE}")
+        backups.replace(f"{check_name(backup_dir.name)}/{name}{EARLY}", f"{backup_dir.name}/{name}")
 
 
 def forget_database(ctx: Context, backup_dir: Path) -> None:
@@ -300,14 +301,14 @@ def drop_early_database(ctx: Context, backup_dir: Path) -> None:
         tree = safefs.records(ctx.app_root, "backups", create=False)
         if tree is not None:
             with tree:
-                tree.unlink(f"{check_name(backup_dir.name)}/{DB_EARLY}")
+                tree.unlink(f"{check_name(backup_dir.name)}/{snapshot_file(ctx)}{EARLY}")
     except (OSError, NesopError) as exc:
-        log.warning("cannot remove %s: %s", backup_dir / DB_EARLY, exc)
+        log.warning("cannot remove the early copy in %s: %s", backup_dir, exc)
 
 
 def database_size(ctx: Context, backup_dir: Path) -> int:
     with open_backups(ctx) as backups:
-        st = backups.lstat(f"{check_name(backup_dir.name)}/{DB_FILE}")
+        st = backups.lstat(f"{check_name(backup_dir.name)}/{snapshot_file(ctx)}")
         return 0 if st is None else st.st_size
 
 
@@ -318,11 +319,19 @@ def has_database(ctx: Context, backup_dir: Path) -> bool:
         return False
 
 
+def snapshot_file(ctx: Context) -> str:
+    """The name of the database snapshot in a backup of this app."""
+    db = ctx.database
+    return DB_FILE if db is None else db.snapshot_file
+
+
 def _record_database(ctx: Context, backup_dir: Path, digest: str) -> None:
-    db = ctx.database_path
+    db = ctx.database
     assert db is not None
+    path = ctx.database_path
+    source = str(path.relative_to(ctx.root)) if path is not None else db.source
     data = read_manifest(ctx, backup_dir)
-    data["database"] = {"file": DB_FILE, "sha256": digest, "source": str(db.relative_to(ctx.root))}
+    data["database"] = {"file": db.snapshot_file, "sha256": digest, "source": source}
     with open_backups(ctx) as backups:
         _write_manifest(ctx, backups, backup_dir.name, backup_dir.name, data)
 
@@ -515,14 +524,21 @@ def read_unit(ctx: Context, backup_dir: Path, key: str = "unit") -> UnitCopy | N
 def restore_database(ctx: Context, backup_dir: Path, keep_current: bool) -> Path | None:
     """Put the backup's database snapshot back; the current database is kept beside the backup."""
     data = read_manifest(ctx, backup_dir)
-    db = ctx.database_path
+    db = ctx.database
     if data.get("database") is None or db is None:
         return None
-    kept = f"replaced_{stamp()}.sqlite3" if keep_current else None
+    name = data["database"].get("file", DB_FILE)
+    if name != db.snapshot_file:
+        raise BackupError(
+            f"backup {backup_dir.name}: its database snapshot ({name}) is not of the app's"
+            f" {db.kind} database",
+            hint="restore it by hand with the engine's own tools",
+        )
+    kept = f"replaced_{stamp()}{Path(name).suffix}" if keep_current else None
     with open_backups(ctx) as backups, backups.subdir(backup_dir.name) as bdir:
-        if bdir.digest(DB_FILE) != data["database"]["sha256"]:
-            raise BackupError(f"backup {backup_dir.name}: {DB_FILE} does not match its manifest")
-        database.restore(bdir, DB_FILE, db, ctx.app_root, kept, accounts.app_owner(ctx))
+        if bdir.digest(name) != data["database"]["sha256"]:
+            raise BackupError(f"backup {backup_dir.name}: {name} does not match its manifest")
+        db.restore(bdir, name, kept)
     return None if kept is None else backup_dir / kept
 
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from nesop_deb.config import Config, socket_name
-from nesop_deb.errors import UsageError
+from nesop_deb.config import DEFAULT_LOCK_TIMEOUT, Config, socket_name
+from nesop_deb.runtime import database as database_
 
 
 def _under(root: Path, absolute: str | PurePosixPath) -> Path:
@@ -39,6 +39,8 @@ class AppSettings:
     writable: tuple[str, ...] = ()  # app-relative directories the app's account owns
     venv: str | None = None  # app-relative: the link to the active virtualenv ([dependencies])
     socket_file: str | None = None  # app-relative: the app's socket unit ([app] socket_file)
+    database_credentials: str | None = None  # PostgreSQL: a root-only libpq password file
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT  # PostgreSQL: seconds a migration waits for a lock
 
     @property
     def socket(self) -> str:
@@ -69,6 +71,8 @@ class AppSettings:
             writable=tuple(app.get("writable", ())),
             venv=cfg.get("dependencies", {}).get("venv"),
             socket_file=app.get("socket_file"),
+            database_credentials=mig.get("credentials"),
+            lock_timeout=float(mig.get("lock_timeout", DEFAULT_LOCK_TIMEOUT)),
         )
 
     @classmethod
@@ -91,7 +95,12 @@ class AppSettings:
                 **({"socket_file": self.socket_file} if self.socket_file is not None else {}),
             },
             "files": {"config": list(self.config_files)},
-            "migrations": {"dir": self.migrations_dir, "database": self.database},
+            "migrations": {
+                "dir": self.migrations_dir,
+                "database": self.database,
+                **({"credentials": self.database_credentials} if self.database_credentials else {}),
+                **({"lock_timeout": self.lock_timeout} if self.lock_timeout != DEFAULT_LOCK_TIMEOUT else {}),
+            },
             "health": {
                 "url": self.health_url,
                 "timeout": self.health_timeout,
@@ -161,17 +170,27 @@ class Context:
 
     @property
     def database_path(self) -> Path | None:
+        """A SQLite database's file on this host; None for none or another engine."""
         url = self.app.database
-        if url is None:
+        if url is None or not url.startswith("sqlite:///"):
             return None
-        if not url.startswith("sqlite:///"):
-            raise UsageError(
-                f"database {url!r}: only sqlite:/// databases can be snapshotted here",
-                hint="use an sqlite:////absolute/path URL",
-            )
         return self.host(url[len("sqlite:///") :])
 
     @property
-    def database_url(self) -> str | None:
+    def database(self) -> database_.Database | None:
+        """The app's database, through the engine its URL names (see :mod:`runtime.database`)."""
+        url = self.app.database
+        if url is None:
+            return None
+        from nesop_deb.runtime import accounts
+
         path = self.database_path
-        return None if path is None else f"sqlite:///{path}"
+        credentials = self.app.database_credentials
+        return database_.of(
+            url,
+            owner=accounts.app_owner(self),
+            host_path=path if path is not None else Path("/"),
+            app_root=self.app_root,
+            credentials=None if credentials is None else self.host(credentials),
+            lock_timeout=self.app.lock_timeout,
+        )

@@ -12,7 +12,6 @@ from nesop_deb import versions
 from nesop_deb.errors import NesopError, RefusedError
 from nesop_deb.manifest import Manifest
 from nesop_deb.runtime import (
-    accounts,
     backup,
     database,
     deps,
@@ -40,7 +39,7 @@ def _read_migrations(ctx: Context, todo: list[state.Applied]) -> dict[str, datab
     the outage pays only for running them, and one that cannot be parsed fails the rollback
     before the stop."""
     parsed: dict[str, database.Migrations] = {}
-    if ctx.database_url is None:
+    if ctx.app.database is None:
         return parsed
     for entry in todo:
         if entry.migrations and not _irreversible(state.stored_manifest(ctx, entry.version), entry):
@@ -58,8 +57,8 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
         raise NesopError(f"the backup taken before {entry.version} ({entry.backup}) is missing")
     bdir = ctx.backups_dir / entry.backup
     how = "files restored"
-    url = ctx.database_url
-    if entry.migrations and url is not None:
+    db = ctx.database
+    if entry.migrations and db is not None:
         irreversible = _irreversible(manifest, entry)
         if irreversible:
             kept = backup.restore_database(ctx, bdir, keep_current=True)
@@ -70,8 +69,7 @@ def _undo_one(ctx: Context, entry: state.Applied, migrations: database.Migration
             how += f"; database snapshot restored (the replaced database is kept as {kept})"
         else:
             directory = state.recorded_migrations(ctx, entry.version)
-            owner = accounts.app_owner(ctx)
-            done = database.rollback(url, directory, entry.migrations, migrations, owner=owner)
+            done = database.rollback(db, directory, entry.migrations, migrations)
             how += f"; migrations rolled back: {', '.join(done) or 'none were applied'}"
     backup.restore_files(ctx, bdir)
     relinked = deps.restore_from(ctx, bdir)

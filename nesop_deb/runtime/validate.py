@@ -10,7 +10,6 @@ from __future__ import annotations
 import configparser
 import json
 import os
-import sqlite3
 import stat
 import time
 import tomllib
@@ -213,30 +212,33 @@ def _unit_drift(ctx: Context) -> list[str]:
 
 
 def check_database(ctx: Context) -> CheckResult:
-    db = ctx.database_path
+    try:
+        db = ctx.database
+    except NesopError as exc:
+        return CheckResult("database", False, exc.message)
     if db is None:
         return CheckResult("database", True, "no database configured")
+    path = ctx.database_path
+    shown = path.name if path is not None else db.url
     if not db.exists():
-        return CheckResult("database", False, f"{db} does not exist")
+        return CheckResult("database", False, f"{path} does not exist")
     try:
-        verdict = database.quick_check(db, accounts.app_owner(ctx))
-    except sqlite3.Error as exc:
-        return CheckResult("database", False, f"{db}: cannot open: {exc}")
-    problems = [] if verdict == "ok" else [f"quick_check: {verdict}"]
+        verdict = db.check()
+    except database.ERRORS as exc:
+        return CheckResult("database", False, f"{shown}: cannot open: {exc}")
+    problems = [] if verdict == "ok" else [f"{'quick_check' if db.kind == 'sqlite' else 'check'}: {verdict}"]
     st = state.load(ctx)
     wanted = [i for a in st.applied for i in a.migrations]
-    url = ctx.database_url
     recorded: list[str] = []
-    if url is not None:
-        try:
-            recorded = database.applied_ids(url, owner=accounts.app_owner(ctx))
-        except Exception as exc:
-            problems.append(f"cannot read the migration table: {exc}")
+    try:
+        recorded = database.applied_ids(db)
+    except Exception as exc:
+        problems.append(f"cannot read the migration table: {exc}")
     missing = [i for i in wanted if i not in recorded]
     if missing:
         problems.append(f"migrations of applied versions not recorded: {', '.join(missing)}")
     return CheckResult(
-        "database", not problems, f"{db.name}: {verdict}, {len(recorded)} migrations recorded", problems
+        "database", not problems, f"{shown}: {verdict}, {len(recorded)} migrations recorded", problems
     )
 
 

@@ -254,11 +254,13 @@ def _untagged_with(*args: str) -> Callable[[Repo], list[str]]:
     return prepare
 
 
-def _migration(path: str, commit_it: bool = True) -> Callable[[Repo], list[str]]:
+def _migration(
+    path: str, commit_it: bool = True, sql: str = "ALTER TABLE product ADD COLUMN tags TEXT;\n"
+) -> Callable[[Repo], list[str]]:
     """v1.0.2 adds a migration file at ``path`` (committed, or left untracked)."""
 
     def prepare(repo: Repo) -> list[str]:
-        repo.write(path, "ALTER TABLE product ADD COLUMN tags TEXT;\n")
+        repo.write(path, sql)
         if not commit_it:
             (repo.path / ".git/info").mkdir(exist_ok=True)
             (repo.path / ".git/info/exclude").write_text(path + "\n")  # an ignored one counts too
@@ -534,6 +536,14 @@ CASES = [
     ),
     # what would build and only fail (or do nothing) on the server
     Case(
+        "migration-outside-transaction",
+        _migration(
+            "migrations/0002_tags_index.sql", sql="CREATE INDEX CONCURRENTLY tags ON product (name);\n"
+        ),
+        ("migrations/0002_tags_index.sql", "CREATE INDEX CONCURRENTLY cannot run inside a transaction"),
+        "-- transactional: false",
+    ),
+    Case(
         "migration-name-dash",
         _migration("migrations/0002-add-tags.sql"),
         ("migrations/0002-add-tags.sql", "not named NNNN_name.sql", "never run"),
@@ -606,10 +616,34 @@ CASES = [
         "take it out of [files] exclude",
     ),
     Case(
-        "database-not-sqlite",
-        _configured("sqlite:////srv/shop/data/shop.db", "postgresql://shop@localhost/shop"),
-        ("migrations.database 'postgresql://shop@localhost/shop'", "supports SQLite only"),
-        "sqlite:////srv/shop/data/app.db",
+        "database-unknown-engine",
+        _configured("sqlite:////srv/shop/data/shop.db", "mysql://shop@localhost/shop"),
+        ("migrations.database 'mysql://shop@localhost/shop'", "supports SQLite and PostgreSQL, not mysql"),
+        "postgresql:///dbname",
+    ),
+    Case(
+        "database-password-in-url",
+        _configured("sqlite:////srv/shop/data/shop.db", "postgresql://shop:s3cret@localhost/shop"),
+        ("migrations.database has a password in it",),
+        "credentials =",
+    ),
+    Case(
+        "database-credentials-relative",
+        _configured(
+            'database = "sqlite:////srv/shop/data/shop.db"',
+            'database = "postgresql:///shop"\ncredentials = "shop.pgpass"',
+        ),
+        ("migrations.credentials 'shop.pgpass' must be an absolute path",),
+        "/etc/nesop-update/app.pgpass",
+    ),
+    Case(
+        "lock-timeout-for-sqlite",
+        _configured(
+            'database = "sqlite:////srv/shop/data/shop.db"',
+            'database = "sqlite:////srv/shop/data/shop.db"\nlock_timeout = 5',
+        ),
+        ("migrations.lock_timeout applies to a postgresql:// database only",),
+        "remove lock_timeout",
     ),
     Case(
         "database-relative-path",

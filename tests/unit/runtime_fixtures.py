@@ -301,9 +301,9 @@ class Server:
         directory = self.root / "var/tmp/base-migrations"
         write_migrations(directory, migrations)
         self.db.parent.mkdir(parents=True, exist_ok=True)
-        url = self.ctx.database_url
-        assert url is not None
-        database.apply(url, directory, [m.id for m in migrations])
+        db = self.ctx.database
+        assert db is not None
+        database.apply(db, directory, [m.id for m in migrations])
         self.sql(*rows)
 
     def sql(self, *statements: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from nesop_deb.runtime import database, owner
+from nesop_deb.runtime.database import sqlite
 from tests.unit.runtime_fixtures import M1, M2, write_migrations
 
 NOBODY = (65534, 65534)
@@ -64,7 +65,7 @@ def _count(path: str) -> int:
 def test_a_held_copy_as_the_owner_sees_later_commits(shared: Path) -> None:
     db = shared / "data/app.db"
     make_db(db, NOBODY)
-    copy = database._copy_as(NOBODY, db, hold=True)
+    copy = sqlite._copy_as(NOBODY, db, hold=True)
     try:
         assert rows(copy.data) == 2
         assert copy.probe is not None
@@ -86,7 +87,7 @@ def test_a_database_swapped_for_a_link_to_root_s_file_is_not_read(shared: Path) 
     os.symlink(secret, db)  # what the app's account can do in its own directory
 
     with pytest.raises(sqlite3.Error):
-        database._copy_as(NOBODY, db, hold=False)
+        sqlite._copy_as(NOBODY, db, hold=False)
 
 
 def test_migrations_as_the_owner_create_the_owner_s_files_and_follow_no_link_to_root_s(
@@ -98,12 +99,12 @@ def test_migrations_as_the_owner_create_the_owner_s_files_and_follow_no_link_to_
     write_migrations(migrations, [M1, M2])
     parsed = database.read(migrations, [M1.id, M2.id])
 
-    done = database.apply(f"sqlite:///{db}", migrations, [M1.id, M2.id], parsed, owner=NOBODY)
+    done = database.apply(sqlite.SqliteDatabase(db, NOBODY, db.parent), migrations, [M1.id, M2.id], parsed)
 
     assert done == [M1.id, M2.id]
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in (shared / "data").iterdir()}
     assert owners == {NOBODY}
-    assert database.applied_ids(f"sqlite:///{db}", owner=NOBODY) == [M1.id, M2.id]
+    assert database.applied_ids(sqlite.SqliteDatabase(db, NOBODY, db.parent)) == [M1.id, M2.id]
 
     # a planted -shm link to a file only root may write: as the owner, SQLite cannot use it
     target = shared / "root-file"
@@ -113,7 +114,7 @@ def test_migrations_as_the_owner_create_the_owner_s_files_and_follow_no_link_to_
         db.with_name(db.name + suffix).unlink(missing_ok=True)
     os.symlink(target, db.with_name(db.name + "-shm"))
     with pytest.raises(database.MigrationError):
-        database.applied_ids(f"sqlite:///{db}", owner=NOBODY)
+        database.applied_ids(sqlite.SqliteDatabase(db, NOBODY, db.parent))
     assert target.read_bytes() == b"root's\n"
     assert (target.stat().st_uid, target.stat().st_mode & 0o777) == (0, 0o600)
 
@@ -125,7 +126,7 @@ def test_the_child_keeps_none_of_root_s_descriptors(shared: Path, tmp_path: Path
     secret.write_bytes(b"root's\n")
     fd = os.open(secret, os.O_RDWR)
     try:
-        seen = database._as_owner(NOBODY, lambda: sorted(os.listdir("/proc/self/fd")))
+        seen = database.as_owner(NOBODY, lambda: sorted(os.listdir("/proc/self/fd")))
     finally:
         os.close(fd)
     assert str(fd) not in seen
@@ -146,7 +147,7 @@ def test_a_child_the_account_stops_is_noticed_and_killed() -> None:
     """The child is the account's process: it can SIGSTOP it; root must not wait forever."""
     started = time.monotonic()
     with pytest.raises(database.MigrationError, match="was stopped by a signal"):
-        database._as_owner(NOBODY, stop_myself)
+        database.as_owner(NOBODY, stop_myself)
     assert time.monotonic() - started < 10
 
 
@@ -155,5 +156,5 @@ def test_a_child_that_never_answers_is_killed_at_the_deadline(monkeypatch: pytes
     monkeypatch.setattr(owner, "TIMEOUT", 1.0)
     started = time.monotonic()
     with pytest.raises(database.MigrationError, match=r"no answer within 1 s; the process was killed"):
-        database._as_owner(NOBODY, hang)
+        database.as_owner(NOBODY, hang)
     assert time.monotonic() - started < 10

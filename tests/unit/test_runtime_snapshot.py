@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from nesop_deb.runtime import apply, backup, database, operations, safefs, state, transaction
+from nesop_deb.runtime.database import sqlite
 from nesop_deb.runtime.fsutil import sha256_file
 from tests.unit.runtime_fixtures import (
     UNIT,
@@ -134,17 +135,17 @@ def test_a_held_snapshot_tells_whether_the_database_changed(tmp_path: Path, jour
     conn.close()
 
     here = safefs.Tree.open(tmp_path)
-    quiet = database.snapshot_held(db, here, "quiet.sqlite3")
+    quiet = sqlite.snapshot_held(db, here, "quiet.sqlite3")
     assert items(quiet.path) == [(1, "apple")]
     assert quiet.unchanged() is True
     assert quiet.unchanged() is False, "the answer is given once: the connection is closed after it"
 
-    busy = database.snapshot_held(db, here, "busy.sqlite3")
+    busy = sqlite.snapshot_held(db, here, "busy.sqlite3")
     write_in_another_process(db, "pear")
     assert busy.unchanged() is False
     assert items(busy.path) == [(1, "apple")]
 
-    replaced = database.snapshot_held(db, here, "replaced.sqlite3")
+    replaced = sqlite.snapshot_held(db, here, "replaced.sqlite3")
     shutil.copyfile(db, tmp_path / "other.db")
     (tmp_path / "other.db").replace(db)  # same rows, another file: no version number can vouch for it
     assert replaced.unchanged() is False
@@ -159,7 +160,7 @@ def test_a_commit_right_after_the_copy_is_not_missed(tmp_path: Path, monkeypatch
     app.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT NOT NULL)")
     app.execute("INSERT INTO items (name) VALUES ('apple')")
     app.commit()
-    real = database._serialize
+    real = sqlite._serialize
 
     def copy_then_commit(src: sqlite3.Connection) -> bytes:
         data = real(src)
@@ -167,9 +168,9 @@ def test_a_commit_right_after_the_copy_is_not_missed(tmp_path: Path, monkeypatch
         app.commit()
         return data
 
-    monkeypatch.setattr(database, "_serialize", copy_then_commit)
+    monkeypatch.setattr(sqlite, "_serialize", copy_then_commit)
     here = safefs.Tree.open(tmp_path)
-    held = database.snapshot_held(db, here, "copy.sqlite3")
+    held = sqlite.snapshot_held(db, here, "copy.sqlite3")
 
     assert items(held.path) == [(1, "apple")]
     assert held.unchanged() is False
@@ -262,7 +263,7 @@ def test_a_job_rebuilt_after_a_crash_copies_again(server: Server, monkeypatch: p
     journal = state.read_journal(server.ctx)
     assert journal is not None
     bdir = server.ctx.backups_dir / str(journal["backup"])
-    early = bdir / backup.DB_EARLY
+    early = bdir / (backup.DB_FILE + backup.EARLY)
     assert items(early) == BASE_ITEMS, "the crash left the copy taken before the stop"
     assert not (bdir / backup.DB_FILE).exists(), "an early copy is not the backup's snapshot"
 
@@ -283,7 +284,9 @@ def test_recovery_removes_an_early_copy_that_never_became_the_snapshot(
     install_base(server)
     before = db_dump(server.db)
     crash(server, monkeypatch, at, journaled_only=False)
-    assert [p.name for p in server.ctx.backups_dir.rglob(backup.DB_EARLY)] == [backup.DB_EARLY]
+    assert [p.name for p in server.ctx.backups_dir.rglob(backup.DB_FILE + backup.EARLY)] == [
+        (backup.DB_FILE + backup.EARLY)
+    ]
 
     assert operations.recover(server.ctx) == "undid the interrupted update to 1.0.1"
 
@@ -298,10 +301,10 @@ def test_the_early_copy_failing_falls_back_to_a_copy_after_the_stop(
     install_base(server)
     caplog.set_level(logging.INFO, logger="nesop_deb")
 
-    def locked(_db: Path, _dest: safefs.Tree, _name: str, _owner: database.Owner) -> database.HeldSnapshot:
+    def locked(_db: Path, _dest: safefs.Tree, _name: str, _owner: database.Owner) -> sqlite.HeldSnapshot:
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(database, "snapshot_held", locked)
+    monkeypatch.setattr(sqlite, "snapshot_held", locked)
     server.systemd.on_stop = lambda _unit: server.sql("INSERT INTO items (name) VALUES ('plum')")
 
     apply_failing_at_start(server)
@@ -328,7 +331,7 @@ def test_an_update_failing_before_the_stop_leaves_a_backup_without_a_snapshot(
         operations.run_apply(ctx, manifest, ctx.share, state.load(ctx))
     [bdir] = [d for d in ctx.backups_dir.iterdir() if d.name.startswith("pre_update_")]
     assert backup.read_manifest(ctx, bdir)["database"] is None
-    assert not (bdir / backup.DB_FILE).exists() and not (bdir / backup.DB_EARLY).exists()
+    assert not (bdir / backup.DB_FILE).exists() and not (bdir / (backup.DB_FILE + backup.EARLY)).exists()
 
 
 def test_a_read_only_backups_dir_at_snapshot_db_fails_the_step_and_the_undo_still_completes(

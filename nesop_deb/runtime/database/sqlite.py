@@ -1,8 +1,6 @@
-"""The app's database: consistent snapshots and migrations through yoyo-migrations.
-
-yoyo applies each migration in its own transaction (SQLite has transactional DDL) and records it
-in its ``_yoyo_migration`` table; we only choose which migrations and in which direction.
-"""
+"""SQLite: consistent snapshots through the online backup API, restore by rename, and the
+cheap check after the stop (``PRAGMA data_version``). Every read of the live database runs as
+its owner (see :func:`.base.as_owner`)."""
 
 from __future__ import annotations
 
@@ -12,28 +10,21 @@ import json
 import os
 import sqlite3
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from nesop_deb.errors import NesopError
 from nesop_deb.runtime import owner as owner_
+from nesop_deb.runtime.database.base import Database, MigrationError, Owner, as_owner
 from nesop_deb.runtime.safefs import TMP_SUFFIX, LinkRefused, Tree
 
 SIDECARS = ("-wal", "-shm", "-journal")  # the files SQLite keeps beside a database
 
 
-class MigrationError(NesopError):
-    """A migration failed (its own transaction was rolled back by the database)."""
-
-
-Owner = tuple[int, int] | None  # (uid, gid) to read and migrate as; None: this process's own
-
-
 def snapshot(db: Path, dest: Tree, name: str, owner: Owner = None) -> str:
     """Copy a live SQLite database consistently (the online backup API) to ``dest/name``; return
-    its sha256. ``owner``: read it as that account (see :func:`_as_owner`)."""
+    its sha256. ``owner``: read it as that account (see :func:`.base.as_owner`)."""
     copy = _reader(owner)(db, hold=False)
     try:
         return _store(copy.data, dest, name)
@@ -252,159 +243,13 @@ def _directory_of(db: Path, app_root: Path) -> Tree:
         return root.subdir(str(rel)) if str(rel) != "." else Tree(os.dup(root.fd), root.path)
 
 
-@contextlib.contextmanager
-def _backend(url: str) -> Iterator[Any]:
-    from yoyo import get_backend
-
-    backend = get_backend(url)
-    try:
-        yield backend
-    finally:
-        with contextlib.suppress(Exception):
-            backend.connection.close()
-
-
-Migrations = Any  # yoyo's MigrationList, every migration in it loaded
-
-
-def read(directory: Path, ids: Sequence[str]) -> Migrations:
-    """The migrations ``ids`` of ``directory``, read and parsed (rollbacks included).
-
-    Importing yoyo and parsing take tens of milliseconds: an update does both before the stop
-    and hands the result to :func:`apply` (a rollback to :func:`rollback`), so that the outage
-    pays only for running them, and a migration that cannot be parsed fails the update while
-    the old app still serves.
-    """
-    from yoyo import read_migrations
-
-    wanted = set(ids)
-    migrations = read_migrations(str(directory)).filter(lambda m: m.id in wanted)
-    missing = sorted(wanted - {m.id for m in migrations})
-    if missing:
-        raise MigrationError(f"{directory}: migration(s) {', '.join(missing)} not found")
-    for m in migrations:
-        try:
-            m.load()  # yoyo reads a migration's files only when first asked for its steps
-        except Exception as exc:  # yoyo's own BadMigration, or whatever a malformed file raises
-            raise MigrationError(f"cannot read migration {m.id}: {exc!r}") from exc
-    return migrations
-
-
-def _as_owner(owner: Owner, fn: Callable[[], list[str]]) -> list[str]:
-    """Run ``fn`` as the database's owner (the app's account) in a forked child.
-
-    SQLite creates and opens the database's journal, WAL and shared-memory files by path, in a
-    directory the app's account can write to: as root it would follow any link planted there.
-    As the owner it can reach only what that account already can, and every file it creates is
-    the owner's without a chown. The migrations were parsed in this process before: the child
-    need not read root's state directory. See :mod:`nesop_deb.runtime.owner` for the deadline.
-    """
-    if owner is None or owner == (os.geteuid(), os.getegid()):
-        return fn()
-
-    def work(channel: owner_.Channel) -> None:  # pragma: no cover - runs in the child
-        try:
-            result: dict[str, Any] = {"ok": fn()}
-        except BaseException as exc:  # everything goes back to root
-            result = {"error": str(exc)}
-        channel.send(json.dumps(result).encode())
-
-    child = owner_.Child(owner, work, "the database work")
-    try:
-        result = json.loads(child.recv())
-    except owner_.OwnerError as exc:
-        raise MigrationError(str(exc)) from None
-    except ValueError:
-        raise MigrationError(f"the process running as uid {owner[0]} ended without a result") from None
-    finally:
-        child.close()
-    if "error" in result:
-        raise MigrationError(str(result["error"]))
-    return [str(i) for i in result["ok"]]
-
-
-def applied_ids(url: str, owner: Owner = None) -> list[str]:
-    """Ids of the migrations recorded in the tracking table, in the order applied.
-
-    Read-only for a database yoyo never touched (a hand-deployed app): opening it through yoyo
-    would create yoyo's tables, and validate or an undo must not change the app's schema.
-    """
-
-    def read_ids() -> list[str]:
-        if url.startswith("sqlite:///") and not _has_table(Path(url[len("sqlite:///") :]), "_yoyo_migration"):
-            return []
-        with _backend(url) as backend:
-            backend.ensure_internal_schema_updated()
-            rows = backend.execute(
-                "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc"
-            ).fetchall()
-            return [str(r[0]) for r in rows]
-
-    return _as_owner(owner, read_ids)
-
-
 def _has_table(db: Path, name: str) -> bool:
-    if not db.exists():
-        return False
     conn = _connect_ro(db)
     try:
         found = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
         return found.fetchone() is not None
     finally:
         conn.close()
-
-
-def apply(
-    url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None, owner: Owner = None
-) -> list[str]:
-    """Apply those of ``ids`` not yet applied, in name order; return the ids applied now.
-
-    ``migrations``: what :func:`read` returned for the same ``directory`` and ``ids``, if the
-    caller read them already. ``owner``: see :func:`_as_owner`."""
-    from yoyo.exceptions import LockTimeout
-
-    parsed = read(directory, ids) if migrations is None else migrations
-
-    def run() -> list[str]:
-        with _backend(url) as backend:
-            try:
-                with backend.lock():
-                    todo = backend.to_apply(parsed)
-                    done: list[str] = []
-                    for m in sorted(todo, key=lambda m: m.id):
-                        try:
-                            backend.apply_one(m)
-                        except Exception as exc:
-                            raise MigrationError(f"migration {m.id} failed: {exc}") from exc
-                        done.append(m.id)
-                    return done
-            except LockTimeout as exc:
-                raise MigrationError(f"the database migration lock is held: {exc}") from exc
-
-    return _as_owner(owner, run)
-
-
-def rollback(
-    url: str, directory: Path, ids: Sequence[str], migrations: Migrations = None, owner: Owner = None
-) -> list[str]:
-    """Roll back those of ``ids`` that are applied, newest first; return the ids rolled back.
-
-    ``migrations``, ``owner``: as for :func:`apply`."""
-    parsed = read(directory, ids) if migrations is None else migrations
-
-    def run() -> list[str]:
-        with _backend(url) as backend, backend.lock():
-            todo = backend.to_rollback(parsed)
-            done: list[str] = []
-            for m in sorted(todo, key=lambda m: m.id, reverse=True):
-                try:
-                    backend.rollback_one(m)
-                except Exception as exc:
-                    raise MigrationError(f"rollback of migration {m.id} failed: {exc}") from exc
-                done.append(m.id)
-            return done
-
-    return _as_owner(owner, run)
 
 
 def quick_check(db: Path, owner: Owner = None) -> str:
@@ -418,6 +263,41 @@ def quick_check(db: Path, owner: Owner = None) -> str:
             conn.close()
 
     try:
-        return _as_owner(owner, check)[0]
+        return as_owner(owner, check)[0]
     except MigrationError as exc:  # what the child could not open, as the caller expects it
         raise sqlite3.OperationalError(str(exc)) from None
+
+
+class SqliteDatabase(Database):
+    """A SQLite file (``sqlite:////absolute/path``), in the app's tree or outside it."""
+
+    kind = "sqlite"
+    snapshot_file = "database.sqlite3"
+    errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error,)
+
+    def __init__(self, path: Path, owner: Owner, app_root: Path) -> None:
+        super().__init__(f"sqlite:///{path}", owner)
+        self.path = path
+        self.app_root = app_root
+
+    @property
+    def migration_url(self) -> str:
+        return self.url
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def has_table(self, name: str) -> bool:
+        return self.exists() and _has_table(self.path, name)
+
+    def snapshot(self, dest: Tree, name: str) -> str:
+        return snapshot(self.path, dest, name, self.owner)
+
+    def snapshot_held(self, dest: Tree, name: str) -> HeldSnapshot:
+        return snapshot_held(self.path, dest, name, self.owner)
+
+    def restore(self, backup: Tree, name: str, keep_current_as: str | None) -> None:
+        restore(backup, name, self.path, self.app_root, keep_current_as, self.owner)
+
+    def check(self) -> str:
+        return quick_check(self.path, self.owner)

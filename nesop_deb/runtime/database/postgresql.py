@@ -1,0 +1,273 @@
+"""PostgreSQL: a ``pg_dump`` snapshot while the old app serves, a transaction-id check after the
+stop, migrations with a lock timeout, and a restore in one transaction.
+
+Who connects: with ``[migrations] credentials`` (a root-only libpq password file) the runtime
+itself, with that file; without, the app's account over the local socket (peer
+authentication), every tool run as that account. Credentials never travel in the package.
+
+The check after the stop: ``pg_current_snapshot()`` before the dump gives ``xmax``, one past the
+newest transaction that had finished (committed or aborted), and the ids still running below it
+(none when ``xmin = xmax``). Any transaction that writes gets an id; when one at or above ``xmax``
+finishes, ``xmax`` moves past it. One running below ``xmax`` would not move it: then the check
+answers "changed" at once. So when none ran below it and ``xmax`` is the same after the stop,
+nothing was committed between that reading and the check, and the dump (taken in between) holds
+exactly the database. Ids are counted for the whole server: writes to another database there,
+or an autovacuum's ANALYZE, only cost a second dump.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
+
+from nesop_deb import proc
+from nesop_deb.errors import CommandError
+from nesop_deb.runtime.database.base import Database, DatabaseError, Owner
+from nesop_deb.runtime.safefs import Tree
+
+log = logging.getLogger(__name__)
+
+TOOLS_HINT = "install the PostgreSQL client tools of the server's version: apt install postgresql-client"
+
+# Before a restore: drop what the app's role owns outside the system schemas (what a failed
+# update may have created is not in the snapshot, so ``pg_restore --clean`` alone would leave it),
+# in the same transaction as the restore itself.
+_DROP_OWNED = r"""
+DO $nesop$
+DECLARE
+    r record;
+    me oid := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user);
+BEGIN
+    FOR r IN SELECT n.nspname FROM pg_catalog.pg_namespace n
+             WHERE n.nspowner = me AND n.nspname <> 'public' AND n.nspname !~ '^pg_'
+               AND n.nspname <> 'information_schema'
+    LOOP
+        EXECUTE pg_catalog.format('DROP SCHEMA IF EXISTS %I CASCADE', r.nspname);
+    END LOOP;
+    FOR r IN SELECT pg_catalog.format('%I.%I', n.nspname, c.relname) AS name,
+                    CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                   WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                   ELSE 'TABLE' END AS what
+             FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relowner = me AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+               AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                               WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                                 AND d.objid = c.oid AND d.deptype IN ('a', 'i', 'e'))
+    LOOP
+        EXECUTE pg_catalog.format('DROP %s IF EXISTS %s CASCADE', r.what, r.name);
+    END LOOP;
+    FOR r IN SELECT p.oid::pg_catalog.regprocedure::text AS name
+             FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.proowner = me AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                                 AND d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE pg_catalog.format('DROP ROUTINE IF EXISTS %s CASCADE', r.name);
+    END LOOP;
+    FOR r IN SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) AS name
+             FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+             WHERE t.typowner = me AND t.typtype IN ('e', 'd', 'r', 'm')
+               AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                               WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                                 AND d.objid = t.oid AND d.deptype IN ('e', 'i'))
+    LOOP
+        EXECUTE pg_catalog.format('DROP TYPE IF EXISTS %s CASCADE', r.name);
+    END LOOP;
+END
+$nesop$;
+"""
+
+
+def with_args(url: str, **args: str) -> str:
+    """``url`` with query parameters added (libpq and psycopg2 read both from the query);
+    ``options`` is appended to, not replaced."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    for key, value in args.items():
+        query[key] = f"{query[key]} {value}" if key == "options" and query.get(key) else value
+    # not urlunsplit: it drops the "//" of an empty host (postgresql:///db), which libpq needs
+    return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, quote_via=quote)}"
+
+
+def _xid_state(out: str) -> tuple[int, bool]:
+    xmax, quiet = out.strip().split("|")
+    return int(xmax), quiet == "t"
+
+
+_XID_QUERY = (
+    "SELECT pg_catalog.pg_snapshot_xmax(s), pg_catalog.pg_snapshot_xmin(s) = pg_catalog.pg_snapshot_xmax(s)"
+    " FROM pg_catalog.pg_current_snapshot() AS s"
+)
+
+
+class PostgresDatabase(Database):
+    """A database on a PostgreSQL server (``postgresql://`` libpq URL)."""
+
+    kind = "postgresql"
+    snapshot_file = "database.pgdump"
+    errors: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self, url: str, owner: Owner, credentials: Path | None, lock_timeout: float) -> None:
+        # with a password file, root connects with it; without, the app's account by peer
+        super().__init__(url, None if credentials is not None else owner)
+        self.credentials = credentials
+        self.lock_timeout_ms = max(1, round(lock_timeout * 1000))
+
+    # -- how to connect -------------------------------------------------------------------------
+
+    def _conn_url(self, **extra: str) -> str:
+        args = {"application_name": "nesop-update", **extra}
+        if self.credentials is not None:
+            self._check_credentials()
+            args["passfile"] = str(self.credentials)
+        return with_args(self.url, **args)
+
+    @property
+    def migration_url(self) -> str:
+        return self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
+
+    def _check_credentials(self) -> None:
+        """The password file must be root's alone: the app's account must not read or swap it."""
+        path = self.credentials
+        assert path is not None
+        try:
+            st = path.lstat()
+        except OSError as exc:
+            raise DatabaseError(
+                f"{path}: cannot read the database credentials ({exc.strerror})",
+                hint="create it as root, mode 0600, one libpq password line: host:port:db:user:password",
+            ) from None
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+            raise DatabaseError(
+                f"{path}: the database credentials must be a regular file owned by root, mode 0600"
+                f" (it is {'a link' if stat.S_ISLNK(st.st_mode) else oct(stat.S_IMODE(st.st_mode))},"
+                f" uid {st.st_uid})",
+                hint=f"chown root:root {path} && chmod 0600 {path}",
+            )
+
+    def _argv(self, tool: str, *args: str) -> list[str]:
+        """A client tool, run as :attr:`owner` when that is not this process."""
+        argv = [tool, *args]
+        owner = self.owner
+        if owner is not None and owner != (os.geteuid(), os.getegid()):
+            argv = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups", "--", *argv]
+        return argv
+
+    def _run(self, tool: str, *args: str, stdin: bytes | None = None, timeout: float = 3600) -> proc.Result:
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/", "PGCONNECT_TIMEOUT": "10"}
+        try:
+            return proc.run(self._argv(tool, *args), cwd=Path("/"), env=env, stdin=stdin, timeout=timeout)
+        except CommandError as exc:
+            if exc.returncode == 127:
+                raise DatabaseError(f"{tool} is not installed", hint=TOOLS_HINT) from None
+            raise DatabaseError(f"{self.url}: {tool} failed: {_last_line(exc.stderr)}") from None
+
+    def _psql(self, sql: str, *, single_transaction: bool = False) -> str:
+        args = ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]
+        if single_transaction:
+            args.append("--single-transaction")
+        url = self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
+        return self._run("psql", *args, "-d", url, stdin=sql.encode()).out
+
+    # -- the interface --------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """The database is the server's to keep: it always exists for the runtime (a server that
+        cannot be reached fails the snapshot, before the stop)."""
+        return True
+
+    def has_table(self, name: str) -> bool:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
+            raise ValueError(f"not a plain table name: {name!r}")
+        where = f"schemaname = pg_catalog.current_schema() AND tablename = '{name}'"
+        return self._psql(f"SELECT count(*) FROM pg_catalog.pg_tables WHERE {where}").strip() != "0"  # noqa: S608
+
+    def _dump(self) -> bytes:
+        lock_wait = f"--lock-wait-timeout={self.lock_timeout_ms}"
+        return self._run("pg_dump", "-Fc", "--no-sync", lock_wait, "-d", self._conn_url()).stdout
+
+    def snapshot(self, dest: Tree, name: str) -> str:
+        return _store(self._dump(), dest, name)
+
+    def snapshot_held(self, dest: Tree, name: str) -> HeldDump:
+        xmax, quiet = _xid_state(self._psql(_XID_QUERY))
+        data = self._dump()
+        return HeldDump(self, _store(data, dest, name), len(data), xmax, quiet)
+
+    def restore(self, backup: Tree, name: str, keep_current_as: str | None) -> None:
+        data = backup.read_bytes(name)
+        if self._is_superuser():
+            raise DatabaseError(
+                f"{self.url}: will not restore as a superuser role (it would drop what the"
+                " superuser owns, system objects included)",
+                hint="connect as the role that owns the app's tables (not postgres), see docs/guide.md",
+            )
+        if keep_current_as is not None:
+            self.snapshot(backup, keep_current_as)
+        script = self._run("pg_restore", "-f", "-", stdin=data).stdout
+        self._psql(_DROP_OWNED + "\n" + script.decode(), single_transaction=True)
+
+    def _is_superuser(self) -> bool:
+        return (
+            self._psql("SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user").strip() == "t"
+        )
+
+    def check(self) -> str:
+        out = self._psql(
+            "SELECT pg_catalog.pg_is_in_recovery(), r.rolsuper, current_user"
+            " FROM pg_catalog.pg_roles r WHERE r.rolname = current_user"
+        ).strip()
+        recovery, superuser, user = out.split("|", 2)
+        if recovery == "t":
+            return "the server is a standby in recovery: migrations cannot write there"
+        if superuser == "t":
+            return f"the role {user} is a superuser: the app's database must be owned by a role of its own"
+        return "ok"
+
+
+@dataclass
+class HeldDump:
+    """A dump taken while the app ran, and the transaction-id reading taken before it."""
+
+    db: PostgresDatabase = field(repr=False)
+    sha256: str
+    size: int
+    xmax: int
+    quiet: bool  # no transaction was in progress at that reading
+
+    def unchanged(self) -> bool:
+        if not self.quiet:
+            return False
+        try:
+            xmax, _ = _xid_state(self.db._psql(_XID_QUERY))
+        except (DatabaseError, ValueError) as exc:
+            log.debug("cannot read the transaction ids: %s", exc)
+            return False
+        return xmax == self.xmax
+
+    def close(self) -> None:
+        """Nothing is held open between the dump and the check."""
+
+
+def _store(data: bytes, dest: Tree, name: str) -> str:
+    part = name + ".part"
+    dest.write_new(part, data, 0o600)
+    dest.replace(part, name)
+    return hashlib.sha256(data).hexdigest()
+
+
+def _last_line(stderr: str) -> str:
+    """The error itself: the last ``ERROR:``/``FATAL:`` line (psql follows it with context)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if any(k in line for k in ("ERROR:", "FATAL:", "error:"))]
+    return (errors or lines or ["no message"])[-1]

@@ -1,0 +1,350 @@
+"""The runtime's PostgreSQL engine against a real server: snapshot and the check after the stop,
+migrations with a lock timeout, undo keeping rows, restore in one transaction, credentials."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nesop_deb.runtime import database
+from nesop_deb.runtime.database.postgresql import PostgresDatabase
+from nesop_deb.runtime.safefs import Tree
+
+from . import pgserver
+
+NOBODY = (65534, 65534)
+
+
+@pytest.fixture(scope="module")
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgserver.PgServer]:
+    why = pgserver.missing()
+    if why is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    base = Path("/var/tmp") / f"nesop-pg-{os.getpid()}"  # reachable by every account
+    with pgserver.running(base, password_roles=("shop",)) as server:
+        yield server
+
+
+_count = 0
+
+
+@pytest.fixture
+def dbname(pg: pgserver.PgServer) -> Iterator[str]:
+    global _count
+    _count += 1
+    name = f"shop{_count}"
+    pg.create_database(name, "root")
+    yield name
+    pg.drop_database(name)
+
+
+def engine(pg: pgserver.PgServer, name: str, lock_timeout: float = 10) -> PostgresDatabase:
+    return PostgresDatabase(pg.url(name), None, None, lock_timeout)
+
+
+def sql(pg: pgserver.PgServer, name: str, statement: str) -> str:
+    out = subprocess.run(
+        [str(pg.bindir / "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-d", pg.url(name), "-c", statement],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def write(directory: Path, name: str, up: str, down: str | None = None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"{name}.sql").write_text(up)
+    if down is not None:
+        (directory / f"{name}.rollback.sql").write_text(down)
+
+
+@pytest.fixture
+def migrations(tmp_path: Path) -> Path:
+    d = tmp_path / "migrations"
+    write(
+        d,
+        "0001_initial",
+        "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);",
+        "DROP TABLE items;",
+    )
+    write(d, "0002_price", "ALTER TABLE items ADD COLUMN price INTEGER NOT NULL DEFAULT 0;",
+          "ALTER TABLE items DROP COLUMN price;")  # fmt: skip
+    return d
+
+
+def test_a_quiet_database_is_known_unchanged_after_its_dump(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(pg, dbname, "INSERT INTO items (name) VALUES ('apple')")
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "early.pgdump")
+        assert held.size > 0 and (tmp_path / "early.pgdump").read_bytes().startswith(b"PGDMP")
+        assert held.unchanged() is True
+        # a read changes nothing
+        assert sql(pg, dbname, "SELECT name FROM items") == "apple"
+        assert held.unchanged() is True
+
+
+def test_a_commit_after_the_dump_is_seen(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "early.pgdump")
+        sql(pg, dbname, "INSERT INTO items (name) VALUES ('pear')")
+        assert held.unchanged() is False
+
+
+def _session(pg: pgserver.PgServer, name: str, script: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(pg.bindir / "psql"), "-XAtq", "-d", pg.url(name)], stdin=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(script)
+    proc.stdin.close()
+    return proc
+
+
+def test_a_transaction_open_during_the_dump_that_commits_before_the_check_is_seen(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    writer = _session(
+        pg, dbname, "BEGIN; INSERT INTO items (name) VALUES ('plum'); SELECT pg_sleep(0.6); COMMIT;\n"
+    )
+    time.sleep(0.2)
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "early.pgdump")
+        assert writer.wait(10) == 0
+        assert held.unchanged() is False
+
+
+def test_an_older_transaction_still_running_at_the_reading_makes_it_unsure(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    """A writer that got its id before a newer one finished runs below ``xmax``: its commit
+    would not move ``xmax``, so the check cannot vouch for the dump at all."""
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    older = _session(
+        pg, dbname, "BEGIN; INSERT INTO items (name) VALUES ('old'); SELECT pg_sleep(0.8); COMMIT;\n"
+    )
+    time.sleep(0.2)
+    sql(pg, dbname, "INSERT INTO items (name) VALUES ('new')")  # a newer id, finished
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "early.pgdump")
+        assert held.unchanged() is False
+    assert older.wait(10) == 0
+
+
+def test_a_failed_migration_leaves_nothing(pg: pgserver.PgServer, dbname: str, migrations: Path) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    write(
+        migrations, "0003_broken", "CREATE TABLE extra (id INTEGER);\nINSERT INTO no_such_table VALUES (1);"
+    )
+    with pytest.raises(database.MigrationError, match="0003_broken"):
+        database.apply(db, migrations, ["0001_initial", "0002_price", "0003_broken"])
+    # 0002 applied in its own transaction; 0003's first statement was rolled back with it
+    assert database.applied_ids(db) == ["0001_initial", "0002_price"]
+    assert sql(pg, dbname, "SELECT to_regclass('extra') IS NULL") == "t"
+
+
+def test_a_migration_waiting_for_a_lock_fails_fast(
+    pg: pgserver.PgServer, dbname: str, migrations: Path
+) -> None:
+    db = engine(pg, dbname, lock_timeout=0.5)
+    database.apply(db, migrations, ["0001_initial"])
+    reader = subprocess.Popen(
+        [str(pg.bindir / "psql"), "-XAtq", "-d", pg.url(dbname)], stdin=subprocess.PIPE, text=True
+    )
+    assert reader.stdin is not None
+    reader.stdin.write("BEGIN; SELECT count(*) FROM items; SELECT pg_sleep(30);\n")
+    reader.stdin.flush()
+    time.sleep(0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(database.MigrationError, match="lock timeout"):
+            database.apply(db, migrations, ["0001_initial", "0002_price"])
+        waited = time.monotonic() - started
+    finally:
+        reader.kill()
+        reader.wait()
+    assert waited < 20  # the reader holds its lock for 30 s
+    assert database.applied_ids(db) == ["0001_initial"]
+    assert (
+        sql(pg, dbname, "SELECT count(*) FROM information_schema.columns WHERE column_name = 'price'") == "0"
+    )
+
+
+def test_rolling_back_keeps_the_rows_written_since(
+    pg: pgserver.PgServer, dbname: str, migrations: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial", "0002_price"])
+    sql(pg, dbname, "INSERT INTO items (name, price) VALUES ('apple', 3), ('pear', 4)")
+    assert database.rollback(db, migrations, ["0002_price"]) == ["0002_price"]
+    assert sql(pg, dbname, "SELECT string_agg(name, ',' ORDER BY id) FROM items") == "apple,pear"
+    assert database.applied_ids(db) == ["0001_initial"]
+
+
+def test_a_restore_puts_back_exactly_the_snapshot_in_one_transaction(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(pg, dbname, "INSERT INTO items (name) VALUES ('apple')")
+    with Tree.open(tmp_path) as here:
+        db.snapshot(here, "snap.pgdump")
+        write(migrations, "0003_tags", "CREATE TABLE tags (id SERIAL PRIMARY KEY, tag TEXT);")
+        database.apply(db, migrations, ["0002_price", "0003_tags"])
+        sql(pg, dbname, "INSERT INTO tags (tag) VALUES ('new'); DELETE FROM items")
+        db.restore(here, "snap.pgdump", "replaced.pgdump")
+        assert (tmp_path / "replaced.pgdump").read_bytes().startswith(b"PGDMP")
+    assert sql(pg, dbname, "SELECT string_agg(name, ',') FROM items") == "apple"
+    assert sql(pg, dbname, "SELECT to_regclass('tags') IS NULL") == "t"
+    assert database.applied_ids(db) == ["0001_initial"]
+    # the sequence goes on from where the snapshot had it
+    sql(pg, dbname, "INSERT INTO items (name) VALUES ('pear')")
+    assert sql(pg, dbname, "SELECT id FROM items WHERE name = 'pear'") == "2"
+
+
+def test_a_restore_that_fails_changes_nothing(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    db = engine(pg, dbname, lock_timeout=0.5)
+    database.apply(db, migrations, ["0001_initial"])
+    with Tree.open(tmp_path) as here:
+        db.snapshot(here, "snap.pgdump")
+        sql(pg, dbname, "INSERT INTO items (name) VALUES ('kept')")
+        holder = subprocess.Popen(
+            [str(pg.bindir / "psql"), "-XAtq", "-d", pg.url(dbname)], stdin=subprocess.PIPE, text=True
+        )
+        assert holder.stdin is not None
+        holder.stdin.write("BEGIN; SELECT count(*) FROM items; SELECT pg_sleep(30);\n")
+        holder.stdin.flush()
+        time.sleep(0.3)
+        try:
+            with pytest.raises(database.DatabaseError, match="lock timeout"):
+                db.restore(here, "snap.pgdump", None)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert sql(pg, dbname, "SELECT string_agg(name, ',') FROM items") == "kept"
+
+
+def test_the_app_account_works_by_peer_authentication(
+    pg: pgserver.PgServer, migrations: Path, tmp_path: Path
+) -> None:
+    """Without credentials every tool runs as the app's account: the role is that account."""
+    pg.create_database("nobodys", "nobody")
+    try:
+        db = PostgresDatabase(pg.url("nobodys"), NOBODY, None, 10)
+        assert database.apply(db, migrations, ["0001_initial"]) == ["0001_initial"]
+        assert sql(pg, "nobodys", "SELECT tableowner FROM pg_tables WHERE tablename = 'items'") == "nobody"
+        with Tree.open(tmp_path) as here:
+            held = db.snapshot_held(here, "early.pgdump")
+            assert held.unchanged() is True
+        assert db.check() == "ok"
+        assert database.applied_ids(db) == ["0001_initial"]
+    finally:
+        pg.drop_database("nobodys")
+
+
+def test_credentials_come_from_a_root_only_password_file(
+    pg: pgserver.PgServer, migrations: Path, tmp_path: Path
+) -> None:
+    pg.create_database("shopdb", "shop", password="s3cret")
+    try:
+        secret = tmp_path / "shop.pgpass"
+        secret.write_text("*:*:*:shop:s3cret\n")
+        secret.chmod(0o644)
+        db = PostgresDatabase(pg.url("shopdb", "shop"), NOBODY, secret, 10)
+        with pytest.raises(database.DatabaseError, match="mode 0600"):
+            db.check()
+        secret.chmod(0o600)
+        assert db.check() == "ok"
+        assert database.apply(db, migrations, ["0001_initial"]) == ["0001_initial"]
+        assert db.owner is None  # root connects, with the file
+    finally:
+        pg.drop_database("shopdb")
+
+
+def test_a_superuser_role_is_reported_and_never_restored_as(
+    pg: pgserver.PgServer, dbname: str, tmp_path: Path
+) -> None:
+    pg.psql("ALTER ROLE root SUPERUSER;")
+    try:
+        db = engine(pg, dbname)
+        assert "superuser" in db.check()
+        with Tree.open(tmp_path) as here:
+            db.snapshot(here, "snap.pgdump")
+            with pytest.raises(database.DatabaseError, match="superuser"):
+                db.restore(here, "snap.pgdump", None)
+    finally:
+        pg.psql("ALTER ROLE root NOSUPERUSER;")
+
+
+def test_a_migration_marked_non_transactional_runs_outside_a_transaction(
+    pg: pgserver.PgServer, dbname: str, migrations: Path
+) -> None:
+    db = engine(pg, dbname)
+    write(
+        migrations,
+        "0003_index",
+        "-- transactional: false\nCREATE INDEX CONCURRENTLY items_name ON items (name);",
+    )
+    assert database.apply(db, migrations, ["0001_initial", "0003_index"]) == ["0001_initial", "0003_index"]
+    assert sql(pg, dbname, "SELECT count(*) FROM pg_indexes WHERE indexname = 'items_name'") == "1"
+
+
+def test_reading_the_applied_migrations_of_an_unmanaged_database_changes_nothing(
+    pg: pgserver.PgServer, dbname: str
+) -> None:
+    db = engine(pg, dbname)
+    sql(pg, dbname, "CREATE TABLE items (id INTEGER)")
+    assert database.applied_ids(db) == []
+    assert (
+        sql(pg, dbname, "SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = 'public'")
+        == "items"
+    )
+
+
+def test_concurrent_writers_lose_nothing_across_a_migration(
+    pg: pgserver.PgServer, dbname: str, migrations: Path
+) -> None:
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    stop = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            sql(pg, dbname, f"INSERT INTO items (name) VALUES ('w{n}')")
+            written.append(n)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        time.sleep(0.2)
+        database.apply(db, migrations, ["0001_initial", "0002_price"])
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        thread.join()
+    assert int(sql(pg, dbname, "SELECT count(*) FROM items")) == len(written) > 0
