@@ -61,6 +61,9 @@ BASE_PACKAGES: tuple[str, ...] = (
     "dbus",
     "gpgv",  # the toolchain depends on it (signatures); Debian 13's apt verifies with sqv instead
     "iproute2",
+    # PostgreSQL 15 (Debian 12) or 17 (Debian 13) with its client; installed but stopped, see
+    # POSTGRESQL_HOOK (tests/e2e/postgres.py starts it for the tests that use it).
+    "postgresql",
     "procps",
     "python3",
     "sqlite3",
@@ -110,12 +113,23 @@ HOSTS = f"""\
 ::1\tlocalhost ip6-localhost ip6-loopback
 """
 
+# The cluster Debian's postinst creates (<version>/main) is left stopped and does not start at
+# boot (start.conf "manual", postgresql.service disabled), so containers that do not use it pay
+# nothing for it; tests/e2e/postgres.py turns it back into Debian's default and starts it.
+POSTGRESQL_HOOK = (
+    'for conf in "$1"/etc/postgresql/*/main/start.conf; do '
+    'if [ -e "$conf" ]; then sed -i "s/^auto$/manual/" "$conf"; fi; done; '
+    'if [ -e "$1/usr/lib/systemd/system/postgresql.service" ]; then '
+    'chroot "$1" systemctl disable --quiet postgresql.service; fi'
+)
+
 # The file contents go into single-quoted shell words below.
 assert "'" not in HOSTS + APT_OFFLINE_CONF
 
 CUSTOMIZE_HOOKS: tuple[str, ...] = (
     'chroot "$1" systemctl mask --quiet ' + " ".join(MASKED_UNITS),
     'chroot "$1" systemctl set-default --quiet multi-user.target',
+    POSTGRESQL_HOOK,
     f'echo {HOSTNAME} > "$1/etc/hostname"',
     f"printf '%s' '{HOSTS}' > \"$1/etc/hosts\"",
     f"printf '%s' '{APT_OFFLINE_CONF}' > \"$1/etc/apt/apt.conf.d/99nesop-testbed\"",
