@@ -76,6 +76,8 @@ class Job:
     was_active: bool = True
     kept_config: list[str] = field(default_factory=list)
     migrated: list[str] = field(default_factory=list)
+    # how the undo put the database back (the history says): rollback migrations or the snapshot
+    database_undo: str | None = None
     created_dirs: list[str] = field(default_factory=list)  # app-relative, made for new files
     status_before_stop: service.ServiceStatus | None = None
     venv_id: str | None = None  # the virtualenv the update switches to (built before the stop)
@@ -570,15 +572,15 @@ class Migrate:
             # the database cannot even be read (a link planted beside it, a damaged file): the
             # snapshot was taken with the app stopped, so restoring it loses nothing
             log.warning("%s; restoring the database snapshot", exc)
-            kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
-            log.info("database restored from %s (the replaced one is kept as %s)", job.backup_dir, kept)
+            self._restore()
             return
         irreversible = [m.id for m in job.manifest.migrations if m.id in applied and not m.reversible]
         # nothing recorded: the snapshot (when there is one) also takes back the tracking tables
         # yoyo created in a database it never managed, and any half-run non-transactional step
         if applied and not irreversible:
             try:
-                database.rollback(db, job.recorded_migrations, ids, job.migrations)
+                done = database.rollback(db, job.recorded_migrations, ids, job.migrations)
+                job.database_undo = f"migrations rolled back: {', '.join(done) or 'none'}"
                 return
             except database.MigrationError as exc:
                 if not snapshot:
@@ -586,10 +588,16 @@ class Migrate:
                 log.warning("%s; restoring the database snapshot instead", exc)
         if snapshot:
             # the app was stopped since the snapshot: nothing written after it can be lost
-            kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
-            log.info("database restored from %s (the replaced one is kept as %s)", job.backup_dir, kept)
+            self._restore()
         elif applied:
             raise NesopError(f"cannot undo migrations {sorted(applied)}: no rollback and no snapshot")
+
+
+    def _restore(self) -> None:
+        job = self.job
+        kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)
+        log.info("database restored from %s (the replaced one is kept as %s)", job.backup_dir, kept)
+        job.database_undo = f"snapshot restored (the replaced database is kept as {kept})"
 
 
 class InstallUnit:
@@ -779,5 +787,6 @@ def history_entry(job: Job, status: str, started: float, **extra: Any) -> dict[s
         "backup": job.backup_name,
         "kept_config": sorted(set(job.kept_config)),
         "duration": round(time.monotonic() - started, 3),
+        **({"database_undo": job.database_undo} if job.database_undo else {}),
         **extra,
     }

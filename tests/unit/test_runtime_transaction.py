@@ -209,7 +209,23 @@ def test_an_unhealthy_new_version_is_undone_and_the_old_one_answers(server: Serv
     assert db_dump(server.db) == db_before
     last = history.read(server.ctx.history_file)[-1]
     assert (last["failed_step"], last["old_app_healthy"]) == ("health", True)
+    # 0003 has no rollback: the snapshot taken at the stop went back, and the history says so
+    assert last["database_undo"].startswith("snapshot restored (the replaced database is kept as ")
     assert server.systemd.is_active(UNIT)
+
+
+def test_the_history_says_the_rollback_migrations_undid_the_database(server: Server) -> None:
+    install_base(server)
+    server.systemd.fail_starts = 1
+    manifest = server.package("1.0.1", changes_101(), [M2])
+    db_before = db_dump(server.db)
+
+    with pytest.raises(transaction.TransactionFailed):
+        run_apply(server, manifest)
+
+    assert db_dump(server.db) == db_before
+    last = history.read(server.ctx.history_file)[-1]
+    assert (last["failed_step"], last["database_undo"]) == ("start", "migrations rolled back: 0002_orders")
 
 
 def test_a_new_version_that_fails_to_start_is_undone(server: Server) -> None:
