@@ -592,7 +592,6 @@ class Migrate:
         elif applied:
             raise NesopError(f"cannot undo migrations {sorted(applied)}: no rollback and no snapshot")
 
-
     def _restore(self) -> None:
         job = self.job
         kept = backup.restore_database(job.ctx, job.backup_dir, keep_current=True)

@@ -39,6 +39,8 @@ RELEASES = ["v1.0.0", "v1.0.1", "v1.0.2", "v1.0.3", "v1.0.4", "v1.0.5", "v1.0.6"
 DEPENDENCY_RELEASES = ["v1.1.0", "v1.1.1", "v1.1.2", "v1.1.3"]
 # Then systemd holds its listening socket ([app] socket_file), and releases follow on top of that.
 SOCKET_RELEASES = ["v1.2.0", "v1.2.1", "v1.2.2"]
+# Then it runs on PostgreSQL as well (migrations-postgresql/, psycopg2-binary), and a schema change follows.
+POSTGRESQL_RELEASES = ["v1.3.0", "v1.3.1"]
 # (base, release): the 1.2.x updates keep 1.1.3's requirements, so they build without wheels
 UPDATES = [*itertools.pairwise(RELEASES), *itertools.pairwise(["v1.1.3", *SOCKET_RELEASES])]
 BROKEN_BRANCHES = [
@@ -60,7 +62,7 @@ def _exclude(b: Built) -> list[str]:
 def test_the_history_holds_the_guide_scenarios(example_repo: Repo) -> None:
     """The example repository really has what the scenarios below exercise."""
     tags = example_repo.git("tag", "--list", "v*").split()
-    assert sorted(tags) == RELEASES + DEPENDENCY_RELEASES + SOCKET_RELEASES
+    assert sorted(tags) == RELEASES + DEPENDENCY_RELEASES + SOCKET_RELEASES + POSTGRESQL_RELEASES
     branches = example_repo.git("branch", "--list", "--format=%(refname:short)").split()
     assert set(BROKEN_BRANCHES) <= set(branches)
 
@@ -88,6 +90,16 @@ def test_the_history_holds_the_guide_scenarios(example_repo: Repo) -> None:
     assert "A" not in statuses("v1.2.0", "v1.2.1")  # a page changes, the schema does not
     notes = statuses("v1.2.1", "v1.2.2")["A"]  # then a migration with its rollback
     assert notes == {"migrations/0005_order_notes.sql", "migrations/0005_order_notes.rollback.sql"}
+    # the same migrations in PostgreSQL's dialect, then a schema change in both
+    dialect = statuses("v1.2.2", "v1.3.0")["A"]
+    assert {p.replace("migrations-postgresql/", "migrations/") for p in dialect if p.endswith(".sql")} == {
+        p for p in git_files(example_repo, "v1.2.2", []) if p.startswith("migrations/")
+    }
+    assert statuses("v1.3.0", "v1.3.1")["A"] == {
+        f"{d}/0006_shipping_status{s}"
+        for d in ("migrations", "migrations-postgresql")
+        for s in (".sql", ".rollback.sql")
+    }
 
 
 @pytest.mark.parametrize(("base", "tag"), UPDATES)

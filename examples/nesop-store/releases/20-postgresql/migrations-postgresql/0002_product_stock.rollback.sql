@@ -1,0 +1,2 @@
+-- Inverse of 0002_product_stock.sql.
+ALTER TABLE products DROP COLUMN stock;

@@ -1,0 +1,2 @@
+-- Inverse of 0004_newsletter.sql.
+DROP TABLE newsletter_subscriptions;

@@ -1,0 +1,2 @@
+-- Inverse of 0005_order_notes.sql.
+ALTER TABLE orders DROP COLUMN note;

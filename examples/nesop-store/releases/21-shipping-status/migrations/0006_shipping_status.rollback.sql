@@ -1,0 +1,2 @@
+-- Inverse of 0006_shipping_status.sql.
+ALTER TABLE orders DROP COLUMN status;
