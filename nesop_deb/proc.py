@@ -1,4 +1,5 @@
-"""The one subprocess seam: every external command nesop-deb runs goes through :func:`run`.
+"""The one subprocess seam: every external command nesop-deb runs goes through :func:`run` (or,
+for output too large for memory, :func:`stream` and :func:`pipeline`).
 
 It logs the copy-pasteable command line and turns failures into :class:`CommandError`. Unit tests
 replace :data:`executor` to fake commands; nothing else in the code base calls ``subprocess``.
@@ -10,13 +11,16 @@ import logging
 import os
 import shlex
 import subprocess
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, TypeVar
 
 from nesop_deb.errors import CommandError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -86,3 +90,83 @@ def run(
     if check and result.returncode != 0:
         raise CommandError(args, result.returncode, result.err or result.out, hint=hint)
     return result
+
+
+def _stderr_of(fh: IO[bytes]) -> str:
+    fh.seek(0)
+    return fh.read().decode("utf-8", "surrogateescape")
+
+
+def stream(
+    argv: Sequence[str],
+    consume: Callable[[IO[bytes]], T],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    hint: str | None = None,
+) -> T:
+    """Run a command and hand its standard output, as it comes, to ``consume`` (for output too
+    large to hold in memory, such as a database dump); ``consume``'s result once the command has
+    succeeded. Raises :class:`CommandError` if it fails (after ``consume`` read what it wrote)."""
+    args = list(argv)
+    log.debug("$ %s > (streamed)", shlex.join(args))
+    with tempfile.TemporaryFile() as err:
+        try:
+            child = subprocess.Popen(
+                args, cwd=cwd, env=None if env is None else dict(env),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+            )  # fmt: skip
+        except FileNotFoundError as exc:
+            raise CommandError(args, 127, f"{args[0]}: command not found", hint=hint) from exc
+        assert child.stdout is not None
+        try:
+            result = consume(child.stdout)
+            child.stdout.read()  # whatever consume left: the command must not block on a full pipe
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+        finally:
+            child.stdout.close()
+        if child.wait() != 0:
+            raise CommandError(args, child.returncode, _stderr_of(err), hint=hint)
+    return result
+
+
+def pipeline(
+    first: Sequence[str],
+    second: Sequence[str],
+    *,
+    stdin: int,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    hint: str | None = None,
+) -> None:
+    """``first < stdin | second``, nothing held in memory; raises :class:`CommandError` for the
+    command that failed (``second`` first: when it fails, ``first`` usually dies of a broken pipe)."""
+    a, b = list(first), list(second)
+    log.debug("$ %s | %s", shlex.join(a), shlex.join(b))
+    environment = None if env is None else dict(env)
+    with tempfile.TemporaryFile() as err_a, tempfile.TemporaryFile() as err_b:
+        try:
+            left = subprocess.Popen(
+                a, cwd=cwd, env=environment, stdin=stdin, stdout=subprocess.PIPE, stderr=err_a
+            )
+        except FileNotFoundError as exc:
+            raise CommandError(a, 127, f"{a[0]}: command not found", hint=hint) from exc
+        assert left.stdout is not None
+        try:
+            right = subprocess.Popen(
+                b, cwd=cwd, env=environment, stdin=left.stdout, stdout=subprocess.DEVNULL, stderr=err_b
+            )
+        except FileNotFoundError as exc:
+            left.kill()
+            left.wait()
+            raise CommandError(b, 127, f"{b[0]}: command not found", hint=hint) from exc
+        finally:
+            left.stdout.close()  # the second holds it now: the first sees a broken pipe if it ends
+        right_code, left_code = right.wait(), left.wait()
+        if right_code != 0:
+            raise CommandError(b, right_code, _stderr_of(err_b), hint=hint)
+        if left_code != 0:
+            raise CommandError(a, left_code, _stderr_of(err_a), hint=hint)

@@ -3,6 +3,7 @@ migrations with a lock timeout, undo keeping rows, restore in one transaction, c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -348,3 +349,27 @@ def test_concurrent_writers_lose_nothing_across_a_migration(
         stop.set()
         thread.join()
     assert int(sql(pg, dbname, "SELECT count(*) FROM items")) == len(written) > 0
+
+
+def test_a_dump_that_fails_leaves_no_file(pg: pgserver.PgServer, tmp_path: Path) -> None:
+    db = engine(pg, "no_such_db")
+    out = tmp_path / "backup"
+    out.mkdir()
+    with Tree.open(out) as here, pytest.raises(database.DatabaseError, match='"no_such_db" does not exist'):
+        db.snapshot(here, "snap.pgdump")
+    assert list(out.iterdir()) == []
+
+
+def test_a_large_dump_streams_into_the_backup(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    """The dump goes to the backup as pg_dump writes it; its recorded sha256 is the file's."""
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(pg, dbname, "INSERT INTO items (name) SELECT md5(i::text) FROM generate_series(1, 200000) i")
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "big.pgdump")
+    data = (tmp_path / "big.pgdump").read_bytes()
+    assert (held.sha256, held.size) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert len(data) > 1 << 20
+    assert not (tmp_path / "big.pgdump.part").exists()

@@ -24,7 +24,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, BinaryIO, ClassVar, cast
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from nesop_deb import proc
@@ -34,6 +34,7 @@ from nesop_deb.runtime.safefs import Tree
 
 log = logging.getLogger(__name__)
 
+_ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/", "PGCONNECT_TIMEOUT": "10"}
 TOOLS_HINT = "install the PostgreSQL client tools of the server's version: apt install postgresql-client"
 
 # Before a restore: drop what the app's role owns outside the system schemas (what a failed
@@ -164,20 +165,21 @@ class PostgresDatabase(Database):
         return argv
 
     def _run(self, tool: str, *args: str, stdin: bytes | None = None, timeout: float = 3600) -> proc.Result:
-        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/", "PGCONNECT_TIMEOUT": "10"}
         try:
-            return proc.run(self._argv(tool, *args), cwd=Path("/"), env=env, stdin=stdin, timeout=timeout)
+            return proc.run(self._argv(tool, *args), cwd=Path("/"), env=_ENV, stdin=stdin, timeout=timeout)
         except CommandError as exc:
-            if exc.returncode == 127:
-                raise DatabaseError(f"{tool} is not installed", hint=TOOLS_HINT) from None
-            raise DatabaseError(f"{self.url}: {tool} failed: {_last_line(exc.stderr)}") from None
+            raise self._failed(tool, exc) from None
 
-    def _psql(self, sql: str, *, single_transaction: bool = False) -> str:
-        args = ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]
-        if single_transaction:
-            args.append("--single-transaction")
+    def _failed(self, tool: str, exc: CommandError) -> DatabaseError:
+        if exc.returncode == 127:
+            return DatabaseError(f"{tool} is not installed", hint=TOOLS_HINT)
+        return DatabaseError(f"{self.url}: {tool} failed: {_last_line(exc.stderr)}")
+
+    def _psql(self, sql: str) -> str:
         url = self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
-        return self._run("psql", *args, "-d", url, stdin=sql.encode()).out
+        return self._run(
+            "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, stdin=sql.encode()
+        ).out
 
     # -- the interface --------------------------------------------------------------------------
 
@@ -192,20 +194,35 @@ class PostgresDatabase(Database):
         where = f"schemaname = pg_catalog.current_schema() AND tablename = '{name}'"
         return self._psql(f"SELECT count(*) FROM pg_catalog.pg_tables WHERE {where}").strip() != "0"  # noqa: S608
 
-    def _dump(self) -> bytes:
+    def _dump(self, dest: Tree, name: str) -> tuple[str, int]:
+        """``pg_dump -Fc`` straight into ``dest/name`` (through a ``.part`` file, never held in
+        memory); its sha256 and size."""
+        part = name + ".part"
         lock_wait = f"--lock-wait-timeout={self.lock_timeout_ms}"
-        return self._run("pg_dump", "-Fc", "--no-sync", lock_wait, "-d", self._conn_url()).stdout
+        argv = self._argv("pg_dump", "-Fc", "--no-sync", lock_wait, "-d", self._conn_url())
+
+        def into_backup(out: IO[bytes]) -> _Hashing:
+            reader = _Hashing(out)
+            dest.write_new(part, cast(BinaryIO, reader), 0o600)  # a full disk leaves no half copy
+            return reader
+
+        try:
+            reader = proc.stream(argv, into_backup, cwd=Path("/"), env=_ENV)
+        except CommandError as exc:
+            dest.unlink(part)
+            raise self._failed("pg_dump", exc) from None
+        dest.replace(part, name)
+        return reader.sha256.hexdigest(), reader.size
 
     def snapshot(self, dest: Tree, name: str) -> str:
-        return _store(self._dump(), dest, name)
+        return self._dump(dest, name)[0]
 
     def snapshot_held(self, dest: Tree, name: str) -> HeldDump:
         xmax, quiet = _xid_state(self._psql(_XID_QUERY))
-        data = self._dump()
-        return HeldDump(self, _store(data, dest, name), len(data), xmax, quiet)
+        digest, size = self._dump(dest, name)
+        return HeldDump(self, digest, size, xmax, quiet)
 
     def restore(self, backup: Tree, name: str, keep_current_as: str | None) -> None:
-        data = backup.read_bytes(name)
         if self._is_superuser():
             raise DatabaseError(
                 f"{self.url}: will not restore as a superuser role (it would drop what the"
@@ -214,8 +231,19 @@ class PostgresDatabase(Database):
             )
         if keep_current_as is not None:
             self.snapshot(backup, keep_current_as)
-        script = self._run("pg_restore", "-f", "-", stdin=data).stdout
-        self._psql(_DROP_OWNED + "\n" + script.decode(), single_transaction=True)
+        url = self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
+        # one transaction: the drop first, then the dump's SQL as pg_restore writes it
+        load = self._argv(
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+            "-c", _DROP_OWNED, "-f", "-", "-d", url,
+        )  # fmt: skip
+        with backup.open_file(name) as dump:
+            try:
+                proc.pipeline(
+                    self._argv("pg_restore", "-f", "-"), load, stdin=dump.fileno(), cwd=Path("/"), env=_ENV
+                )
+            except CommandError as exc:
+                raise self._failed("psql" if exc.argv == load else "pg_restore", exc) from None
 
     def _is_superuser(self) -> bool:
         return (
@@ -259,11 +287,19 @@ class HeldDump:
         """Nothing is held open between the dump and the check."""
 
 
-def _store(data: bytes, dest: Tree, name: str) -> str:
-    part = name + ".part"
-    dest.write_new(part, data, 0o600)
-    dest.replace(part, name)
-    return hashlib.sha256(data).hexdigest()
+class _Hashing:
+    """A stream read through once, counting and hashing what passes."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.raw.read(n)
+        self.sha256.update(chunk)
+        self.size += len(chunk)
+        return chunk
 
 
 def _last_line(stderr: str) -> str:
