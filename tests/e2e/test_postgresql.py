@@ -194,3 +194,43 @@ def test_sigkill_while_migrating_then_configure_a(
     assert ORDERS_STATUS in pgstore.schema(box)["columns"]
     assert set(rows) <= pgstore.customer_emails(box)
     assert box.run(["dpkg", "--audit"]).stdout.strip() == ""
+
+
+@pytest.mark.fault(
+    "power loss", "migrate", ends_as="old version served after boot, then configure -a applies (PostgreSQL)"
+)
+def test_power_loss_while_migrating_is_recovered_at_boot_after_the_server(
+    new_container: ContainerFactory, toolchain_deb: Path, pg_repo: pgstore.PgRepo, suite: str
+) -> None:
+    """The boot's recovery runs before the app starts and after PostgreSQL (the generator orders
+    it so for an app on PostgreSQL): it rolls the interrupted update back on the server's data."""
+    box, pg = new_container(), pg_repo
+    pgstore.deploy(box, toolchain_deb, pg, suite)
+    rows = register(box, 5)
+    deb = pg.update(suite)
+    box.copy_in(deb, f"/var/tmp/{deb.name}")
+    apt = faults.BackgroundApt(box, f"install -y -q /var/tmp/{deb.name}")
+    apt.pause_when(STATE_DIR, faults.journal_at(box, store.JOURNAL, "migrate"), "its migrate step")
+
+    box.kill_hard()  # every process of the machine at once, PostgreSQL's included
+    apt.untrace()
+    box.boot()
+
+    recover = f"nesop-update-recover@{store.UNIT}"
+    assert box.run(["systemctl", "is-active", recover], check=False).stdout.strip() == "active"
+    order = box.run(["systemctl", "show", "-p", "After", recover]).stdout
+    assert "postgresql.service" in order, order
+    box.wait_http(store.HEALTH, timeout=60)
+    assert store.health(box)["version"] == "1.3.0"
+    store.assert_tree(box, pg.repo, "v1.3.0")
+    assert pgstore.schema(box)["migrations"] == MIGRATIONS_130
+    assert ORDERS_STATUS not in pgstore.schema(box)["columns"]
+    assert set(rows) <= pgstore.customer_emails(box)
+    last = pgstore.history(box)[-1]
+    assert (last["action"], last["status"], last.get("at_boot")) == ("recover", "interrupted", True), last
+
+    result = box.run(["dpkg", "--configure", "-a"], check=False, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_whole(box, pg, "v1.3.1", "1.3.1")
+    assert ORDERS_STATUS in pgstore.schema(box)["columns"]
+    assert set(rows) <= pgstore.customer_emails(box)

@@ -291,6 +291,22 @@ def test_the_generator_puts_each_app_behind_its_recovery(server: Server, tmp_pat
     )
 
 
+def test_the_recovery_of_an_app_on_postgresql_waits_for_the_server(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    manifest(root, "shop-update", "shop.service")
+    data = json.loads((root / "usr/share/shop-update/update_manifest.json").read_text())
+    data["config"]["migrations"] = {"database": "postgresql:///shop?host=/var/run/postgresql"}
+    (root / "usr/share/shop-update/update_manifest.json").write_text(json.dumps(data))
+    manifest(root, "lite-update", "lite.service")
+
+    files = generate(root, tmp_path / "out")
+
+    pg = files["nesop-update-recover@shop.service.d/50-shop-update.conf"]
+    assert "[Unit]\nAfter=postgresql.service network-online.target\nWants=postgresql.service" in pg
+    assert "[Unit]" not in files["nesop-update-recover@lite.service.d/50-lite-update.conf"]
+    assert "postgresql" not in files["nesop-update-gate@shop.service.d/50-shop-update.conf"]
+
+
 def test_the_generator_writes_nothing_without_apps(tmp_path: Path) -> None:
     (tmp_path / "root/usr/share").mkdir(parents=True)
     assert generate(tmp_path / "root", tmp_path / "out") == {}
