@@ -29,8 +29,8 @@ def test_full_package_installs_the_app_then_nesop_update_applies_an_update(
     store.assert_tree(box, example_repo, "v1.0.4")
     assert store.db_dump(box)["migrations"] == ["0001_initial", "0002_product_stock"]
     db = box.path(store.DB).stat()
-    uid = int(box.run(["id", "-u", "nesop"]).stdout)
-    assert (db.st_uid, db.st_gid) == (uid, uid)
+    uid, gid = int(box.run(["id", "-u", "nesop"]).stdout), int(box.run(["id", "-g", "nesop"]).stdout)
+    assert (db.st_uid, db.st_gid) == (uid, gid)
     assert store.dpkg_status(box) == ("ii", "1.0.4")
     # the first install is in the update log (written once the root existed) and in the journal
     first = box.path(f"{store.APP_ROOT}/logs/update.log").read_text()
