@@ -1,17 +1,20 @@
-"""Grow the store's SQLite database to a given size with plausible, deterministic rows.
+"""Grow the store's database, SQLite or PostgreSQL, to a given size with plausible,
+deterministic rows.
 
 Customers, their orders and the order lines: the tables a real store's database grows by. The
-rows are made by SQL itself (a recursive CTE), so hundreds of megabytes take seconds.
-Run it while the store is stopped.
+rows are made by SQL itself (a recursive CTE; ``generate_series`` on PostgreSQL), so hundreds of
+megabytes take seconds. Run it while the store is stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 MAX_BATCH = 50_000  # orders per transaction
+PG_MAX_BATCH = 400_000  # orders per transaction on PostgreSQL
 _EPOCH = 1735689600  # 2025-01-01: order dates are spread from there, one a minute
 
 _INSERT = """
@@ -61,3 +64,48 @@ def grow(db: Path, target_bytes: int) -> int:
             batch = int(min(MAX_BATCH, max(500, (target_bytes - current) / per_order)))
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return size_of(conn)
+
+
+# The same rows on PostgreSQL (the store's migrations-postgresql schema): timestamps as the
+# store writes them, ids given explicitly (the identity sequences are moved past them after).
+_PG_STAMP = f"""to_char(to_timestamp({_EPOCH} + i * 60) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')"""
+_PG_INSERT = (
+    "INSERT INTO {table} {columns} SELECT {values} FROM generate_series({first}::bigint, {last}) AS i;"
+)
+_PG_EMAIL = "'shopper' || i || '@example.com'"
+_PG_TOTAL = "490 + (i * 7919) % 49500"
+_PG_TABLES = (
+    ("customers", "(id, name, email, created_at)", f"i, 'Shopper ' || i, {_PG_EMAIL}, {_PG_STAMP}"),
+    ("orders", "(id, email, total_cents, created_at)", f"i, {_PG_EMAIL}, {_PG_TOTAL}, {_PG_STAMP}"),
+    ("order_items", "(order_id, product_id, quantity, unit_price_cents)", "i, 1 + i % 8, 1 + i % 3, 1290"),
+    ("order_items", "(order_id, product_id, quantity, unit_price_cents)", "i, 1 + (i + 3) % 8, 1, 890"),
+)  # fmt: skip
+_PG_SIZE = "SELECT pg_database_size(current_database());"
+_PG_SEQUENCES = "SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}));"
+
+
+def pg_batch(first: int, last: int) -> str:
+    """One transaction adding orders ``first`` to ``last`` with their customers and lines, then
+    the database's size (the one line it prints)."""
+    inserts = "\n".join(
+        _PG_INSERT.format(table=table, columns=columns, values=values, first=first, last=last)
+        for table, columns, values in _PG_TABLES
+    )
+    return f"BEGIN;\n{inserts}\nCOMMIT;\n{_PG_SIZE}\n"
+
+
+def grow_postgresql(sql: Callable[[str], str], target_bytes: int) -> int:
+    """Add orders through ``sql`` (runs statements as the database's owner, returns their
+    output) until the database holds at least ``target_bytes``; move the identity sequences past
+    the new rows, vacuum and analyze (so that no autovacuum writes during a measurement);
+    return the database's size then."""
+    first = int(sql("SELECT greatest((SELECT coalesce(max(id), 0) FROM orders), "
+                    "(SELECT coalesce(max(id), 0) FROM customers));")) + 1  # fmt: skip
+    batch, current = 5_000, int(sql(_PG_SIZE))
+    while current < target_bytes:
+        grown = int(sql(pg_batch(first, first + batch - 1)).splitlines()[-1])
+        per_order = max((grown - current) / batch, 1.0)
+        first, current = first + batch, grown
+        batch = int(min(PG_MAX_BATCH, max(1_000, (target_bytes - current) / per_order)))
+    sql("\n".join(_PG_SEQUENCES.format(table=t) for t in ("customers", "orders")) + "\nVACUUM ANALYZE;\n")
+    return int(sql(_PG_SIZE))

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import buildtime, deps, fleet, machine, outage, plot, scaling, size, traffic, venv_build
+from bench import buildtime, deps, fleet, machine, outage, pgoutage, plot, scaling, size, traffic, venv_build
 from bench.common import Goal, Stat
 from bench.server import OpResult
 
@@ -51,6 +51,7 @@ class Results:
     deps: deps.DepsResult | None = None
     requests: traffic.RequestsResult | None = None
     fleet: fleet.FleetResult | None = None
+    postgresql: list[pgoutage.Point] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     total_s: float = 0.0
     remeasured: list[Remeasured] = field(default_factory=list)
@@ -74,6 +75,9 @@ class Results:
         rollout = getattr(self, "fleet", None)  # results pickled before it existed lack it
         if rollout:
             goals += fleet.goals(rollout)
+        databases = getattr(self, "postgresql", None)  # results pickled before it existed lack it
+        if databases:
+            goals += pgoutage.goals(databases)
         return goals
 
 
@@ -341,6 +345,21 @@ def write(r: Results, output: Path) -> str:
     )
     rollout = getattr(r, "fleet", None)
     parts.append(fleet.markdown(rollout) + fleet.why(rollout) if rollout else _not_run("fleet"))
+    parts.append("## 9. A migrating update as the database grows, on PostgreSQL and on SQLite\n")
+    parts.append(
+        "The store at 1.3.0 on Debian's PostgreSQL (in the container, started by systemd; the store's "
+        "account connects by peer authentication) and, beside it, on SQLite; each database grown "
+        "with customers, orders and order lines; then a bare `systemctl restart`, the update to "
+        "1.3.1 (migration 0006 adds a column) and the apt rollback to 1.3.0 (its down-migration drops "
+        "it), by `bench/pgoutage.py`. Goal: the update's outage (from the journal, see below) at the "
+        "largest database at most "
+        f"{scaling.FLAT:g}x the smallest's (+ {scaling.NOISE_S * 1000:.0f} ms), on each engine.\n"
+    )
+    databases = getattr(r, "postgresql", None)
+    if databases:
+        parts += [pgoutage.markdown(databases, args.pg_runs), pgoutage.why(databases)]
+    else:
+        parts.append(_not_run("postgresql"))
     parts += [
         "## How to reproduce\n",
         "As root on Debian 12: `make bench` (installs what it needs, builds the toolchain package, "
@@ -351,7 +370,9 @@ def write(r: Results, output: Path) -> str:
         "virtualenv, with the Debian 13 toolchain package of `make package SUITE=trixie`, "
         "`--deps-toolchain`), `--only requests --requests-rounds 6` (requests during updates, with the "
         "same Debian 13 toolchain package), `--only fleet --fleet-runs 5` (the fleet rollout: "
-        "Debian 13 hosts too, and the host's `ansible-core`, `openssh-client` and `aptly`); "
+        "Debian 13 hosts too, and the host's `ansible-core`, `openssh-client` and `aptly`), "
+        "`--only postgresql --pg-runs 5 --pg-db 10,100,2048` (the migrating update as the database "
+        "grows, alias `pg`); "
         "`--only fleet --keep OLD/results.pickle --work DIR` measures one benchmark again and keeps "
         "the others' results from an earlier run (a copy of its pickle: the run empties its work "
         "directory first); through make: "

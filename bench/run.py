@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """`make bench`: run the benchmarks and write docs/benchmarks.md (tables, goals, a PNG plot).
 
-    bench/run.py [--only outage,size,build,scaling,venv,deps,requests,fleet] [--runs 5] [--scaling-runs 3]
-                 [--venv-runs 5] [--requests-rounds 4] [--fleet-runs 3] [--assets 10,100,1024] [--db 1,50,500]
+    bench/run.py [--only outage,size,build,scaling,venv,deps,requests,fleet,postgresql] [--runs 5]
+                 [--scaling-runs 3] [--venv-runs 5] [--requests-rounds 4] [--fleet-runs 3] [--pg-runs 3]
+                 [--assets 10,100,1024] [--db 1,50,500] [--pg-db 10,1024]
                  [--output docs/benchmarks.md] [--toolchain DEB] [--deps-toolchain DEB]
     bench/run.py --from-results build/bench/results.pickle   # the report again, nothing measured
     bench/run.py --only fleet --keep OLD.pickle --work build/bench-fleet   # one benchmark again,
@@ -33,15 +34,28 @@ from typing import Any
 TOP = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TOP))
 
-from bench import buildtime, deps, fleet, outage, releases, report, scaling, size, traffic, venv_build  # noqa: E402
+from bench import (  # noqa: E402
+    buildtime,
+    deps,
+    fleet,
+    outage,
+    pgoutage,
+    releases,
+    report,
+    scaling,
+    size,
+    traffic,
+    venv_build,
+)
 from bench.common import say  # noqa: E402
 from tests.e2e.fleet import FLEET_NEEDS, missing_fleet_prerequisites  # noqa: E402
 from tests.e2e.testbed import host_suite, missing_prerequisites  # noqa: E402
 
 # rollback times come with the outage runs; deps: the updates that change the app's virtualenv;
 # requests: clients' requests during updates, with and without the app's socket unit; fleet: a
-# five-host rollout with Ansible against the same rollout on one host
-BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps", "requests", "fleet")
+# five-host rollout with Ansible against the same rollout on one host; postgresql: a migrating
+# update's outage as the database grows, on PostgreSQL and on SQLite
+BENCHMARKS = ("outage", "size", "build", "scaling", "venv", "deps", "requests", "fleet", "postgresql")
 # what each benchmark fills in report.Results (--keep replaces just these)
 FIELDS: dict[str, tuple[str, ...]] = {
     "outage": ("outage",),
@@ -52,9 +66,14 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "deps": ("deps",),
     "requests": ("requests",),
     "fleet": ("fleet",),
+    "postgresql": ("postgresql",),
 }
 # the options the report reads from the run's arguments rather than from a benchmark's results
-OPTIONS: dict[str, tuple[str, ...]] = {"outage": ("runs",), "scaling": ("scaling_runs", "assets", "db")}
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "outage": ("runs",),
+    "scaling": ("scaling_runs", "assets", "db"),
+    "postgresql": ("pg_runs", "pg_db"),
+}
 
 
 def _ints(text: str) -> list[int]:
@@ -66,7 +85,7 @@ def _ints(text: str) -> list[int]:
 
 def _only(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    aliases = {"rollback": "outage", "dependencies": "deps", "rollout": "fleet"}
+    aliases = {"rollback": "outage", "dependencies": "deps", "rollout": "fleet", "pg": "postgresql"}
     names = [aliases.get(n, n) for n in names]
     unknown = sorted(set(names) - set(BENCHMARKS))
     if unknown:
@@ -107,6 +126,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scaling-runs", type=int, default=3, help="runs of each app shape when scaling (3)")
     p.add_argument("--assets", type=_ints, default=[10, 100, 1024], help="extra assets in MiB (10,100,1024)")
     p.add_argument("--db", type=_ints, default=[1, 50, 500], help="database sizes in MiB (1,50,500)")
+    p.add_argument(
+        "--pg-db",
+        type=_ints,
+        default=list(pgoutage.SIZES_MIB),
+        help="database sizes in MiB of the PostgreSQL benchmark (10,1024)",
+    )
+    p.add_argument("--pg-runs", type=int, default=3, help="runs of each database size, per engine (3)")
     p.add_argument("--asset-mib", type=int, default=size.ASSETS_MIB, help="assets in the size benchmark (24)")
     p.add_argument("--build-sizes", type=_ints, default=[100, 1000, 10000], help="repository sizes (files)")
     p.add_argument("--build-runs", type=int, default=5, help="timed builds per repository size (5)")
@@ -160,6 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.venv_runs,
         args.requests_rounds,
         args.fleet_runs,
+        args.pg_runs,
     )
     if min(counts) < 1:
         p.error("every run count must be at least 1")
@@ -226,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         return rewrite(args)
     started = time.time()
     clock = time.monotonic()
-    needs_server = {"outage", "scaling"} & set(args.only)
+    needs_server = {"outage", "scaling", "postgresql"} & set(args.only)
     on_trixie = {"deps", "requests", "fleet"} & set(args.only)
     if needs_server or on_trixie:
         problems = missing_prerequisites()
@@ -251,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results = report.Results(args=args, started=started, work=work)
     timings: dict[str, float] = {}
-    if needs_server:
+    if {"outage", "scaling"} & set(args.only):
         say("building the example store's history and its packages")
         packages = releases.build(work / "server", args.toolchain)
         if "outage" in args.only:
@@ -264,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
                 packages, work / "scaling", args.assets, args.db, args.scaling_runs
             )
             timings["scaling"] = time.monotonic() - t
+    if "postgresql" in args.only:
+        say("a migrating update on PostgreSQL and SQLite as the database grows: bench/pgoutage.py")
+        t = time.monotonic()
+        pg_packages = pgoutage.build(work / "postgresql", args.toolchain)
+        results.postgresql = pgoutage.measure(pg_packages, args.pg_db, args.pg_runs)
+        timings["PostgreSQL"] = time.monotonic() - t
     if "size" in args.only:
         t = time.monotonic()
         results.size = size.measure(work / "size", args.asset_mib)

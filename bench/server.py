@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -162,12 +163,21 @@ class Server:
     nothing on the host or in a test run next door, and it reaches no other network; the poller
     thread enters that namespace. ``suite``: the Debian release it runs, by default the host's
     (the release plain `make package` builds the toolchain for); ``toolchain`` must be for it.
+    ``prepare``: what the server needs before the store's first install (e.g. its database
+    server), run once the toolchain is installed.
     """
 
-    def __init__(self, toolchain: Path, full: Path, suite: str | None = None) -> None:
+    def __init__(
+        self,
+        toolchain: Path,
+        full: Path,
+        suite: str | None = None,
+        prepare: Callable[[Container], object] | None = None,
+    ) -> None:
         self.toolchain = toolchain
         self.full = full
         self.suite = suite or host_suite() or "bookworm"
+        self.prepare = prepare
         self.box = Container(root_of(self.suite))
         self.box.private_network = True
         self._poller: HealthPoller | None = None
@@ -183,6 +193,8 @@ class Server:
             self.box.boot()
             self._poller = HealthPoller(store.HEALTH, netns=f"/proc/{self.box.pid}/ns/net").start()
             store.install_toolchain(self.box, self.toolchain)
+            if self.prepare is not None:
+                self.prepare(self.box)
             self.install(self.full, label="first install")
         except BaseException:
             self.close()

@@ -28,6 +28,13 @@ CONFIG_PYTHON = "3.13"  # [dependencies] python of the example's nesop-deb.toml
 DROP_IN = "/etc/systemd/system/nesop-store.service.d/local.conf"
 
 
+def python_for(suite: str) -> tuple[str, ...]:
+    """The build options that target ``suite``'s python3 when it is not the one the example's
+    nesop-deb.toml names (the 1.3 releases build a virtualenv)."""
+    python = PYTHONS[suite]
+    return () if python == CONFIG_PYTHON else ("--python", python)
+
+
 def _git(repo: Path, *args: str) -> str:
     return subprocess.run(
         ["git", "-C", str(repo), *args],
@@ -63,10 +70,8 @@ class PgRepo:
     def build(self, suite: str, ref: str, *args: str) -> Path:
         """``ref``'s package for the servers of ``suite`` (their python3 given when it is not the
         one nesop-deb.toml names)."""
-        python = PYTHONS[suite]
-        target = () if python == CONFIG_PYTHON else ("--python", python)
         key = f"pg-{suite}-{ref.replace('/', '-')}{'-'.join(('', *args))}"
-        return self.repo.build(ref, *args, *target, name=key)
+        return self.repo.build(ref, *args, *python_for(suite), name=key)
 
     def full(self, suite: str) -> Path:
         return self.build(suite, "v1.3.0", "--full")
@@ -100,10 +105,9 @@ def make_repo(example: store.ExampleRepo, where: Path) -> PgRepo:
     return pg
 
 
-def deploy(box: Container, toolchain: Path, pg: PgRepo, suite: str) -> str:
-    """A server running 1.3.0 on PostgreSQL: the toolchain, the server started, the store's role and
-    database, the service's local settings, then the --full package; returns the server version."""
-    store.install_toolchain(box, toolchain)
+def prepare(box: Container) -> str:
+    """What a server needs before the store's first install on PostgreSQL: the server started, the
+    store's role and database, the service's local settings; returns the server's version."""
     version = postgres.start_postgresql(box)
     assert postgres.create_app_database(box, "nesop", DBNAME) == URL
     box.write_file(
@@ -112,6 +116,14 @@ def deploy(box: Container, toolchain: Path, pg: PgRepo, suite: str) -> str:
         f"Environment=NESOP_STORE_ADMIN_TOKEN={store.ADMIN_TOKEN}\n"
         f'Environment="DATABASE_URL={URL}"\n',
     )
+    return version
+
+
+def deploy(box: Container, toolchain: Path, pg: PgRepo, suite: str) -> str:
+    """A server running 1.3.0 on PostgreSQL: the toolchain, :func:`prepare`, then the --full
+    package; returns the server version."""
+    store.install_toolchain(box, toolchain)
+    version = prepare(box)
     result = store.apt_install(box, pg.full(suite))
     assert result.returncode == 0, result.stdout + result.stderr
     assert store.health(box)["version"] == "1.3.0"

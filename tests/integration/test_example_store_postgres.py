@@ -10,7 +10,6 @@ a nesop-deb.toml switched to PostgreSQL builds, migrations-postgresql/ being its
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -48,14 +47,7 @@ YOYO_TABLES = {"_yoyo_log", "_yoyo_migration", "_yoyo_version", "yoyo_lock"}
 
 @pytest.fixture(scope="module")
 def pg() -> Iterator[pgserver.PgServer]:
-    why = pgserver.missing()
-    if why is not None:
-        if os.environ.get("CI") == "true":  # in CI a skipped test would pass untested: fail
-            pytest.fail(why)
-        pytest.skip(why)
-    # not under pytest's own temporary directory: postgres, the server's account, cannot reach it
-    base = Path("/var/tmp") / f"nesop-store-pg-{os.getpid()}"
-    with pgserver.running(base, password_roles=(PASSWORD_ROLE,)) as server:
+    with pgserver.for_tests("nesop-store-pg", password_roles=(PASSWORD_ROLE,)) as server:
         yield server
 
 

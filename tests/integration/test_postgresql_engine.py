@@ -4,7 +4,6 @@ migrations with a lock timeout, undo keeping rows, restore in one transaction, c
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import threading
 import time
@@ -23,14 +22,8 @@ NOBODY = (65534, 65534)
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pgserver.PgServer]:
-    why = pgserver.missing()
-    if why is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    base = Path("/var/tmp") / f"nesop-pg-{os.getpid()}"  # reachable by every account
-    with pgserver.running(base, password_roles=("shop",)) as server:
+def pg() -> Iterator[pgserver.PgServer]:
+    with pgserver.for_tests("nesop-pg", password_roles=("shop",)) as server:
         yield server
 
 
