@@ -2,9 +2,10 @@
 
 In a copy of the example store's history, one extra commit on top of its newest release adds
 realistic assets (product photos, vendor scripts and style sheets, see assets.py) and is tagged
-v1.3.0; the next commit changes one file (a style sheet) and is tagged v1.3.1. Measured: the update
-package of v1.3.1, the `--full` package of v1.3.1, and a debdelta between the full packages of
-v1.3.0 and v1.3.1 (verified by rebuilding v1.3.1 from it with debpatch). The store runs from a
+with the next minor version (vX.Y.0, after the example's newest release); the next commit changes
+one file (a style sheet) and is tagged vX.Y.1. Measured: the update package of vX.Y.1, the
+`--full` package of vX.Y.1, and a debdelta between the full packages of vX.Y.0 and vX.Y.1
+(verified by rebuilding vX.Y.1 from it with debpatch). The store runs from a
 virtualenv since 1.1.0, so the full packages carry its wheels too; the update, whose requirements
 did not change, carries none.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -29,9 +31,6 @@ GOAL_SHARE = 0.02
 ASSETS_MIB = 24
 RELEASE_TIME = 1736154000 + 30 * 86400  # after the example's history, fixed: same commits every run
 CHANGED = "styles/store.css"
-# after the example's own releases (1.2.2 is the newest): the commit of assets, then the fix
-ASSETS_VERSION = "1.3.0"
-FIX_VERSION = "1.3.1"
 # debdelta only Recommends the diff back ends it needs (bsdiff, xdelta3) and the xz tool
 DEBDELTA_PACKAGES = ("debdelta", "bsdiff", "xdelta3", "xz-utils")
 DEBDELTA_TOOLS = ("debdelta", "debpatch", "bsdiff", "xdelta3", "xz")
@@ -161,18 +160,29 @@ def debdelta(old: Path, new: Path, work: Path) -> tuple[int | None, float | None
     return delta.stat().st_size, seconds, "verified: debpatch rebuilt the new full package byte for byte"
 
 
+def next_versions(tags: list[str]) -> tuple[str, str]:
+    """After the newest ``vX.Y.Z`` of ``tags``: the commit of assets (``X.Y+1.0``), then the fix."""
+    releases = [tuple(int(n) for n in t[1:].split(".")) for t in tags if re.fullmatch(r"v\d+\.\d+\.\d+", t)]
+    major, minor = max(releases)[:2]
+    return f"{major}.{minor + 1}.0", f"{major}.{minor + 1}.1"
+
+
 def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
     work.mkdir(parents=True, exist_ok=True)
-    say(
-        f"size: the example history, plus a commit of generated assets (v{ASSETS_VERSION}) and a "
-        f"one-file fix (v{FIX_VERSION})"
-    )
     repo = store.ExampleRepo.create(work)
+    tags = subprocess.run(
+        ["git", "-C", str(repo.path), "tag", "--list"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    assets_version, fix_version = next_versions(tags)
+    say(
+        f"size: the example history, plus a commit of generated assets (v{assets_version}) and a "
+        f"one-file fix (v{fix_version})"
+    )
     _git(repo.path, "checkout", "--quiet", "main")
     asset_set = assets.generate(repo.path, assets_mib * assets.MIB)
     _git(repo.path, "add", "--all")
     _git(repo.path, "commit", "--quiet", "-m", "Add product photos and vendor bundles", when=RELEASE_TIME)
-    _git(repo.path, "tag", f"v{ASSETS_VERSION}")
+    _git(repo.path, "tag", f"v{assets_version}")
     with (repo.path / CHANGED).open("a", encoding="utf-8") as fh:
         fh.write(CHANGE)
     _git(
@@ -184,12 +194,12 @@ def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
         "Keep product photos in proportion",
         when=RELEASE_TIME + 3600,
     )
-    _git(repo.path, "tag", f"v{FIX_VERSION}")
+    _git(repo.path, "tag", f"v{fix_version}")
 
     say("size: building the update and the two full packages")
-    update, update_s = _build(repo, f"v{FIX_VERSION}", name=f"update-{FIX_VERSION}")
-    full, full_s = _build(repo, f"v{FIX_VERSION}", "--full", name=f"full-{FIX_VERSION}")
-    previous, _ = _build(repo, f"v{ASSETS_VERSION}", "--full", name=f"full-{ASSETS_VERSION}")
+    update, update_s = _build(repo, f"v{fix_version}", name=f"update-{fix_version}")
+    full, full_s = _build(repo, f"v{fix_version}", "--full", name=f"full-{fix_version}")
+    previous, _ = _build(repo, f"v{assets_version}", "--full", name=f"full-{assets_version}")
     say("size: debdelta between the full packages")
     delta_bytes, delta_s, note = debdelta(previous, full, work)
     return SizeResult(
@@ -204,8 +214,8 @@ def measure(work: Path, assets_mib: int = ASSETS_MIB) -> SizeResult:
         debdelta_s=delta_s,
         debdelta_note=note,
         update_file=update.name,
-        assets_version=ASSETS_VERSION,
-        fix_version=FIX_VERSION,
+        assets_version=assets_version,
+        fix_version=fix_version,
     )
 
 
