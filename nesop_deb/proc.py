@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,35 @@ def run(
     return result
 
 
+def as_account(uid: int, gid: int, argv: Sequence[str | os.PathLike[str]]) -> list[str | os.PathLike[str]]:
+    """``argv`` run as ``uid``/``gid`` (no supplementary groups), in a session of its own: no
+    controlling terminal, so a process the account can trace or signal never reaches root's
+    terminal (``TIOCSTI``). ``setsid -w`` forks only when it must, and then waits."""
+    return ["setsid", "-w", "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+
+
+class _Deadline:
+    """Kills ``children`` when ``timeout`` seconds pass before :meth:`cancel` (a child that stops or
+    hangs never makes root wait forever); :attr:`fired` tells the caller why they died."""
+
+    def __init__(self, timeout: float | None, *children: subprocess.Popen[bytes]) -> None:
+        self.fired = False
+        self._timer: threading.Timer | None = None
+        if timeout is not None:
+            self._timer = threading.Timer(timeout, self._kill, children)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _kill(self, *children: subprocess.Popen[bytes]) -> None:
+        self.fired = True
+        for child in children:
+            child.kill()
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
 def _stderr_of(fh: IO[bytes]) -> str:
     fh.seek(0)
     return fh.read().decode("utf-8", "surrogateescape")
@@ -104,10 +134,12 @@ def stream(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     hint: str | None = None,
+    timeout: float | None = None,
 ) -> T:
     """Run a command and hand its standard output, as it comes, to ``consume`` (for output too
     large to hold in memory, such as a database dump); ``consume``'s result once the command has
-    succeeded. Raises :class:`CommandError` if it fails (after ``consume`` read what it wrote)."""
+    succeeded. Raises :class:`CommandError` if it fails (after ``consume`` read what it wrote),
+    or when it has not ended after ``timeout`` seconds (it is killed: exit code 124)."""
     args = list(argv)
     log.debug("$ %s > (streamed)", shlex.join(args))
     with tempfile.TemporaryFile() as err:
@@ -119,17 +151,22 @@ def stream(
         except FileNotFoundError as exc:
             raise CommandError(args, 127, f"{args[0]}: command not found", hint=hint) from exc
         assert child.stdout is not None
+        deadline = _Deadline(timeout, child)
         try:
             result = consume(child.stdout)
             child.stdout.read()  # whatever consume left: the command must not block on a full pipe
         except BaseException:
             child.kill()
             child.wait()
+            if deadline.fired:
+                raise CommandError(args, 124, f"timed out after {timeout} s", hint=hint) from None
             raise
         finally:
+            deadline.cancel()
             child.stdout.close()
         if child.wait() != 0:
-            raise CommandError(args, child.returncode, _stderr_of(err), hint=hint)
+            stderr = f"timed out after {timeout} s" if deadline.fired else _stderr_of(err)
+            raise CommandError(args, 124 if deadline.fired else child.returncode, stderr, hint=hint)
     return result
 
 
@@ -141,9 +178,11 @@ def pipeline(
     cwd: Path | None = None,
     env: Mapping[str, str] | None = None,
     hint: str | None = None,
+    timeout: float | None = None,
 ) -> None:
     """``first < stdin | second``, nothing held in memory; raises :class:`CommandError` for the
-    command that failed (``second`` first: when it fails, ``first`` usually dies of a broken pipe)."""
+    command that failed (``second`` first: when it fails, ``first`` usually dies of a broken pipe);
+    both are killed when they have not ended after ``timeout`` seconds (exit code 124)."""
     a, b = list(first), list(second)
     log.debug("$ %s | %s", shlex.join(a), shlex.join(b))
     environment = None if env is None else dict(env)
@@ -165,7 +204,13 @@ def pipeline(
             raise CommandError(b, 127, f"{b[0]}: command not found", hint=hint) from exc
         finally:
             left.stdout.close()  # the second holds it now: the first sees a broken pipe if it ends
-        right_code, left_code = right.wait(), left.wait()
+        deadline = _Deadline(timeout, left, right)
+        try:
+            right_code, left_code = right.wait(), left.wait()
+        finally:
+            deadline.cancel()
+        if deadline.fired:
+            raise CommandError(b, 124, f"timed out after {timeout} s", hint=hint)
         if right_code != 0:
             raise CommandError(b, right_code, _stderr_of(err_b), hint=hint)
         if left_code != 0:

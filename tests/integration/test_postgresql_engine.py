@@ -240,6 +240,105 @@ def test_a_restore_that_fails_changes_nothing(
     assert sql(pg, dbname, "SELECT string_agg(name, ',') FROM items") == "kept"
 
 
+def test_a_restore_whose_pg_restore_dies_part_way_commits_nothing(
+    pg: pgserver.PgServer, dbname: str, tmp_path: Path
+) -> None:
+    """pg_restore dying half-way (here: of a dump cut in half) leaves psql at the end of its
+    input inside the transaction: the server rolls it back, the drop of newer objects included.
+    The table has one integer column, so whatever part of a row pg_restore got out is a row psql
+    accepts: psql's own --single-transaction would commit there (half the rows, no key)."""
+    db = engine(pg, dbname)
+    sql(
+        pg,
+        dbname,
+        "CREATE TABLE numbers (n int PRIMARY KEY); INSERT INTO numbers SELECT generate_series(1, 200000)",
+    )
+    with Tree.open(tmp_path) as here:
+        db.snapshot(here, "snap.pgdump")
+        whole = (tmp_path / "snap.pgdump").read_bytes()
+        (tmp_path / "cut.pgdump").write_bytes(whole[: len(whole) // 2])
+        sql(pg, dbname, "INSERT INTO numbers VALUES (0); CREATE TABLE newer (i int)")
+        with pytest.raises(database.DatabaseError, match="pg_restore failed"):
+            db.restore(here, "cut.pgdump", None)
+    assert sql(pg, dbname, "SELECT count(*) FROM numbers") == "200001"
+    assert sql(pg, dbname, "SELECT to_regclass('newer') IS NOT NULL") == "t"
+    assert sql(pg, dbname, "SELECT count(*) FROM pg_indexes WHERE tablename = 'numbers'") == "1"
+
+
+def test_a_restore_handles_large_objects_composite_types_and_routines_that_call_each_other(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    """What the role owns besides tables: a large object and a composite type in the dump (put
+    back, not doubled), and after it, routines whose bodies call one another (dropped, by name)."""
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(pg, dbname, "CREATE TYPE pair AS (a int, b int); SELECT lo_from_bytea(0, 'kept')")
+    with Tree.open(tmp_path) as here:
+        db.snapshot(here, "snap.pgdump")
+        later = "CREATE FUNCTION a0() RETURNS int LANGUAGE sql RETURN 1;" + "".join(
+            f"CREATE FUNCTION z{i}() RETURNS int LANGUAGE sql BEGIN ATOMIC SELECT a0(); END;"
+            for i in range(12)
+        )
+        sql(pg, dbname, later + "CREATE TYPE triple AS (a int, b int, c int); SELECT lo_from_bytea(0, 'new')")
+        db.restore(here, "snap.pgdump", None)
+        db.restore(here, "snap.pgdump", None)  # again: nothing of the dump is left over to collide
+    assert (
+        sql(
+            pg,
+            dbname,
+            "SELECT string_agg(convert_from(lo_get(oid), 'UTF8'), ',') FROM pg_largeobject_metadata",
+        )
+        == "kept"
+    )
+    assert sql(pg, dbname, "SELECT to_regtype('pair') IS NOT NULL, to_regtype('triple') IS NULL") == "t|t"
+    assert sql(pg, dbname, "SELECT count(*) FROM pg_proc WHERE proname ~ '^(a0|z[0-9]+)$'") == "0"
+
+
+def test_a_sequence_advanced_without_a_row_is_a_change(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    """nextval() takes a transaction id only every 32 values: the check reads the sequences too,
+    so a restored snapshot never hands out a number twice."""
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(pg, dbname, "CREATE UNLOGGED SEQUENCE invoice_numbers")
+    with Tree.open(tmp_path) as here:
+        held = db.snapshot_held(here, "early.pgdump")
+        assert held.unchanged() is True
+        sql(pg, dbname, "SELECT nextval('invoice_numbers')")
+        assert held.unchanged() is False
+
+
+def test_the_roles_search_path_cannot_make_the_check_answer_quiet(
+    pg: pgserver.PgServer, dbname: str, migrations: Path, tmp_path: Path
+) -> None:
+    """The role shadows ``=`` for transaction ids in a schema it puts before pg_catalog: the
+    runtime's connections set search_path=pg_catalog and compare the ids themselves."""
+    db = engine(pg, dbname)
+    database.apply(db, migrations, ["0001_initial"])
+    sql(
+        pg,
+        dbname,
+        "CREATE SCHEMA evil;"
+        " CREATE FUNCTION evil.eq(a xid8, b xid8) RETURNS bool LANGUAGE sql AS 'SELECT true';"
+        " CREATE OPERATOR evil.= (LEFTARG = xid8, RIGHTARG = xid8, FUNCTION = evil.eq);"
+        f" ALTER ROLE root IN DATABASE {dbname} SET search_path = evil, pg_catalog, public",
+    )
+    older = _session(
+        pg, dbname, "BEGIN; INSERT INTO items (name) VALUES ('old'); SELECT pg_sleep(0.8); COMMIT;\n"
+    )
+    time.sleep(0.2)
+    sql(pg, dbname, "INSERT INTO items (name) VALUES ('new')")  # a newer id, finished
+    try:
+        with Tree.open(tmp_path) as here:
+            held = db.snapshot_held(here, "early.pgdump")
+            assert held.before.quiet is False
+        assert older.wait(10) == 0
+    finally:
+        older.kill()
+        pg.psql(f"ALTER ROLE root IN DATABASE {dbname} RESET search_path;")
+
+
 def test_the_app_account_works_by_peer_authentication(
     pg: pgserver.PgServer, migrations: Path, tmp_path: Path
 ) -> None:
@@ -273,6 +372,10 @@ def test_credentials_come_from_a_root_only_password_file(
         assert db.check() == "ok"
         assert database.apply(db, migrations, ["0001_initial"]) == ["0001_initial"]
         assert db.owner is None  # root connects, with the file
+        # in a directory another account can write, the file checked may not be the file read
+        tmp_path.chmod(0o777)
+        with pytest.raises(database.DatabaseError, match="directories only root can change"):
+            db.check()
     finally:
         pg.drop_database("shopdb")
 

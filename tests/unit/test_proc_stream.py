@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import IO
 
@@ -67,3 +68,38 @@ def test_pipeline_names_the_first_command_when_only_it_fails(tmp_path: Path) -> 
         proc.pipeline(["sh", "-c", "echo 'pg_restore: error: input file is too short' >&2; exit 1"], ["cat"],
                       stdin=fh.fileno())  # fmt: skip
     assert "too short" in failed.value.stderr
+
+
+def test_stream_kills_a_command_that_outlives_its_deadline() -> None:
+    """A child that stops (SIGSTOP by the account it runs as) or hangs: root stops waiting."""
+    started = time.monotonic()
+    with pytest.raises(CommandError, match=r"timed out after 0\.5 s") as failed:
+        proc.stream(["sh", "-c", "echo begun; exec sleep 60"], lambda out: out.read(), timeout=0.5)
+    assert failed.value.returncode == 124
+    assert time.monotonic() - started < 10
+
+
+def test_pipeline_kills_both_commands_at_the_deadline(tmp_path: Path) -> None:
+    source = tmp_path / "in"
+    source.write_bytes(b"x")
+    started = time.monotonic()
+    with source.open("rb") as fh, pytest.raises(CommandError, match="timed out") as failed:
+        proc.pipeline(["sh", "-c", "cat; exec sleep 60"], ["cat"], stdin=fh.fileno(), timeout=0.5)
+    assert failed.value.returncode == 124
+    assert time.monotonic() - started < 10
+
+
+def test_a_deadline_that_is_not_reached_changes_nothing(tmp_path: Path) -> None:
+    assert proc.stream(["echo", "quick"], lambda out: out.read(), timeout=30) == b"quick\n"
+
+
+def test_a_command_run_as_another_account_gets_a_session_of_its_own() -> None:
+    """No controlling terminal: what runs as the app's account cannot type into root's."""
+    argv = proc.as_account(65534, 65534, ["psql", "-X"])
+    assert argv[:3] == ["setsid", "-w", "setpriv"]
+    assert argv[-3:] == ["--", "psql", "-X"]
+    out = proc.run(
+        proc.as_account(65534, 65534, ["sh", "-c", "id -u; ps -o sid= -p $$; echo $$"])
+    ).out.split()
+    uid, sid, pid = out
+    assert uid == "65534" and sid == pid  # it leads its own session

@@ -40,7 +40,7 @@ from tests.unit.runtime_fixtures import APP_V1, APP_V2, Server, fake_server, ins
 from tests.unit.test_runtime_recover import Crash, crashing_run
 from tests.unit.wheels import Wheel, make_wheel
 
-REAL = ("/usr/bin/python3", sys.executable, "setpriv")
+REAL = ("/usr/bin/python3", sys.executable, "setsid")
 FREEZE = (
     "import importlib.metadata as m, json\n"
     "print(json.dumps(sorted(f'{d.name}=={d.version}' for d in m.distributions())))"
@@ -48,7 +48,7 @@ FREEZE = (
 
 
 class WithInstaller:
-    """The fake server's systemd, plus the real python3, pip and setpriv the runtime runs."""
+    """The fake server's systemd, plus the real python3, pip and setsid/setpriv the runtime runs."""
 
     def __init__(self, server: Server) -> None:
         self.fake = server.systemd

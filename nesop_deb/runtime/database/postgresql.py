@@ -12,7 +12,13 @@ finishes, ``xmax`` moves past it. One running below ``xmax`` would not move it: 
 answers "changed" at once. So when none ran below it and ``xmax`` is the same after the stop,
 nothing was committed between that reading and the check, and the dump (taken in between) holds
 exactly the database. Ids are counted for the whole server: writes to another database there,
-or an autovacuum's ANALYZE, only cost a second dump.
+or an autovacuum's ANALYZE, only cost a second dump. Sequences advance without an id (``nextval``
+logs one only every 32 values, an unlogged sequence never), so the reading also holds a digest
+of every sequence's last value: a restore never hands out a number twice.
+
+Every connection root's tools make for a query or the restore sets ``search_path=pg_catalog``:
+the role can set its own search_path and shadow an operator, so nothing the runtime decides on
+resolves through it (the migrations keep the role's own).
 """
 
 from __future__ import annotations
@@ -39,13 +45,18 @@ TOOLS_HINT = "install the PostgreSQL client tools of the server's version: apt i
 
 # Before a restore: drop what the app's role owns outside the system schemas (what a failed
 # update may have created is not in the snapshot, so ``pg_restore --clean`` alone would leave it),
-# in the same transaction as the restore itself.
+# in the same transaction as the restore itself: schemas, tables, views, sequences, routines,
+# types and large objects. Not extensions, collations, publications or text-search objects
+# (docs/guide.md: they are the database administrator's). Run with search_path=pg_catalog.
 _DROP_OWNED = r"""
 DO $nesop$
 DECLARE
     r record;
+    routine text;
+    routines text[];
     me oid := (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user);
 BEGIN
+    PERFORM pg_catalog.lo_unlink(l.oid) FROM pg_catalog.pg_largeobject_metadata l WHERE l.lomowner = me;
     FOR r IN SELECT n.nspname FROM pg_catalog.pg_namespace n
              WHERE n.nspowner = me AND n.nspname <> 'public' AND n.nspname !~ '^pg_'
                AND n.nspname <> 'information_schema'
@@ -65,18 +76,22 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('DROP %s IF EXISTS %s CASCADE', r.what, r.name);
     END LOOP;
-    FOR r IN SELECT p.oid::pg_catalog.regprocedure::text AS name
-             FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-             WHERE p.proowner = me AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
-               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                               WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
-                                 AND d.objid = p.oid AND d.deptype = 'e')
-    LOOP
-        EXECUTE pg_catalog.format('DROP ROUTINE IF EXISTS %s CASCADE', r.name);
+    -- the names first, all of them: a routine dropped by an earlier one's CASCADE has no name left
+    SELECT pg_catalog.array_agg(p.oid::pg_catalog.regprocedure::text) INTO routines
+      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+     WHERE p.proowner = me AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                         AND d.objid = p.oid AND d.deptype = 'e');
+    FOREACH routine IN ARRAY coalesce(routines, '{}') LOOP
+        EXECUTE pg_catalog.format('DROP ROUTINE IF EXISTS %s CASCADE', routine);
     END LOOP;
     FOR r IN SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) AS name
              FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-             WHERE t.typowner = me AND t.typtype IN ('e', 'd', 'r', 'm')
+             WHERE t.typowner = me
+               AND (t.typtype IN ('e', 'd', 'r', 'm')
+                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c  -- a composite type of its own
+                               WHERE c.oid = t.typrelid AND c.relkind = 'c'))
                AND n.nspname !~ '^pg_' AND n.nspname <> 'information_schema'
                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
                                WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
@@ -100,15 +115,29 @@ def with_args(url: str, **args: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path}?{urlencode(query, quote_via=quote)}"
 
 
-def _xid_state(out: str) -> tuple[int, bool]:
-    xmax, quiet = out.strip().split("|")
-    return int(xmax), quiet == "t"
+@dataclass(frozen=True)
+class _XidState:
+    xmax: int
+    quiet: bool  # no transaction was running below xmax
+    sequences: str  # every sequence's last value: nextval() takes no transaction id every time
 
 
+def _xid_state(out: str) -> _XidState:
+    xmin, xmax, sequences = out.strip().split("|")
+    return _XidState(int(xmax), int(xmin) == int(xmax), sequences)
+
+
+# compared here, not in SQL: nothing of it resolves through a search_path the role may have set
 _XID_QUERY = (
-    "SELECT pg_catalog.pg_snapshot_xmax(s), pg_catalog.pg_snapshot_xmin(s) = pg_catalog.pg_snapshot_xmax(s)"
+    "SELECT pg_catalog.pg_snapshot_xmin(s)::text, pg_catalog.pg_snapshot_xmax(s)::text,"
+    " (SELECT pg_catalog.md5(pg_catalog.string_agg(pg_catalog.format('%I.%I=%s', q.schemaname,"
+    " q.sequencename, q.last_value), ',' ORDER BY q.schemaname, q.sequencename))"
+    " FROM pg_catalog.pg_sequences q)"
     " FROM pg_catalog.pg_current_snapshot() AS s"
 )
+# how long a dump or a restore may take before root gives up on it (a tool run as the app's
+# account can be stopped by that account: root never waits without a deadline)
+TOOL_TIMEOUT = 4 * 3600.0
 
 
 class PostgresDatabase(Database):
@@ -137,6 +166,10 @@ class PostgresDatabase(Database):
     def migration_url(self) -> str:
         return self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
 
+    def _admin_url(self) -> str:
+        """The connection of root's own queries and of the restore (see the module's doc)."""
+        return self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms} -c search_path=pg_catalog")
+
     def _check_credentials(self) -> None:
         """The password file must be root's alone: the app's account must not read or swap it."""
         path = self.credentials
@@ -155,13 +188,25 @@ class PostgresDatabase(Database):
                 f" uid {st.st_uid})",
                 hint=f"chown root:root {path} && chmod 0600 {path}",
             )
+        # libpq opens it again by its path: no directory on the way may let another account swap
+        # an entry (root-owned, and not writable by others unless sticky: /tmp's entries are
+        # then their owners' alone)
+        for parent in path.parents:
+            pst = parent.lstat()
+            shared = pst.st_mode & 0o022 and not pst.st_mode & stat.S_ISVTX
+            if not stat.S_ISDIR(pst.st_mode) or pst.st_uid != 0 or shared:
+                raise DatabaseError(
+                    f"{path}: the database credentials must be in directories only root can change"
+                    f" ({parent} is {_what(pst)})",
+                    hint="keep the file in /etc/nesop-update/ (root:root, mode 0755)",
+                )
 
     def _argv(self, tool: str, *args: str) -> list[str]:
         """A client tool, run as :attr:`owner` when that is not this process."""
         argv = [tool, *args]
         owner = self.owner
         if owner is not None and owner != (os.geteuid(), os.getegid()):
-            argv = ["setpriv", f"--reuid={owner[0]}", f"--regid={owner[1]}", "--clear-groups", "--", *argv]
+            return [os.fspath(a) for a in proc.as_account(owner[0], owner[1], argv)]
         return argv
 
     def _run(self, tool: str, *args: str, stdin: bytes | None = None, timeout: float = 3600) -> proc.Result:
@@ -175,8 +220,10 @@ class PostgresDatabase(Database):
             return DatabaseError(f"{tool} is not installed", hint=TOOLS_HINT)
         return DatabaseError(f"{self.url}: {tool} failed: {_last_line(exc.stderr)}")
 
-    def _psql(self, sql: str) -> str:
-        url = self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
+    def _psql(self, sql: str, *, role_path: bool = False) -> str:
+        """``sql``'s unaligned output; on root's connection (search_path=pg_catalog) unless
+        ``role_path``: then with the role's own search_path (where its migrations put tables)."""
+        url = self.migration_url if role_path else self._admin_url()
         return self._run(
             "psql", "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, stdin=sql.encode()
         ).out
@@ -191,8 +238,13 @@ class PostgresDatabase(Database):
     def has_table(self, name: str) -> bool:
         if not re.fullmatch(r"[a-z_][a-z0-9_]*", name):
             raise ValueError(f"not a plain table name: {name!r}")
-        where = f"schemaname = pg_catalog.current_schema() AND tablename = '{name}'"
-        return self._psql(f"SELECT count(*) FROM pg_catalog.pg_tables WHERE {where}").strip() != "0"  # noqa: S608
+        # the role's current schema is where yoyo keeps its tables; the names compared here
+        out = self._psql(
+            "SELECT t.tablename FROM pg_catalog.pg_tables t"
+            " WHERE t.schemaname OPERATOR(pg_catalog.=) pg_catalog.current_schema()",
+            role_path=True,
+        )
+        return name in out.split()
 
     def _dump(self, dest: Tree, name: str) -> tuple[str, int]:
         """``pg_dump -Fc`` straight into ``dest/name`` (through a ``.part`` file, never held in
@@ -207,7 +259,7 @@ class PostgresDatabase(Database):
             return reader
 
         try:
-            reader = proc.stream(argv, into_backup, cwd=Path("/"), env=_ENV)
+            reader = proc.stream(argv, into_backup, cwd=Path("/"), env=_ENV, timeout=TOOL_TIMEOUT)
         except CommandError as exc:
             dest.unlink(part)
             raise self._failed("pg_dump", exc) from None
@@ -218,9 +270,9 @@ class PostgresDatabase(Database):
         return self._dump(dest, name)[0]
 
     def snapshot_held(self, dest: Tree, name: str) -> HeldDump:
-        xmax, quiet = _xid_state(self._psql(_XID_QUERY))
+        before = _xid_state(self._psql(_XID_QUERY))
         digest, size = self._dump(dest, name)
-        return HeldDump(self, digest, size, xmax, quiet)
+        return HeldDump(self, digest, size, before)
 
     def restore(self, backup: Tree, name: str, keep_current_as: str | None) -> None:
         if self._is_superuser():
@@ -231,16 +283,24 @@ class PostgresDatabase(Database):
             )
         if keep_current_as is not None:
             self.snapshot(backup, keep_current_as)
-        url = self._conn_url(options=f"-c lock_timeout={self.lock_timeout_ms}")
-        # one transaction: the drop first, then the dump's SQL as pg_restore writes it
+        # One transaction, which psql opens and only pg_restore closes: the drop first, then the
+        # dump's SQL, and the one COMMIT is the last line pg_restore -1 writes (its -1 also keeps
+        # large objects out of transactions of their own). A pg_restore that dies part-way never
+        # writes it: psql reaches the end of its input inside the transaction, and the server
+        # rolls it back. psql's own -1 would commit at that end, whatever came before.
         load = self._argv(
-            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-            "-c", _DROP_OWNED, "-f", "-", "-d", url,
+            "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-c", "BEGIN", "-c", _DROP_OWNED, "-f", "-", "-d", self._admin_url(),
         )  # fmt: skip
         with backup.open_file(name) as dump:
             try:
                 proc.pipeline(
-                    self._argv("pg_restore", "-f", "-"), load, stdin=dump.fileno(), cwd=Path("/"), env=_ENV
+                    self._argv("pg_restore", "--single-transaction", "-f", "-"),
+                    load,
+                    stdin=dump.fileno(),
+                    cwd=Path("/"),
+                    env=_ENV,
+                    timeout=TOOL_TIMEOUT,
                 )
             except CommandError as exc:
                 raise self._failed("psql" if exc.argv == load else "pg_restore", exc) from None
@@ -270,18 +330,17 @@ class HeldDump:
     db: PostgresDatabase = field(repr=False)
     sha256: str
     size: int
-    xmax: int
-    quiet: bool  # no transaction was in progress at that reading
+    before: _XidState
 
     def unchanged(self) -> bool:
-        if not self.quiet:
+        if not self.before.quiet:
             return False
         try:
-            xmax, _ = _xid_state(self.db._psql(_XID_QUERY))
+            now = _xid_state(self.db._psql(_XID_QUERY))
         except (DatabaseError, ValueError) as exc:
             log.debug("cannot read the transaction ids: %s", exc)
             return False
-        return xmax == self.xmax
+        return (now.xmax, now.sequences) == (self.before.xmax, self.before.sequences)
 
     def close(self) -> None:
         """Nothing is held open between the dump and the check."""
@@ -300,6 +359,14 @@ class _Hashing:
         self.sha256.update(chunk)
         self.size += len(chunk)
         return chunk
+
+
+def _what(st: os.stat_result) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        return "a link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a directory"
+    return f"owned by uid {st.st_uid}, mode {oct(stat.S_IMODE(st.st_mode))}"
 
 
 def _last_line(stderr: str) -> str:

@@ -31,6 +31,7 @@ from nesop_deb.runtime.log import log
 
 MARKER = "nesop-venv.json"
 PYTHON = "/usr/bin/python3"
+IMPORT_TIMEOUT = 600.0  # seconds the import check of a new virtualenv may take (it runs as the app)
 ID = re.compile(r"[0-9a-f]{16}")  # only these names in /opt/venvs/<package> are ours
 CLEAN_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8", "HOME": "/root"}
 IMPORT_CHECK_TIMEOUT = 300.0
@@ -218,10 +219,11 @@ def check_imports(path: Path, modules: list[str], owner: tuple[int, int] | None)
     argv: list[str | os.PathLike[str]] = [path / "bin/python", "-I", "-B", "-c", _IMPORT_CHECK, *modules]
     if owner is not None and owner != (0, 0):
         uid, gid = owner
-        argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+        argv = proc.as_account(uid, gid, argv)
     try:
         proc.run(
             argv,
+            timeout=IMPORT_TIMEOUT,
             cwd=Path("/"),
             env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
         )
